@@ -1,0 +1,176 @@
+"""The ``fulcrum`` command: parses, builds config, calls a stage or runner, prints a summary.
+
+Exit codes: 0 ok, 1 data failed a ``fail`` policy, 2 usage or config error, 3 runtime error.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+import yaml
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.table import Table
+
+from jobs.errors import EXIT_RUNTIME, EXIT_USAGE, FulcrumError
+from jobs.stage import StageReport
+
+app = typer.Typer(
+    name="fulcrum",
+    help="Validate, curate and oversample datasets on Spark + Delta; train with cross-validation on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+out = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="pipeline YAML (see the README's config reference)")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="override a config key: --set spark.shuffle_partitions=4")
+]
+MasterOpt = Annotated[Optional[str], typer.Option("--spark-master", help="e.g. spark://host:7077 (default: config)")]
+
+
+def _load(config: Path, overrides: list[str] | None, master: str | None):
+    from jobs.config import load_config
+
+    pairs = {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set needs KEY=VALUE, got {item!r}")
+        pairs[key] = yaml.safe_load(value)
+    if master:
+        pairs["spark.master"] = master
+    return load_config(config, pairs)
+
+
+def print_reports(dataset: str, reports: list[StageReport]) -> None:
+    table = Table(title=f"{dataset}: stages", title_justify="left")
+    for col in ("stage", "rows in", "rows out", "dropped", "seconds", "details"):
+        table.add_column(col, justify="right" if col in ("rows in", "rows out", "seconds") else "left")
+    for r in reports:
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(r.dropped.items())) or "-"
+        details = ", ".join(f"{k}={v}" for k, v in r.details.items() if not isinstance(v, (dict, list)))
+        table.add_row(r.stage, f"{r.rows_in:,}", f"{r.rows_out:,}", dropped, f"{r.seconds:.1f}", details or "-")
+    out.print(table)
+
+
+@app.command()
+def samples(
+    outdir: Annotated[Path, typer.Argument(help="folder to write the sample datasets into")],
+    seed: Annotated[int, typer.Option(help="same seed, same files")] = 7,
+) -> None:
+    """Write the two sample datasets (cancer table, digits images) with injected defects.
+
+    Example: fulcrum samples ./samples && fulcrum ingest ./samples/cancer/cancer.yaml
+    """
+    from jobs.samples import make_samples
+
+    for path in make_samples(outdir, seed):
+        out.print(f"wrote {path.parent}/ (config {path.name}, ground truth injections.jsonl)")
+
+
+@app.command()
+def ingest(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = None) -> None:
+    """Read the source, assign deterministic sample ids, insert new rows into bronze.
+
+    Example: fulcrum ingest samples/cancer/cancer.yaml --spark-master spark://127.0.0.1:7077
+    """
+    from jobs import ingest as stage
+    from jobs.runs import new_run_id
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, spark_master)
+    report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+    print_reports(cfg.dataset, [report])
+
+
+@app.command()
+def runs(
+    config: ConfigArg,
+    limit: Annotated[int, typer.Option(help="rows to show")] = 20,
+    set_: SetOpt = None,
+) -> None:
+    """Show the run ledger (the dataset's `runs` Delta table), newest first.
+
+    Example: fulcrum runs samples/cancer/cancer.yaml --limit 5
+    """
+    from jobs import io
+    from jobs.runs import history
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, None)
+    df = history(build_spark(cfg.spark), io.Lake(cfg.lake_dir))
+    if df is None:
+        out.print(f"no runs recorded yet under {cfg.lake_dir}")
+        return
+    table = Table(title=f"{cfg.dataset}: runs", title_justify="left")
+    for col in ("run id", "stage", "status", "started (UTC)", "seconds", "outputs", "error"):
+        table.add_column(col)
+    for row in df.limit(limit).collect():
+        outputs = ", ".join(f"{o['name']}@v{o['version']}" for o in row["outputs"] or [])
+        error = (row["error"] or "").splitlines()[0][:80] if row["error"] else ""
+        table.add_row(row["run_id"], row["stage"], row["status"], f"{row['started_at']:%Y-%m-%d %H:%M:%S}",
+                      f"{row['seconds']:.1f}", outputs, error)  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the samples and their lake")] = Path("demo-out"),
+    seed: Annotated[int, typer.Option(help="sample seed")] = 7,
+    spark_master: MasterOpt = None,
+) -> None:
+    """Build both sample datasets and run every stage on each, printing a summary per stage.
+
+    Example: fulcrum demo --out ./demo-out
+    """
+    from jobs.pipeline import demo as run_demo
+
+    for dataset, reports in run_demo(out_dir, seed, spark_master):
+        print_reports(dataset, reports)
+    out.print(f"lake: {out_dir.resolve() / 'lake'}")
+
+
+def _configure_logging() -> None:
+    handler = RichHandler(console=err, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+    for name in ("jobs", "training"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("py4j").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the command and map errors to exit codes."""
+    _configure_logging()
+    try:
+        app(args=argv, prog_name="fulcrum", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return EXIT_RUNTIME
+    except click.ClickException as exc:
+        exc.show(file=sys.stderr)
+        return EXIT_USAGE
+    except FulcrumError as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
+        if exc.fix:
+            err.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False)
+        return exc.exit_code
+    except Exception:
+        err.print_exception(show_locals=False, max_frames=8)
+        return EXIT_RUNTIME
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Typed, strict pipeline configuration: one YAML file per dataset pipeline.
+
+Unknown keys and wrong types are errors that name the key, the value given and
+what is allowed. Relative paths are resolved against the YAML file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobs.errors import ConfigError
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Strict):
+    path: str = Field(description="file, folder or glob of the source data (relative to the YAML)")
+    format: Literal["csv", "parquet", "json", "delta"]
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="passed to Spark's reader, e.g. {header: true}"
+    )
+    version: int | None = Field(default=None, ge=0, description="Delta version to read (delta only)")
+
+    @model_validator(mode="after")
+    def _version_only_for_delta(self) -> "SourceConfig":
+        if self.version is not None and self.format != "delta":
+            raise ValueError("source.version is only valid with format: delta")
+        return self
+
+
+class FeatureSpec(Strict):
+    name: str
+    kind: Literal["numeric", "categorical"] = "numeric"
+
+
+class ColumnsConfig(Strict):
+    label: str = Field(description="column holding the class label")
+    id: str | None = Field(default=None, description="column with a unique record key, else rows are hashed")
+    features: list[FeatureSpec] = Field(default_factory=list)
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _bare_names_are_numeric(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "ColumnsConfig":
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature names repeat: {dupes}")
+        if self.label in names:
+            raise ValueError(f"label column {self.label!r} is also listed as a feature")
+        return self
+
+
+class ImagesConfig(Strict):
+    root: str = Field(description="folder every manifest path resolves under; nothing outside is read")
+    path_column: str = "path"
+    size: int = Field(default=32, ge=8, le=1024, description="training resolution (square)")
+    channels: Literal[1, 3] = 3
+
+
+class SparkConfig(Strict):
+    master: str = "local[*]"
+    app_name: str = "fulcrum"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = Field(default=8, ge=1)
+    jars: list[str] = Field(default_factory=list, description="local Delta jars for offline clusters")
+    conf: dict[str, str] = Field(default_factory=dict, description="extra Spark conf")
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
+    ui: bool = False
+
+
+class RayConfig(Strict):
+    address: str | None = Field(default=None, description="Ray cluster to join; RAY_ADDRESS wins")
+    num_cpus: int | None = Field(default=None, ge=1, description="logical CPUs of a local instance")
+
+
+class PipelineConfig(Strict):
+    dataset: str = Field(pattern=_NAME, description="dataset name; its tables live in <lake_root>/<dataset>/")
+    kind: Literal["tabular", "images"]
+    lake_root: str = "./lake"
+    seed: int = 42
+    source: SourceConfig
+    columns: ColumnsConfig
+    images: ImagesConfig | None = None
+    spark: SparkConfig = SparkConfig()
+    ray: RayConfig = RayConfig()
+    base_dir: str = Field(default=".", exclude=True, description="set by the loader")
+
+    @model_validator(mode="after")
+    def _images_section_matches_kind(self) -> "PipelineConfig":
+        if self.kind == "images" and self.images is None:
+            raise ValueError("kind: images needs an images section (root, path_column, size, channels)")
+        if self.kind == "tabular" and self.images is not None:
+            raise ValueError("an images section is only valid with kind: images")
+        if self.kind == "tabular" and not self.columns.features:
+            raise ValueError("kind: tabular needs columns.features")
+        return self
+
+    def resolve(self, path: str) -> str:
+        """A path from this config: URIs as given, relative paths against the YAML's folder."""
+        if _URI.match(path) or Path(path).is_absolute():
+            return path
+        return str((Path(self.base_dir) / path).resolve())
+
+    @property
+    def lake_dir(self) -> str:
+        return self.resolve(self.lake_root).rstrip("/") + "/" + self.dataset
+
+    @property
+    def source_columns(self) -> list[str]:
+        """Columns the source must have, in config order."""
+        cols = [self.columns.id] if self.columns.id else []
+        if self.images:
+            cols.append(self.images.path_column)
+        cols += [self.columns.label] + [f.name for f in self.columns.features]
+        return list(dict.fromkeys(cols))
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load and validate a pipeline YAML; raise ConfigError naming every bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", fix="pass the path of a pipeline YAML")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    raw["base_dir"] = str(path.resolve().parent)
+    return parse_config(raw, origin=str(path))
+
+
+def parse_config(raw: dict[str, Any], origin: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [describe_error(err) for err in exc.errors()]
+        raise ConfigError(
+            f"{origin} is invalid:\n" + "\n".join(f"  - {line}" for line in lines),
+            fix="correct the keys above (the README's config reference lists every key)",
+        ) from None
+
+
+def describe_error(err: dict[str, Any]) -> str:
+    """One line per pydantic error: the dotted key, the value given, what is allowed."""
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(err["loc"][:-1])
+        return f"{key}: unknown key; allowed here: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    given = err.get("input")
+    shown = repr(given) if not isinstance(given, dict) else "a mapping"
+    return f"{key}: {err['msg']} (got {shown})"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = PipelineConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    if model is None:
+        return []
+    return [k for k, f in model.model_fields.items() if not f.exclude]
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot override {dotted}: {part} is not a mapping")
+    node[leaf] = value

@@ -1,0 +1,150 @@
+"""The lake: the only module that reads and writes Delta tables.
+
+Every write is one Delta commit whose commit info carries the run id and the stage
+(``userMetadata`` = ``{"run_id": ..., "stage": ...}``), so `DESCRIBE HISTORY`
+tells which run made each version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from delta.exceptions import ConcurrentAppendException
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+TABLES = ("bronze", "quarantine", "silver", "gold", "runs")
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+MERGE_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Table locations of one dataset: ``<lake_root>/<dataset>/<table>``."""
+
+    root: str
+
+    def path(self, table: str) -> str:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; tables are {TABLES}")
+        return f"{self.root.rstrip('/')}/{table}"
+
+    def folder(self, name: str) -> str:
+        """A non-table folder of the dataset (reports, Data Docs)."""
+        return f"{self.root.rstrip('/')}/{name}"
+
+
+@contextmanager
+def commit_info(spark: SparkSession, run_id: str, stage: str) -> Iterator[None]:
+    """Stamp every Delta commit made inside the block with the run id and stage."""
+    previous = spark.conf.get(USER_METADATA, None)
+    spark.conf.set(USER_METADATA, json.dumps({"run_id": run_id, "stage": stage}, sort_keys=True))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(USER_METADATA)
+        else:
+            spark.conf.set(USER_METADATA, previous)
+
+
+def exists(spark: SparkSession, path: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def read(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
+    """Read a Delta table, at ``version`` when given (time travel)."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path)
+
+
+def last_commit(spark: SparkSession, path: str) -> dict[str, Any]:
+    """Version, operation, metrics and user metadata of the newest commit."""
+    row = DeltaTable.forPath(spark, path).history(1).first()
+    return {
+        "version": row["version"],
+        "operation": row["operation"],
+        "metrics": {k: int(v) for k, v in (row["operationMetrics"] or {}).items() if str(v).isdigit()},
+        "user_metadata": json.loads(row["userMetadata"]) if row["userMetadata"] else {},
+    }
+
+
+def version(spark: SparkSession, path: str) -> int | None:
+    return last_commit(spark, path)["version"] if exists(spark, path) else None
+
+
+def properties(spark: SparkSession, path: str) -> dict[str, str]:
+    return dict(DeltaTable.forPath(spark, path).detail().first()["properties"] or {})
+
+
+def overwrite(
+    df: DataFrame, path: str, run_id: str, stage: str, props: dict[str, str] | None = None
+) -> int:
+    """Replace the table's rows (and schema) in one commit, with table properties."""
+    spark = df.sparkSession
+    writer = df.writeTo(f"delta.`{path}`").using("delta")
+    for key, value in {"delta.enableDeletionVectors": "false", **(props or {})}.items():
+        writer = writer.tableProperty(key, str(value))
+    with commit_info(spark, run_id, stage):
+        writer.createOrReplace()
+    return version(spark, path)
+
+
+def append(df: DataFrame, path: str, run_id: str, stage: str) -> int:
+    """Append rows in one commit (blind appends never conflict with each other)."""
+    spark = df.sparkSession
+    with commit_info(spark, run_id, stage):
+        df.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
+    return version(spark, path)
+
+
+def insert_new(df: DataFrame, path: str, key: str, run_id: str, stage: str) -> dict[str, Any]:
+    """Insert the rows whose ``key`` the table does not hold yet, in one commit.
+
+    Creates the table on first use. Re-running with the same rows inserts nothing and
+    makes no commit, so ingesting a source twice is idempotent. Returns the table's
+    version, the rows inserted, and the source rows read (None when no commit was made,
+    since Delta only records that figure in a commit's metrics).
+    """
+    spark = df.sparkSession
+    with commit_info(spark, run_id, stage):
+        if not exists(spark, path):
+            df.write.format("delta").mode("errorifexists").save(path)
+            commit = last_commit(spark, path)
+            rows = commit["metrics"].get("numOutputRows", 0)
+            return {"version": commit["version"], "inserted": rows, "source_rows": rows}
+        before = version(spark, path)
+        _merge_with_retry(df, path, key)
+    commit = last_commit(spark, path)
+    if commit["version"] == before:  # Delta skips the commit of a merge that changes nothing
+        return {"version": before, "inserted": 0, "source_rows": None}
+    metrics = commit["metrics"]
+    return {"version": commit["version"], "inserted": metrics.get("numTargetRowsInserted", 0),
+            "source_rows": metrics.get("numSourceRows")}  # fmt: skip
+
+
+def _merge_with_retry(df: DataFrame, path: str, key: str) -> None:
+    for attempt in range(1, MERGE_RETRIES + 1):
+        target = DeltaTable.forPath(df.sparkSession, path)
+        try:
+            (
+                target.alias("t")
+                .merge(df.alias("s"), f"t.`{key}` = s.`{key}`")
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+            return
+        except ConcurrentAppendException:
+            if attempt == MERGE_RETRIES:
+                raise
+            log.warning("concurrent write to %s; retrying merge (%d/%d)", path, attempt, MERGE_RETRIES)
+            time.sleep(attempt)

@@ -1,0 +1,106 @@
+"""The run ledger: one row per stage attempt in the dataset's ``runs`` Delta table."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterator
+
+from pyspark.sql import SparkSession
+from pyspark.sql import types as T
+
+from jobs import io
+from jobs.errors import FulcrumError
+
+log = logging.getLogger(__name__)
+
+TABLE_REF = T.StructType(
+    [
+        T.StructField("name", T.StringType()),
+        T.StructField("path", T.StringType()),
+        T.StructField("version", T.LongType()),
+    ]
+)
+RUNS_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("dataset", T.StringType(), False),
+        T.StructField("stage", T.StringType(), False),
+        T.StructField("status", T.StringType(), False),
+        T.StructField("started_at", T.TimestampType(), False),
+        T.StructField("finished_at", T.TimestampType(), False),
+        T.StructField("seconds", T.DoubleType(), False),
+        T.StructField("inputs", T.ArrayType(TABLE_REF)),
+        T.StructField("outputs", T.ArrayType(TABLE_REF)),
+        T.StructField("counts", T.MapType(T.StringType(), T.LongType())),
+        T.StructField("error", T.StringType()),
+    ]
+)
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time plus 8 random hex digits."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+@dataclass
+class StageRun:
+    run_id: str
+    dataset: str
+    stage: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    inputs: list[tuple[str, str, int | None]] = field(default_factory=list)
+    outputs: list[tuple[str, str, int | None]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    status: str = "running"
+    error: str | None = None
+    seconds: float = 0.0
+
+    def row(self) -> tuple:
+        refs = lambda items: [(n, p, v) for n, p, v in items]  # noqa: E731
+        finished = datetime.now(timezone.utc)
+        return (
+            self.run_id, self.dataset, self.stage, self.status,
+            self.started_at.replace(tzinfo=None), finished.replace(tzinfo=None), float(self.seconds),
+            refs(self.inputs), refs(self.outputs), {k: int(v) for k, v in self.counts.items()}, self.error,
+        )  # fmt: skip
+
+
+@contextmanager
+def track(spark: SparkSession, lake: io.Lake, run_id: str, dataset: str, stage: str) -> Iterator[StageRun]:
+    """Time a stage and append its outcome (succeeded or failed, with the error) to ``runs``."""
+    run = StageRun(run_id=run_id, dataset=dataset, stage=stage)
+    start = time.perf_counter()
+    try:
+        yield run
+        run.status = "succeeded"
+    except BaseException as exc:
+        run.status = "failed"
+        run.error = str(exc) if isinstance(exc, FulcrumError) else "".join(
+            traceback.format_exception_only(type(exc), exc)
+        ).strip()
+        raise
+    finally:
+        run.seconds = time.perf_counter() - start
+        try:
+            record(spark, lake, run)
+        except Exception:  # never hide the stage's own error behind a ledger failure
+            log.exception("could not record run %s/%s in the runs table", run_id, stage)
+
+
+def record(spark: SparkSession, lake: io.Lake, run: StageRun) -> None:
+    df = spark.createDataFrame([run.row()], schema=RUNS_SCHEMA)
+    io.append(df, lake.path("runs"), run.run_id, "runs")
+
+
+def history(spark: SparkSession, lake: io.Lake):
+    """The runs table, newest first (None when nothing has run yet)."""
+    path = lake.path("runs")
+    if not io.exists(spark, path):
+        return None
+    return io.read(spark, path).orderBy("started_at", ascending=False)

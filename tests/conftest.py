@@ -1,0 +1,42 @@
+"""Shared fixtures: one Spark session and one Ray instance per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """Real local Spark with Delta: local[2], UI off, few shuffle partitions."""
+    from jobs.config import SparkConfig
+    from jobs.spark import build_spark
+
+    session = build_spark(SparkConfig(master="local[2]", shuffle_partitions=2, app_name="fulcrum-tests"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Real local Ray, sized like the CLI's default (more logical CPUs than cores)."""
+    from training.runtime import init_ray, shutdown
+
+    init_ray(num_cpus=4)
+    yield
+    shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """Both sample datasets, built once (read-only for tests: copy before changing)."""
+    from jobs.samples import make_samples
+
+    out = tmp_path_factory.mktemp("samples")
+    make_samples(out, seed=7)
+    return out

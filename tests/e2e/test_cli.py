@@ -1,0 +1,64 @@
+"""The `fulcrum` command end to end: exit codes, messages, samples, ingest, demo."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fulcrum(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_help_lists_commands_with_examples(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for command in ("samples", "ingest", "runs", "demo"):
+        assert command in text
+    assert main(["ingest", "--help"]) == 0
+    assert "Example: fulcrum ingest" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["nosuchcommand"]) == 2
+    assert main(["ingest", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"dataset": "x", "kind": "tabular", "source": {"path": "a", "format": "xls"},
+                                   "columns": {"label": "y", "features": ["a"]}}))  # fmt: skip
+    assert main(["ingest", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "source.format" in err and "'csv'" in err and "fix:" in err
+
+
+@pytest.mark.spark
+def test_samples_ingest_runs_in_process(spark, tmp_path, capsys):
+    assert main(["samples", str(tmp_path)]) == 0
+    cfg = str(tmp_path / "cancer" / "cancer.yaml")
+    assert main(["ingest", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "ingest" in out and "already_in_bronze=0" in out
+    assert main(["ingest", cfg, "--set", "source.path=missing.csv"]) == 2
+    assert "source not found" in capsys.readouterr().err
+    assert main(["runs", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "succeeded" in out and "failed" in out and "bronze@v0" in out
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
+    result = fulcrum("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cancer: stages" in result.stdout and "digits: stages" in result.stdout
+    assert (tmp_path / "demo" / "lake" / "cancer" / "bronze" / "_delta_log").is_dir()
+    assert (tmp_path / "demo" / "lake" / "digits" / "bronze" / "_delta_log").is_dir()

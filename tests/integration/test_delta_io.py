@@ -1,0 +1,67 @@
+"""Delta round trips through the session, time travel, delta-rs interop, commit info."""
+
+import pytest
+from deltalake import DeltaTable as RsTable
+
+from jobs import io
+
+pytestmark = pytest.mark.spark
+
+
+def rows(df, *cols):
+    return sorted(tuple(r[c] for c in cols) for r in df.collect())
+
+
+def test_overwrite_round_trip_with_properties_in_one_commit(spark, tmp_path):
+    path = str(tmp_path / "t")
+    df = spark.createDataFrame([(1, "a", 0.5), (2, "b", None)], "id int, name string, x double")
+    version = io.overwrite(df, path, "run-1", "test", {"fulcrum.kind": "tabular"})
+    assert version == 0
+    assert rows(io.read(spark, path), "id", "name", "x") == [(1, "a", 0.5), (2, "b", None)]
+    props = io.properties(spark, path)
+    assert props["fulcrum.kind"] == "tabular" and props["delta.enableDeletionVectors"] == "false"
+    commit = io.last_commit(spark, path)
+    assert commit["user_metadata"] == {"run_id": "run-1", "stage": "test"}
+    assert spark.conf.get(io.USER_METADATA, None) is None  # not left set for other writers
+
+
+def test_time_travel_reads_an_older_version(spark, tmp_path):
+    path = str(tmp_path / "t")
+    io.overwrite(spark.createDataFrame([(1,)], "id int"), path, "r1", "test")
+    io.overwrite(spark.createDataFrame([(2,), (3,)], "id int"), path, "r2", "test")
+    assert rows(io.read(spark, path, version=0), "id") == [(1,)]
+    assert rows(io.read(spark, path), "id") == [(2,), (3,)]
+    assert io.version(spark, path) == 1
+
+
+def test_delta_rs_reads_what_spark_wrote(spark, tmp_path):
+    path = str(tmp_path / "t")
+    df = spark.createDataFrame(
+        [(f"s{i}", i % 3, i * 0.25, bool(i % 2)) for i in range(50)], "sample_id string, label int, x double, f boolean"
+    )
+    io.overwrite(df, path, "r1", "test", {"fulcrum.classes": '["a","b","c"]'})
+    io.append(df.limit(5), path, "r2", "test")
+    table = RsTable(path)
+    assert table.version() == 1
+    got = sorted(table.to_pyarrow_table().to_pylist(), key=lambda r: (r["sample_id"], r["x"]))
+    want = sorted((r.asDict() for r in io.read(spark, path).collect()), key=lambda r: (r["sample_id"], r["x"]))
+    assert got == want and len(got) == 55
+    assert table.metadata().configuration["fulcrum.classes"] == '["a","b","c"]'
+    assert len(RsTable(path, version=0).to_pyarrow_table()) == 50
+
+
+def test_insert_new_is_idempotent(spark, tmp_path):
+    path = str(tmp_path / "t")
+    first = spark.createDataFrame([("a", 1), ("b", 2)], "k string, v int")
+    assert io.insert_new(first, path, "k", "r1", "ingest") == {"version": 0, "inserted": 2, "source_rows": 2}
+    assert io.insert_new(first, path, "k", "r2", "ingest") == {"version": 0, "inserted": 0, "source_rows": None}
+    more = spark.createDataFrame([("b", 2), ("c", 3)], "k string, v int")
+    assert io.insert_new(more, path, "k", "r3", "ingest") == {"version": 1, "inserted": 1, "source_rows": 2}
+    assert rows(io.read(spark, path), "k", "v") == [("a", 1), ("b", 2), ("c", 3)]
+
+
+def test_lake_paths():
+    lake = io.Lake("s3a://bucket/lake/cancer/")
+    assert lake.path("bronze") == "s3a://bucket/lake/cancer/bronze"
+    with pytest.raises(ValueError, match="unknown table"):
+        lake.path("platinum")

@@ -1,0 +1,59 @@
+"""The Ray runtime: join a cluster when one is named, else start a local instance.
+
+On a machine with few cores the local instance advertises more logical CPUs than
+physical ones, so Ray Data's read tasks can still be scheduled while trainer workers
+hold their CPUs; without that, training on 2 cores deadlocks waiting for data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+MIN_LOCAL_CPUS = 4
+DATA_CPU_SHARE = 0.25  # of the cluster's CPUs kept free for Ray Data tasks
+
+
+def local_logical_cpus(physical: int | None = None) -> int:
+    """Logical CPUs for a local instance: twice the cores, at least 4."""
+    return max(MIN_LOCAL_CPUS, 2 * (physical or os.cpu_count() or 1))
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
+    """Connect to ``RAY_ADDRESS`` (or ``address``) if set, else start a sized local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    address = os.environ.get("RAY_ADDRESS") or address
+    if address:
+        ctx = ray.init(address=address, **kwargs)
+        log.info("joined Ray cluster at %s", address)
+    else:
+        cpus = num_cpus or local_logical_cpus()
+        ctx = ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, **kwargs)
+        log.info("started local Ray with %d logical CPUs", cpus)
+    return ctx
+
+
+def worker_cpus(num_workers: int, cluster_cpus: float) -> float:
+    """CPUs per trainer worker so that workers never take more than 75% of the cluster."""
+    if num_workers < 1:
+        raise ValueError("num_workers must be at least 1")
+    budget = cluster_cpus * (1 - DATA_CPU_SHARE)
+    share = min(1.0, budget / num_workers)
+    if share < 0.1:
+        raise ValueError(
+            f"{num_workers} workers do not fit in {cluster_cpus:g} CPUs with {DATA_CPU_SHARE:.0%} kept for "
+            "Ray Data; use fewer workers or a bigger cluster"
+        )
+    return round(share, 2)
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
