@@ -40,8 +40,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# Each benchmark prints a table (figures beside their peer, same run) and writes bench-results/*.json.
 bench: setup
-	$(BIN)/python -m pytest tests/bench -m "not gpu" -s -p no:randomly --timeout 3600 -o testpaths=tests/bench
+	@set -e; for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check jobs training tests

@@ -8,9 +8,8 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
-import click
 import typer
 import yaml
 from rich.console import Console
@@ -33,9 +32,9 @@ err = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="pipeline YAML (see the README's config reference)")]
 SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", help="override a config key: --set spark.shuffle_partitions=4")
+    list[str] | None, typer.Option("--set", help="override a config key: --set spark.shuffle_partitions=4")
 ]
-MasterOpt = Annotated[Optional[str], typer.Option("--spark-master", help="e.g. spark://host:7077 (default: config)")]
+MasterOpt = Annotated[str | None, typer.Option("--spark-master", help="e.g. spark://host:7077 (default: config)")]
 
 
 def _load(config: Path, overrides: list[str] | None, master: str | None):
@@ -153,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging()
     try:
         app(args=argv, prog_name="fulcrum", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("aborted")
         return EXIT_RUNTIME
-    except click.ClickException as exc:
-        exc.show(file=sys.stderr)
+    except typer.TyperException as exc:  # typer's usage errors (it vendors click)
+        exc.show(file=sys.stderr) if hasattr(exc, "show") else err.print(str(exc))
         return EXIT_USAGE
     except FulcrumError as exc:
         err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)

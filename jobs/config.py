@@ -32,7 +32,7 @@ class SourceConfig(Strict):
     version: int | None = Field(default=None, ge=0, description="Delta version to read (delta only)")
 
     @model_validator(mode="after")
-    def _version_only_for_delta(self) -> "SourceConfig":
+    def _version_only_for_delta(self) -> SourceConfig:
         if self.version is not None and self.format != "delta":
             raise ValueError("source.version is only valid with format: delta")
         return self
@@ -56,7 +56,7 @@ class ColumnsConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _distinct(self) -> "ColumnsConfig":
+    def _distinct(self) -> ColumnsConfig:
         names = [f.name for f in self.features]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -102,7 +102,7 @@ class PipelineConfig(Strict):
     base_dir: str = Field(default=".", exclude=True, description="set by the loader")
 
     @model_validator(mode="after")
-    def _images_section_matches_kind(self) -> "PipelineConfig":
+    def _images_section_matches_kind(self) -> PipelineConfig:
         if self.kind == "images" and self.images is None:
             raise ValueError("kind: images needs an images section (root, path_column, size, channels)")
         if self.kind == "tabular" and self.images is not None:

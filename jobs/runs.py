@@ -6,10 +6,10 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import UTC, datetime
 
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
@@ -45,7 +45,7 @@ RUNS_SCHEMA = T.StructType(
 
 def new_run_id() -> str:
     """Sortable and unique: UTC time plus 8 random hex digits."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
 @dataclass
@@ -53,7 +53,7 @@ class StageRun:
     run_id: str
     dataset: str
     stage: str
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     inputs: list[tuple[str, str, int | None]] = field(default_factory=list)
     outputs: list[tuple[str, str, int | None]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -63,7 +63,7 @@ class StageRun:
 
     def row(self) -> tuple:
         refs = lambda items: [(n, p, v) for n, p, v in items]  # noqa: E731
-        finished = datetime.now(timezone.utc)
+        finished = datetime.now(UTC)
         return (
             self.run_id, self.dataset, self.stage, self.status,
             self.started_at.replace(tzinfo=None), finished.replace(tzinfo=None), float(self.seconds),
