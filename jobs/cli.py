@@ -92,6 +92,42 @@ def ingest(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = Non
     print_reports(cfg.dataset, [report])
 
 
+def print_validation(report: StageReport) -> None:
+    table = Table(title="expectations", title_justify="left")
+    for col in ("expectation", "policy", "success", "unexpected", "%", "observed"):
+        table.add_column(col, justify="right" if col in ("unexpected", "%") else "left")
+    for s in report.details.get("summary", []):
+        pct = "" if s["unexpected_percent"] is None else f"{s['unexpected_percent']:.2f}"
+        observed = "" if s["observed_value"] is None or isinstance(s["observed_value"], list) else str(s["observed_value"])
+        mark = "[green]yes[/]" if s["success"] else ("[red]no[/]" if s["policy"] == "fail" else "[yellow]no[/]")
+        table.add_row(s["name"], s["policy"], mark, "" if s["unexpected_count"] is None else f"{s['unexpected_count']:,}",
+                      pct, observed[:30])  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+def validate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = None) -> None:
+    """Run the dataset's GX suite on bronze: report + Data Docs, quarantine `drop` failures, exit 1 on `fail`.
+
+    Example: fulcrum validate samples/cancer/cancer.yaml --set validate.policies.diagnosis_canonical=drop
+    """
+    from jobs import validate as stage
+    from jobs.errors import DataFailedError
+    from jobs.runs import new_run_id
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, spark_master)
+    try:
+        report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+    except DataFailedError as exc:
+        if getattr(exc, "report", None):
+            print_validation(exc.report)
+        raise
+    print_validation(report)
+    print_reports(cfg.dataset, [report])
+    out.print(f"Data Docs: {cfg.reports_dir}/data_docs/index.html")
+
+
 @app.command()
 def runs(
     config: ConfigArg,
@@ -135,6 +171,9 @@ def demo(
     from jobs.pipeline import demo as run_demo
 
     for dataset, reports in run_demo(out_dir, seed, spark_master):
+        for report in reports:
+            if report.stage == "validate":
+                print_validation(report)
         print_reports(dataset, reports)
     out.print(f"lake: {out_dir.resolve() / 'lake'}")
 

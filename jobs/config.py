@@ -20,7 +20,7 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class SourceConfig(Strict):
@@ -73,6 +73,14 @@ class ImagesConfig(Strict):
     channels: Literal[1, 3] = 3
 
 
+class ValidateConfig(Strict):
+    policies: dict[str, Literal["warn", "drop", "fail"]] = Field(
+        default_factory=dict, description="policy per expectation name (meta.name), overriding the suite"
+    )
+    data_docs: bool = Field(default=True, description="build the GX Data Docs site")
+    partial_unexpected: int = Field(default=20, ge=0, le=1000, description="unexpected values kept per expectation")
+
+
 class SparkConfig(Strict):
     master: str = "local[*]"
     app_name: str = "fulcrum"
@@ -97,6 +105,8 @@ class PipelineConfig(Strict):
     source: SourceConfig
     columns: ColumnsConfig
     images: ImagesConfig | None = None
+    suite: str | None = Field(default=None, description="GX suite JSON (relative to the YAML)")
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
     base_dir: str = Field(default=".", exclude=True, description="set by the loader")
@@ -116,6 +126,13 @@ class PipelineConfig(Strict):
         if _URI.match(path) or Path(path).is_absolute():
             return path
         return str((Path(self.base_dir) / path).resolve())
+
+    @property
+    def reports_dir(self) -> str:
+        """Local folder for reports and Data Docs: beside the tables when the lake is local."""
+        if _URI.match(self.lake_dir) and not self.lake_dir.startswith("file:"):
+            return str(Path("fulcrum-reports").resolve() / self.dataset)
+        return self.lake_dir.removeprefix("file:") + "/reports"
 
     @property
     def lake_dir(self) -> str:
@@ -177,13 +194,13 @@ def _allowed_keys(loc: tuple) -> list[str]:
     for part in loc:
         if isinstance(part, int) or model is None:
             continue
-        field = model.model_fields.get(part)
+        field = next((f for k, f in model.model_fields.items() if part in (k, f.alias)), None)
         if field is None:
             return []
         model = _model_of(field.annotation)
     if model is None:
         return []
-    return [k for k, f in model.model_fields.items() if not f.exclude]
+    return [f.alias or k for k, f in model.model_fields.items() if not f.exclude]
 
 
 def _model_of(annotation: Any) -> Any:

@@ -108,6 +108,21 @@ def append(df: DataFrame, path: str, run_id: str, stage: str) -> int:
     return version(spark, path)
 
 
+def replace_where(df: DataFrame, path: str, condition: str, run_id: str, stage: str) -> int:
+    """Atomically replace the rows matching ``condition`` with ``df`` (one commit).
+
+    A stage's quarantine rows are replaced as a whole, so a re-run never duplicates them.
+    """
+    spark = df.sparkSession
+    with commit_info(spark, run_id, stage):
+        if not exists(spark, path):
+            df.write.format("delta").save(path)
+        else:
+            (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+             .option("mergeSchema", "true").save(path))  # fmt: skip
+    return version(spark, path)
+
+
 def insert_new(df: DataFrame, path: str, key: str, run_id: str, stage: str) -> dict[str, Any]:
     """Insert the rows whose ``key`` the table does not hold yet, in one commit.
 

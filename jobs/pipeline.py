@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from jobs import ingest, samples
+from jobs import ingest, samples, validate
 from jobs.config import PipelineConfig, load_config
 from jobs.runs import new_run_id
 from jobs.stage import StageReport
@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 # Each stage job: (spark, config, run_id) -> StageReport. Later stages plug in here, in order.
 STAGES: dict[str, Callable[[SparkSession, PipelineConfig, str], StageReport]] = {
     "ingest": ingest.run,
+    "validate": validate.run,
 }
 
 
@@ -28,6 +29,9 @@ def run_pipeline(
     run_id = run_id or new_run_id()
     reports = []
     for name in stages or list(STAGES):
+        if name == "validate" and not cfg.suite:
+            log.warning("%s: no suite configured; validation skipped", cfg.dataset)
+            continue
         log.info("%s: %s (run %s)", cfg.dataset, name, run_id)
         reports.append(STAGES[name](spark, cfg, run_id))
     return reports

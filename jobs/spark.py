@@ -55,7 +55,10 @@ def build_spark(cfg: SparkConfig | None = None, master: str | None = None):
     major = java_version()
     if major < 17:
         raise EnvironmentSetupError(f"Java {major} found; Spark 4 needs Java 17 or newer", fix=JAVA_FIX)
-    builder = SparkSession.builder.appName(cfg.app_name).master(master or cfg.master)
+    master = master or cfg.master
+    if master.startswith("local"):  # Python workers must be this interpreter, with its packages
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(cfg.app_name).master(master)
     conf = {
         **DELTA_CONF,
         "spark.ui.enabled": str(cfg.ui).lower(),
