@@ -93,10 +93,13 @@ def ingest(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = Non
 
 
 def print_validation(report: StageReport) -> None:
+    summary = report.details.get("summary", [])
     table = Table(title="expectations", title_justify="left")
-    for col in ("expectation", "policy", "success", "unexpected", "%", "observed"):
-        table.add_column(col, justify="right" if col in ("unexpected", "%") else "left")
-    for s in report.details.get("summary", []):
+    table.add_column("expectation", no_wrap=True, min_width=max((len(s["name"]) for s in summary), default=10))
+    for col in ("policy", "success", "unexpected", "%"):
+        table.add_column(col, justify="right" if col in ("unexpected", "%") else "left", no_wrap=True)
+    table.add_column("observed", overflow="ellipsis", no_wrap=True, max_width=24)
+    for s in summary:
         pct = "" if s["unexpected_percent"] is None else f"{s['unexpected_percent']:.2f}"
         observed = "" if s["observed_value"] is None or isinstance(s["observed_value"], list) else str(s["observed_value"])
         mark = "[green]yes[/]" if s["success"] else ("[red]no[/]" if s["policy"] == "fail" else "[yellow]no[/]")

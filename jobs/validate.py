@@ -103,7 +103,7 @@ def validate(df: DataFrame, suite, rules: list[Rule], dataset: str, docs_dir: st
     })  # fmt: skip
     report.seconds = time.perf_counter() - start
     kept = tagged.filter(F.size("reasons") == 0).drop("reasons")
-    rejected = tagged.filter(F.size("reasons") > 0).withColumn("reason", F.col("reasons")[0])
+    rejected = tagged.filter(F.size("reasons") > 0).withColumn("reason", F.get("reasons", 0))
     return StageResult(kept=kept, rejected=rejected, report=report)
 
 

@@ -22,7 +22,7 @@ def fulcrum(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_help_lists_commands_with_examples(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("samples", "ingest", "runs", "demo"):
+    for command in ("samples", "ingest", "validate", "runs", "demo"):
         assert command in text
     assert main(["ingest", "--help"]) == 0
     assert "Example: fulcrum ingest" in capsys.readouterr().out
@@ -55,10 +55,28 @@ def test_samples_ingest_runs_in_process(spark, tmp_path, capsys):
 
 
 @pytest.mark.spark
+def test_validate_exit_codes_and_summary(spark, tmp_path, capsys):
+    assert main(["samples", str(tmp_path)]) == 0
+    cfg = str(tmp_path / "cancer" / "cancer.yaml")
+    assert main(["ingest", cfg]) == 0
+    assert main(["validate", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "mean_texture_in_range" in out and "Data Docs:" in out
+    # A fail policy on an expectation the data breaks: exit 1, the summary still shown.
+    assert main(["validate", cfg, "--set", "validate.policies.diagnosis_canonical=fail"]) == 1
+    captured = capsys.readouterr()
+    assert "diagnosis_canonical" in captured.out and "policy fail did not pass" in captured.err
+    assert main(["validate", cfg, "--set", "validate.policies.nope=drop"]) == 2
+    assert "names expectations the suite lacks" in capsys.readouterr().err
+
+
+@pytest.mark.spark
 @pytest.mark.slow
 def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     result = fulcrum("demo", "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cancer: stages" in result.stdout and "digits: stages" in result.stdout
+    assert "image_undecodable" in result.stdout and "validate" in result.stdout
     assert (tmp_path / "demo" / "lake" / "cancer" / "bronze" / "_delta_log").is_dir()
-    assert (tmp_path / "demo" / "lake" / "digits" / "bronze" / "_delta_log").is_dir()
+    assert (tmp_path / "demo" / "lake" / "digits" / "quarantine" / "_delta_log").is_dir()
+    assert (tmp_path / "demo" / "lake" / "digits" / "reports" / "data_docs" / "index.html").is_file()

@@ -117,3 +117,19 @@ def test_compiled_predicates_match_gx_counts_on_the_sample(spark, sample_dir, tm
     out_of_range = {e["record_id"] for e in injected if e["kind"] == "out_of_range"}
     dropped = {r["record_id"] for r in result.rejected.collect()}
     assert out_of_range <= dropped
+
+
+def test_image_sample_quarantines_every_broken_file_and_nothing_else(spark, sample_dir, tmp_path):
+    cfg = load_config(sample_dir / "digits" / "digits.yaml", {"lake_root": str(tmp_path / "lake")})
+    ingest.run(spark, cfg, "i-1")
+    report = validate.run(spark, cfg, "v-1")
+    reasons = {r["record_id"]: r["reason"] for r in io.read(spark, io.Lake(cfg.lake_dir).path("quarantine")).collect()}
+    expected = {"corrupt_file": "image_undecodable", "missing_file": "image_missing",
+                "path_escape": "image_outside_root", "decompression_bomb": "image_too_large",
+                "format_mismatch": "image_format_mismatch"}  # fmt: skip
+    injected = [json.loads(line) for line in (sample_dir / "digits" / "injections.jsonl").read_text().splitlines()]
+    want = {e["record_id"]: expected[e["kind"]] for e in injected if e["kind"] in expected}
+    assert reasons == want
+    assert report.rows_out == report.rows_in - len(want)
+    gx_counts = {s["name"]: s["unexpected_count"] for s in report.details["summary"]}
+    assert {k: gx_counts[k] for k in report.dropped} == report.dropped
