@@ -131,6 +131,30 @@ def validate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = N
     out.print(f"Data Docs: {cfg.reports_dir}/data_docs/index.html")
 
 
+suite_app = typer.Typer(help="Great Expectations suites: suggest a starter suite from the data.", no_args_is_help=True)
+app.add_typer(suite_app, name="suite")
+
+
+@suite_app.command("init")
+def suite_init(
+    config: ConfigArg,
+    out_path: Annotated[Path | None, typer.Option("--out", help="where to write (default: <dataset>.suite.json beside the config)")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Profile bronze and write a starter GX suite with policies, for a person to edit.
+
+    Example: fulcrum suite init samples/cancer/cancer.yaml --out expectations/cancer.json --force
+    """
+    from jobs.profile import init_suite
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, None)
+    target = out_path or config.parent / f"{cfg.dataset}.suite.json"
+    path, count = init_suite(build_spark(cfg.spark), cfg, target, force)
+    out.print(f"wrote {path} ({count} expectations); review it, then set `suite: {path.name}` in the config")
+
+
 @app.command()
 def runs(
     config: ConfigArg,

@@ -66,6 +66,10 @@ def test_validate_exit_codes_and_summary(spark, tmp_path, capsys):
     assert main(["validate", cfg, "--set", "validate.policies.diagnosis_canonical=fail"]) == 1
     captured = capsys.readouterr()
     assert "diagnosis_canonical" in captured.out and "policy fail did not pass" in captured.err
+    assert main(["suite", "init", cfg, "--out", str(tmp_path / "s.json")]) == 0
+    assert main(["suite", "init", cfg, "--out", str(tmp_path / "s.json")]) == 2  # exists, no --force
+    assert main(["validate", cfg, "--set", f"suite={tmp_path / 's.json'}"]) == 0
+    capsys.readouterr()
     assert main(["validate", cfg, "--set", "validate.policies.nope=drop"]) == 2
     assert "names expectations the suite lacks" in capsys.readouterr().err
 

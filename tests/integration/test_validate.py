@@ -133,3 +133,24 @@ def test_image_sample_quarantines_every_broken_file_and_nothing_else(spark, samp
     assert report.rows_out == report.rows_in - len(want)
     gx_counts = {s["name"]: s["unexpected_count"] for s in report.details["summary"]}
     assert {k: gx_counts[k] for k in report.dropped} == report.dropped
+
+
+def test_suite_init_suggests_a_suite_that_validates_its_own_data(spark, tmp_path):
+    from jobs.profile import init_suite
+
+    cfg = setup(tmp_path, spark)
+    path, count = init_suite(spark, cfg, tmp_path / "suggested.json")
+    suite = json.loads(path.read_text())
+    names = {e["meta"]["name"]: e for e in suite["expectations"]}
+    assert names["enough_rows"]["meta"]["policy"] == "fail"
+    assert names["id_present"]["meta"]["policy"] == "drop"  # complete column stays complete
+    assert names["x_mostly_present"]["kwargs"]["mostly"] < 1  # one null in six
+    assert names["x_in_range"]["kwargs"]["min_value"] < -5.0 and names["x_in_range"]["kwargs"]["max_value"] > 50.0
+    assert names["s_known"]["kwargs"]["value_set"] == ["bad", "ok"]
+    assert names["s_known"]["meta"]["policy"] == "warn"  # the label: clean normalises it
+    assert "id_unique" in names and count == len(suite["expectations"])
+    _, rules = load_suite(path)  # GX accepts it
+    result = validate.validate(io.read(spark, io.Lake(cfg.lake_dir).path("bronze")), *load_suite(path), "toy")
+    assert result.report.rows_out == 6  # the data it came from passes its own suite
+    with pytest.raises(Exception, match="exists"):
+        init_suite(spark, cfg, path)
