@@ -24,7 +24,7 @@ from jobs.stage import StageReport, StageResult
 log = logging.getLogger(__name__)
 
 LINEAGE_COLUMNS = ("sample_id", "source_file", "ingest_run_id")
-_NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
+NUMERIC_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
 _DELTA_FORBIDDEN = set(" ,;{}()\n\t=")
 
 
@@ -68,7 +68,7 @@ def check_schema(df: DataFrame, cfg: PipelineConfig) -> None:
     wrong = [
         f"{f.name} ({fields[f.name].simpleString()})"
         for f in cfg.columns.features
-        if f.kind == "numeric" and not isinstance(fields[f.name], (*_NUMERIC, T.StringType))
+        if f.kind == "numeric" and not isinstance(fields[f.name], (*NUMERIC_TYPES, T.StringType))
     ]
     if cfg.images and not isinstance(fields[cfg.images.path_column], T.StringType):
         wrong.append(f"{cfg.images.path_column} ({fields[cfg.images.path_column].simpleString()}, needs string)")

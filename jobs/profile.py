@@ -18,19 +18,17 @@ from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from jobs.ingest import LINEAGE_COLUMNS
+from jobs.ingest import LINEAGE_COLUMNS, NUMERIC_TYPES
 from jobs.probe import PROBE_FIELDS
 
 LOW_CARDINALITY = 20
 RANGE_MARGIN = 0.1  # of the observed range, on each side
-_NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
 
 
 def profile(df: DataFrame) -> dict[str, dict[str, Any]]:
     """Per-column facts in one aggregation (plus one for the small value sets)."""
-    numeric = {f.name for f in df.schema.fields if isinstance(f.dataType, _NUMERIC)}
+    numeric = {f.name for f in df.schema.fields if isinstance(f.dataType, NUMERIC_TYPES)}
     cols = [c for c in df.columns if c not in LINEAGE_COLUMNS]
     aggs = [F.count(F.lit(1)).alias("__rows")]
     for c in cols:
