@@ -53,12 +53,14 @@ def _load(config: Path, overrides: list[str] | None, master: str | None):
 
 def print_reports(dataset: str, reports: list[StageReport]) -> None:
     table = Table(title=f"{dataset}: stages", title_justify="left")
-    for col in ("stage", "rows in", "rows out", "dropped", "seconds", "details"):
-        table.add_column(col, justify="right" if col in ("rows in", "rows out", "seconds") else "left")
+    for col in ("stage", "rows in", "rows out", "dropped", "seconds"):
+        table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
+    table.add_column("details", overflow="fold")
     for r in reports:
-        dropped = ", ".join(f"{k}={v}" for k, v in sorted(r.dropped.items())) or "-"
-        details = ", ".join(f"{k}={v}" for k, v in r.details.items() if not isinstance(v, (dict, list)))
-        table.add_row(r.stage, f"{r.rows_in:,}", f"{r.rows_out:,}", dropped, f"{r.seconds:.1f}", details or "-")
+        scalars = {k: v for k, v in r.details.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        details = ", ".join(f"{k}={v}" for k, v in scalars.items())
+        table.add_row(r.stage, f"{r.rows_in:,}", f"{r.rows_out:,}", f"{sum(r.dropped.values()):,}", f"{r.seconds:.1f}",
+                      details or "-")  # fmt: skip
     out.print(table)
 
 
