@@ -62,12 +62,11 @@ class StageRun:
     seconds: float = 0.0
 
     def row(self) -> tuple:
-        refs = lambda items: [(n, p, v) for n, p, v in items]  # noqa: E731
         finished = datetime.now(UTC)
         return (
             self.run_id, self.dataset, self.stage, self.status,
             self.started_at.replace(tzinfo=None), finished.replace(tzinfo=None), float(self.seconds),
-            refs(self.inputs), refs(self.outputs), {k: int(v) for k, v in self.counts.items()}, self.error,
+            list(self.inputs), list(self.outputs), {k: int(v) for k, v in self.counts.items()}, self.error,
         )  # fmt: skip
 
 
