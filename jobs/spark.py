@@ -97,9 +97,9 @@ def warm(directory: str) -> str:
     path = os.path.join(directory, "warm")
     spark.range(3).write.format("delta").mode("overwrite").save(path)
     rows = spark.read.format("delta").load(path).count()
-    import delta
+    from importlib.metadata import version
 
-    return f"spark {spark.version}, delta-spark {delta.__version__ if hasattr(delta, '__version__') else ''} ok ({rows} rows)"
+    return f"spark {spark.version}, delta-spark {version('delta-spark')} ok ({rows} rows)"
 
 
 if __name__ == "__main__":  # `python -m jobs.spark`: warm the Delta jar cache

@@ -129,7 +129,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         try:
             result = validate(rows, suite, rules, cfg.dataset, docs, cfg.validate_.partial_unexpected)
             report = result.report
-            _finish(spark, cfg, lake, run_id, result, record, report_dir)
+            _finish(cfg, lake, run_id, result, record, report_dir)
         finally:
             rows.unpersist()
     log.info("validate %s: %d rows, %d quarantined %s, %d/%d expectations passed in %.1fs -> %s", cfg.dataset,
@@ -138,7 +138,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     return report
 
 
-def _finish(spark, cfg: PipelineConfig, lake: io.Lake, run_id: str, result: StageResult, record, report_dir: Path):
+def _finish(cfg: PipelineConfig, lake: io.Lake, run_id: str, result: StageResult, record, report_dir: Path):
     """Save the report; stop on a failed ``fail`` expectation, else write quarantine (one commit)."""
     report = result.report
     _save(report, report_dir)
