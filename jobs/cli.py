@@ -103,7 +103,9 @@ def print_validation(report: StageReport) -> None:
     table.add_column("observed", overflow="ellipsis", no_wrap=True, max_width=24)
     for s in summary:
         pct = "" if s["unexpected_percent"] is None else f"{s['unexpected_percent']:.2f}"
-        observed = "" if s["observed_value"] is None or isinstance(s["observed_value"], list) else str(s["observed_value"])
+        observed = (
+            "" if s["observed_value"] is None or isinstance(s["observed_value"], list) else str(s["observed_value"])
+        )
         mark = "[green]yes[/]" if s["success"] else ("[red]no[/]" if s["policy"] == "fail" else "[yellow]no[/]")
         table.add_row(s["name"], s["policy"], mark, "" if s["unexpected_count"] is None else f"{s['unexpected_count']:,}",
                       pct, observed[:30])  # fmt: skip
@@ -140,7 +142,9 @@ app.add_typer(suite_app, name="suite")
 @suite_app.command("init")
 def suite_init(
     config: ConfigArg,
-    out_path: Annotated[Path | None, typer.Option("--out", help="where to write (default: <dataset>.suite.json beside the config)")] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="where to write (default: <dataset>.suite.json beside the config)")
+    ] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
     set_: SetOpt = None,
 ) -> None:

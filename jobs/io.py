@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TABLES = ("bronze", "quarantine", "silver", "gold", "runs")
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 MERGE_RETRIES = 3
+CONSTRAINT_CHECK = "spark.databricks.delta.replaceWhere.constraintCheck.enabled"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,23 @@ def commit_info(spark: SparkSession, run_id: str, stage: str) -> Iterator[None]:
             spark.conf.unset(USER_METADATA)
         else:
             spark.conf.set(USER_METADATA, previous)
+
+
+@contextmanager
+def _conf(spark: SparkSession, key: str, value: str | None) -> Iterator[None]:
+    """Set a session conf for the block (``None``: leave it alone)."""
+    if value is None:
+        yield
+        return
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
 
 
 def exists(spark: SparkSession, path: str) -> bool:
@@ -87,9 +105,7 @@ def properties(spark: SparkSession, path: str) -> dict[str, str]:
     return dict(DeltaTable.forPath(spark, path).detail().first()["properties"] or {})
 
 
-def overwrite(
-    df: DataFrame, path: str, run_id: str, stage: str, props: dict[str, str] | None = None
-) -> int:
+def overwrite(df: DataFrame, path: str, run_id: str, stage: str, props: dict[str, str] | None = None) -> int:
     """Replace the table's rows (and schema) in one commit, with table properties."""
     spark = df.sparkSession
     writer = df.writeTo(f"delta.`{path}`").using("delta")
@@ -108,15 +124,21 @@ def append(df: DataFrame, path: str, run_id: str, stage: str) -> int:
     return version(spark, path)
 
 
-def replace_where(df: DataFrame, path: str, condition: str, run_id: str, stage: str) -> int:
+def replace_where(df: DataFrame, path: str, condition: str, run_id: str, stage: str,
+                  partition_by: str | None = None) -> int:  # fmt: skip
     """Atomically replace the rows matching ``condition`` with ``df`` (one commit).
 
     A stage's quarantine rows are replaced as a whole, so a re-run never duplicates them.
+    With ``partition_by`` (set when the table is created) the condition names that
+    column's value, which the caller stamps on every row of ``df``: the replacement is a
+    partition overwrite that reads no existing data file, and Delta's check that each new
+    row matches the condition (a second pass over ``df``) is skipped.
     """
     spark = df.sparkSession
-    with commit_info(spark, run_id, stage):
+    with commit_info(spark, run_id, stage), _conf(spark, CONSTRAINT_CHECK, "false" if partition_by else None):
         if not exists(spark, path):
-            df.write.format("delta").save(path)
+            writer = df.write.format("delta")
+            (writer.partitionBy(partition_by) if partition_by else writer).save(path)
         else:
             (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
              .option("mergeSchema", "true").save(path))  # fmt: skip
@@ -152,12 +174,7 @@ def _merge_with_retry(df: DataFrame, path: str, key: str) -> None:
     for attempt in range(1, MERGE_RETRIES + 1):
         target = DeltaTable.forPath(df.sparkSession, path)
         try:
-            (
-                target.alias("t")
-                .merge(df.alias("s"), f"t.`{key}` = s.`{key}`")
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
+            (target.alias("t").merge(df.alias("s"), f"t.`{key}` = s.`{key}`").whenNotMatchedInsertAll().execute())
             return
         except ConcurrentAppendException:
             if attempt == MERGE_RETRIES:

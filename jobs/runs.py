@@ -80,9 +80,11 @@ def track(spark: SparkSession, lake: io.Lake, run_id: str, dataset: str, stage: 
         run.status = "succeeded"
     except BaseException as exc:
         run.status = "failed"
-        run.error = str(exc) if isinstance(exc, FulcrumError) else "".join(
-            traceback.format_exception_only(type(exc), exc)
-        ).strip()
+        run.error = (
+            str(exc)
+            if isinstance(exc, FulcrumError)
+            else "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        )
         raise
     finally:
         run.seconds = time.perf_counter() - start

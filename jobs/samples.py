@@ -77,16 +77,21 @@ def make_cancer(outdir: Path, seed: int = 7) -> Path:
         for i in _pick(rng, pool, n):
             copy = df.loc[i].copy()
             if kind == "near_duplicate":  # a re-measured record: every value moved by at most 0.2 %
-                copy[numeric] = (copy[numeric].astype(float) * (1 + rng.uniform(-0.002, 0.002, len(numeric))))
+                copy[numeric] = copy[numeric].astype(float) * (1 + rng.uniform(-0.002, 0.002, len(numeric)))
                 copy[numeric] = copy[numeric].astype(float).round(6)
             copy["record_id"] = f"P{len(df) + len(extra):05d}"
             extra.append(copy)
             log.add(kind, copy["record_id"], of=df.loc[i, "record_id"])
     for i in _pick(rng, pool, 16):
         flipped = "benign" if df.loc[i, "diagnosis"] == "malignant" else "malignant"
-        log.add("label_flip", df.loc[i, "record_id"], column="diagnosis", original=df.loc[i, "diagnosis"], injected=flipped)
+        log.add(
+            "label_flip", df.loc[i, "record_id"], column="diagnosis", original=df.loc[i, "diagnosis"], injected=flipped
+        )
         df.loc[i, "diagnosis"] = flipped
-    variants = {"benign": ["Benign", "BENIGN", " benign", "benign "], "malignant": ["Malignant", "MALIGNANT", "malignent"]}
+    variants = {
+        "benign": ["Benign", "BENIGN", " benign", "benign "],
+        "malignant": ["Malignant", "MALIGNANT", "malignent"],
+    }
     for i in _pick(rng, pool, 20):
         original = df.loc[i, "diagnosis"]
         spelled = variants[original][int(rng.integers(len(variants[original])))]
@@ -159,7 +164,9 @@ def make_digits(outdir: Path, seed: int = 7) -> Path:
         blobs[rid] = _encode(_digit_png(digits.images[i]))
         rows.append({"record_id": rid, "path": f"{rid}.png", "label": DIGIT_NAMES[digits.target[i]],
                      "scanner": f"s{int(rng.integers(1, 4))}"})  # fmt: skip
-    log.add("class_imbalance", "*", column="label", counts=pd.Series([r["label"] for r in rows]).value_counts().to_dict())
+    log.add(
+        "class_imbalance", "*", column="label", counts=pd.Series([r["label"] for r in rows]).value_counts().to_dict()
+    )
     pool = list(range(len(rows)))
     next_id = len(rows)
 
@@ -192,7 +199,9 @@ def make_digits(outdir: Path, seed: int = 7) -> Path:
         log.add("label_flip", rows[i]["record_id"], column="label", original=original, injected=flipped)
     for i in _pick(rng, pool, 20):
         original = rows[i]["label"]
-        spelled = [original.title(), original.upper(), f" {original}", str(DIGIT_NAMES.index(original))][int(rng.integers(4))]
+        spelled = [original.title(), original.upper(), f" {original}", str(DIGIT_NAMES.index(original))][
+            int(rng.integers(4))
+        ]
         rows[i]["label"] = spelled
         log.add("label_variant", rows[i]["record_id"], column="label", original=original, injected=spelled)
     for i in _pick(rng, pool, 4):

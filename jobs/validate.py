@@ -1,10 +1,12 @@
-"""Validate: run the dataset's Great Expectations suite on bronze with GX's Spark engine.
+"""Validate: run the dataset's Great Expectations suite on bronze and quarantine failing rows.
 
-GX's result is the report (saved as GX JSON) and the Data Docs site. Row-level
-expectations with policy ``drop`` also tag each failing row with the names of the
-expectations it failed; tagged rows go to quarantine (reason = the first name, reasons =
-all), the rest flow on. A ``fail`` expectation that does not pass stops the job (exit 1)
-before anything is written downstream.
+The whole suite's result is in GX's format (saved as GX JSON, rendered into the Data Docs
+site). Row-level and simple aggregate expectations are evaluated in one fused Spark pass
+(``jobs.fused``) and go through GX's own validation logic; the rest run on GX's Spark
+engine. Row-level expectations with policy ``drop`` also tag each failing row with the
+names of the expectations it failed; tagged rows go to quarantine (reason = the first name,
+reasons = all), the rest flow on. A ``fail`` expectation that does not pass stops the job
+(exit 1) before anything is written downstream.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import io, runs
+from jobs import fused, io, runs
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, DataFailedError
 from jobs.probe import probe_images
@@ -30,40 +32,98 @@ log = logging.getLogger(__name__)
 STAGE = "validate"
 
 
-def tag_failures(df: DataFrame, rules: list[Rule]) -> DataFrame:
-    """Add ``reasons``: names of the ``drop`` expectations each row fails, in suite order."""
-    drops = [r for r in rules if r.policy == "drop"]
-    if not drops:
-        return df.withColumn("reasons", F.array().cast("array<string>"))
-    tags = F.array(*[F.when(r.fails(), F.lit(r.name)) for r in drops])
-    return df.withColumn("reasons", F.filter(tags, lambda x: x.isNotNull()))
-
-
-def run_gx(df: DataFrame, suite, dataset: str, docs_dir: str | None, partial: int = 20):
-    """Validate ``df`` with GX's Spark engine; build Data Docs into ``docs_dir`` when given."""
+def _context(docs_dir: str | None = None):
+    """An ephemeral GX context; with ``docs_dir``, a local Data Docs site named ``fulcrum`` there."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    actions = []
     if docs_dir:
         ctx.add_data_docs_site(site_name="fulcrum", site_config={
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         })  # fmt: skip
-        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["fulcrum"]))
+    return ctx
+
+
+def run_gx(df: DataFrame, suite, dataset: str, docs_dir: str | None = None, partial: int = 20):
+    """Validate ``df`` with GX's own Spark engine, every expectation (the reference fulcrum is measured against)."""
+    import great_expectations as gx
+
+    ctx = _context(docs_dir)
     suite = ctx.suites.add(suite)
     batch = ctx.data_sources.add_spark(name="lake").add_dataframe_asset(name=dataset)
     definition = batch.add_batch_definition_whole_dataframe("bronze")
     validation = ctx.validation_definitions.add(gx.ValidationDefinition(name=dataset, data=definition, suite=suite))
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["fulcrum"])] if docs_dir else []
     checkpoint = ctx.checkpoints.add(gx.Checkpoint(
         name=f"{dataset}-validate", validation_definitions=[validation], actions=actions,
-        result_format={"result_format": "SUMMARY", "partial_unexpected_count": partial},
+        result_format=fused.runtime_configuration(partial)["result_format"],
     ))  # fmt: skip
     result = checkpoint.run(batch_parameters={"dataframe": df})
     return next(iter(result.run_results.values()))
+
+
+def run_suite(df: DataFrame, suite, rules: list[Rule], dataset: str, docs_dir: str | None = None,
+              partial: int = 20, run_name: str | None = None):  # fmt: skip
+    """The whole suite in GX's result format: fused expectations in one pass, the rest on GX's engine.
+
+    Returns (ExpectationSuiteValidationResult in suite order, fused.Evaluation). With ``docs_dir``
+    the result is stored and the Data Docs site there is rebuilt.
+    """
+    import datetime
+
+    from great_expectations.core.expectation_suite import ExpectationSuite
+    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.validator.validation_statistics import calc_validation_statistics
+
+    plan = fused.plan(df, suite, rules, partial)
+    evaluation = fused.evaluate(df, plan, rules, partial)
+    by_name = dict(evaluation.results)
+    run_id = RunIdentifier(run_name=run_name, run_time=datetime.datetime.now(datetime.UTC))
+    meta: dict[str, Any] = {}
+    if plan.gx:  # uniqueness, quantiles, row conditions, ...: GX's engine, on the same DataFrame
+        rest = ExpectationSuite(name=suite.name, expectations=[e.configuration for e, _ in plan.gx])
+        gx_result = run_gx(df, rest, dataset, None, partial)
+        by_name.update({r.expectation_config.meta.get("name"): r for r in gx_result.results})
+        meta = {k: v for k, v in gx_result.meta.items() if k not in ("checkpoint_id", "validation_id")}
+    import great_expectations as gx
+
+    meta.update({"great_expectations_version": gx.__version__, "run_id": run_id, "validation_time": run_id.run_time,
+                 "fulcrum": {"fused": [r.name for _, r, _ in plan.fused], "gx_engine": [r.name for _, r in plan.gx],
+                             "limit_reads": evaluation.limit_reads}})  # fmt: skip
+    meta.setdefault("batch_spec", {"batch_data": "SparkDataFrame"})
+    meta.setdefault("active_batch_definition", {"datasource_name": "lake", "data_connector_name": "fluent",
+                                                "data_asset_name": dataset, "batch_identifiers": {}})  # fmt: skip
+    results = [by_name[r.name] for r in rules]
+    stats = calc_validation_statistics(results)
+    result = ExpectationSuiteValidationResult(
+        success=stats.success, results=results, suite_name=suite.name, meta=meta,
+        statistics={"evaluated_expectations": stats.evaluated_expectations,
+                    "successful_expectations": stats.successful_expectations,
+                    "unsuccessful_expectations": stats.unsuccessful_expectations,
+                    "success_percent": stats.success_percent},
+    )  # fmt: skip
+    if docs_dir:
+        _build_docs(result, suite, docs_dir, dataset, run_id)
+    return result, evaluation
+
+
+def _build_docs(result, suite, docs_dir: str, dataset: str, run_id) -> None:
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    ctx = _context(docs_dir)
+    ctx.suites.add(suite)
+    suite_id = ExpectationSuiteIdentifier(name=suite.name)
+    key = ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=dataset)
+    ctx.validation_results_store.set(key, result)
+    ctx.build_data_docs(site_names=["fulcrum"], resource_identifiers=[key, suite_id])
 
 
 def summarize(gx_result, rules: list[Rule]) -> list[dict[str, Any]]:
@@ -83,28 +143,21 @@ def summarize(gx_result, rules: list[Rule]) -> list[dict[str, Any]]:
 
 
 def validate(df: DataFrame, suite, rules: list[Rule], dataset: str, docs_dir: str | None = None,
-             partial: int = 20) -> StageResult:  # fmt: skip
-    """GX on ``df``, then split its rows into kept and rejected (with reasons), one aggregation for counts."""
+             partial: int = 20, run_name: str | None = None) -> StageResult:  # fmt: skip
+    """Results for the whole suite (one fused pass + GX for the rest), kept rows, rejected rows with reasons."""
     start = time.perf_counter()
-    gx_result = run_gx(df, suite, dataset, docs_dir, partial)
+    gx_result, evaluation = run_suite(df, suite, rules, dataset, docs_dir, partial, run_name)
     summary = summarize(gx_result, rules)
-    tagged = tag_failures(df, rules)
-    drops = [r.name for r in rules if r.policy == "drop"]
-    agg = tagged.agg(
-        F.count(F.lit(1)).alias("rows_in"),
-        F.sum(F.when(F.size("reasons") > 0, 1).otherwise(0)).alias("rejected"),
-        *[F.sum(F.when(F.array_contains("reasons", n), 1).otherwise(0)).alias(n) for n in drops],
-    ).first()
-    report = StageReport(stage=STAGE, rows_in=agg["rows_in"], rows_out=agg["rows_in"] - (agg["rejected"] or 0))
-    report.dropped = {n: int(agg[n] or 0) for n in drops if agg[n]}
+    report = StageReport(stage=STAGE, rows_in=evaluation.rows_in, rows_out=evaluation.rows_in - evaluation.rejected)
+    report.dropped = evaluation.dropped
     report.details.update({
         "expectations": len(rules), "failed_expectations": sum(not s["success"] for s in summary),
         "summary": summary, "gx_success": bool(gx_result.success), "gx_result": gx_result.to_json_dict(),
+        "fused": gx_result.meta["fulcrum"]["fused"], "gx_engine": gx_result.meta["fulcrum"]["gx_engine"],
     })  # fmt: skip
     report.seconds = time.perf_counter() - start
-    kept = tagged.filter(F.size("reasons") == 0).drop("reasons")
-    rejected = tagged.filter(F.size("reasons") > 0).withColumn("reason", F.get("reasons", 0))
-    return StageResult(kept=kept, rejected=rejected, report=report)
+    kept = df.filter(~fused.any_failure([r for r in rules if r.policy == "drop"]))
+    return StageResult(kept=kept, rejected=evaluation.rejected_rows, report=report)
 
 
 def failed_fail_policies(report: StageReport) -> list[dict]:
@@ -124,10 +177,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         rows = io.read(spark, lake.path("bronze"), bronze_version)
         if cfg.images:  # the image suite's expectations run on the probe's columns
             rows = probe_images(rows, cfg.images.path_column, cfg.resolve(cfg.images.root))
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # GX scans once per metric: probe/read once
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # read by the fused pass and the quarantine write
         docs = str(Path(cfg.reports_dir) / "data_docs") if cfg.validate_.data_docs else None
         try:
-            result = validate(rows, suite, rules, cfg.dataset, docs, cfg.validate_.partial_unexpected)
+            result = validate(rows, suite, rules, cfg.dataset, docs, cfg.validate_.partial_unexpected, run_id)
             report = result.report
             _finish(cfg, lake, run_id, result, record, report_dir)
         finally:
@@ -150,10 +203,16 @@ def _finish(cfg: PipelineConfig, lake: io.Lake, run_id: str, result: StageResult
                                 fix=f"see {report_dir / 'validation.json'} and the Data Docs; nothing was written downstream")  # fmt: skip
         error.report = report
         raise error
-    rejected = result.rejected.withColumn("stage", F.lit(STAGE)).withColumn("run_id", F.lit(run_id))
-    version = io.replace_where(rejected, lake.path("quarantine"), f"stage = '{STAGE}'", run_id, STAGE)
+    version = write_quarantine(lake, result.rejected, run_id)
     record.outputs.append(("quarantine", lake.path("quarantine"), version))
     report.details["quarantine_version"] = version
+
+
+def write_quarantine(lake: io.Lake, rejected: DataFrame, run_id: str) -> int:
+    """Replace this stage's quarantine rows with ``rejected`` (one commit; the table is partitioned by stage)."""
+    rejected = rejected.withColumn("stage", F.lit(STAGE)).withColumn("run_id", F.lit(run_id))
+    return io.replace_where(rejected, lake.path("quarantine"), f"stage = '{STAGE}'", run_id, STAGE,
+                            partition_by="stage")  # fmt: skip
 
 
 def _require_bronze(spark: SparkSession, lake: io.Lake, cfg: PipelineConfig) -> int:

@@ -99,24 +99,67 @@ def test_fail_policy_stops_and_writes_nothing_downstream(spark, tmp_path):
     assert [(r["status"], r["run_id"]) for r in last] == [("failed", "v-1")]
 
 
-def test_compiled_predicates_match_gx_counts_on_the_sample(spark, sample_dir, tmp_path):
+def results_by_name(suite_json: dict) -> dict:
+    """name -> (success, result) from a suite validation result in GX's JSON form."""
+    return {r["expectation_config"]["meta"]["name"]: (r["success"], r["result"]) for r in suite_json["results"]}
+
+
+def test_fused_results_equal_gx_own_on_the_sample(spark, sample_dir, tmp_path):
+    """Fused pass + GX for the rest gives GX's own results, field by field, and quarantines those rows."""
     from pathlib import Path
 
     suite_path = Path(__file__).parents[2] / "expectations" / "cancer.json"
     cfg = load_config(sample_dir / "cancer" / "cancer.yaml",
                       {"lake_root": str(tmp_path / "lake"), "suite": str(suite_path)})  # fmt: skip
     ingest.run(spark, cfg, "i-1")
-    _, rules = load_suite(suite_path)
-    bronze = io.read(spark, io.Lake(cfg.lake_dir).path("bronze"))
-    result = validate.validate(bronze, *load_suite(suite_path), "cancer")
-    gx_counts = {s["name"]: s["unexpected_count"] for s in result.report.details["summary"]}
-    for rule in rules:
-        if rule.row_level:
-            assert bronze.filter(rule.fails()).count() == gx_counts[rule.name], rule.name
+    bronze = io.read(spark, io.Lake(cfg.lake_dir).path("bronze")).cache()
+    reference = validate.run_gx(bronze, load_suite(suite_path)[0], "cancer")
+    suite, rules = load_suite(suite_path)
+    result = validate.validate(bronze, suite, rules, "cancer")
+    assert results_by_name(result.report.details["gx_result"]) == results_by_name(reference.to_json_dict())
+    assert result.report.details["gx_engine"] == []  # every expectation of the sample suite is fused
+    gx_counts = {r.expectation_config.meta["name"]: r.result.get("unexpected_count") for r in reference.results}
+    assert result.report.dropped == {
+        r.name: gx_counts[r.name] for r in rules if r.policy == "drop" and gx_counts[r.name]
+    }
     injected = [json.loads(line) for line in (sample_dir / "cancer" / "injections.jsonl").read_text().splitlines()]
     out_of_range = {e["record_id"] for e in injected if e["kind"] == "out_of_range"}
     dropped = {r["record_id"] for r in result.rejected.collect()}
     assert out_of_range <= dropped
+    bronze.unpersist()
+
+
+EDGE_SUITE = [  # every fused kind, with mostly, strict bounds, nulls, and ones only GX's engine runs
+    {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "min_value": 1, "max_value": 3,
+     "strict_min": True, "mostly": 0.5}},
+    {"type": "expect_column_values_to_be_between", "kwargs": {"column": "n", "max_value": 2}},
+    {"type": "expect_column_values_to_not_be_in_set", "kwargs": {"column": "s", "value_set": ["bad"]}},
+    {"type": "expect_column_values_to_not_match_regex", "kwargs": {"column": "id", "regex": "[ef]"}},
+    {"type": "expect_column_value_lengths_to_be_between", "kwargs": {"column": "s", "min_value": 3}},
+    {"type": "expect_column_values_to_be_null", "kwargs": {"column": "s", "mostly": 0.1}},
+    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x", "mostly": 0.9}},
+    {"type": "expect_column_sum_to_be_between", "kwargs": {"column": "n", "min_value": 0}},
+    {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "s", "min_value": 0}},  # not numeric: GX errors
+    {"type": "expect_column_max_to_be_between", "kwargs": {"column": "missing", "max_value": 1}},  # no column
+    {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "n"}},
+    {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "s"}, "meta": {"name": "s_unique"}},
+    {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "s", "value_set": ["ok"],
+     "row_condition": 'col("x") > 2', "condition_parser": "spark"}},
+    {"type": "expect_table_column_count_to_equal", "kwargs": {"value": 4}},
+]  # fmt: skip
+
+
+def test_fused_results_equal_gx_own_on_edge_cases(spark, tmp_path):
+    (tmp_path / "edge.json").write_text(json.dumps({"name": "edge", "expectations": EDGE_SUITE}))
+    rows = [(r[0], r[1], r[2], n) for n, r in enumerate(ROWS)]
+    df = spark.createDataFrame(rows, "id string, x double, s string, n long").cache()
+    reference = validate.run_gx(df, load_suite(tmp_path / "edge.json")[0], "edge")
+    result = validate.validate(df, *load_suite(tmp_path / "edge.json"), "edge")
+    mine = results_by_name(result.report.details["gx_result"])
+    assert mine == results_by_name(reference.to_json_dict())
+    assert len(result.report.details["fused"]) == 10  # all but the row condition, count, and the missing column
+    assert not mine["s_mean_to_be_between"][0] and not mine["missing_max_to_be_between"][0]
+    df.unpersist()
 
 
 def test_image_sample_quarantines_every_broken_file_and_nothing_else(spark, sample_dir, tmp_path):

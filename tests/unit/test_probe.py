@@ -27,7 +27,12 @@ def root(tmp_path):
 def test_good_image_facts(root):
     facts = probe_file(root, "ok.png")
     assert facts["image_exists"] and facts["image_inside_root"] and facts["image_decodable"]
-    assert (facts["image_format"], facts["image_width"], facts["image_height"], facts["image_channels"]) == ("PNG", 20, 10, 1)
+    assert (facts["image_format"], facts["image_width"], facts["image_height"], facts["image_channels"]) == (
+        "PNG",
+        20,
+        10,
+        1,
+    )
     assert facts["image_ext_matches"] and len(facts["image_sha256"]) == 64 and len(facts["image_phash"]) == 16
     assert facts["image_error"] is None
 
