@@ -135,6 +135,44 @@ def validate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = N
     out.print(f"Data Docs: {cfg.reports_dir}/data_docs/index.html")
 
 
+def print_curate(report: StageReport) -> None:
+    """Rows through clean, dedup and split, then class counts per fold."""
+    stages = report.details.get("stages", {})
+    table = Table(title="curate", title_justify="left")
+    for col in ("step", "rows in", "rows out", "quarantined", "seconds"):
+        table.add_column(col, justify="left" if col in ("step", "quarantined") else "right", no_wrap=True)
+    for name, s in stages.items():
+        dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("dropped", {}).items())) or "-"
+        table.add_row(name, f"{s['rows_in']:,}", f"{s['rows_out']:,}", dropped, f"{s['seconds']:.1f}")
+    out.print(table)
+    counts = stages.get("split", {}).get("class_counts_per_fold", {})
+    folds = sorted({int(f) for per in counts.values() for f in per})
+    if counts:
+        table = Table(title="class counts per fold (-1 = held-out test)", title_justify="left")
+        table.add_column("class", no_wrap=True)
+        for f in folds:
+            table.add_column(str(f), justify="right")
+        for cls in sorted(counts):
+            table.add_row(cls, *[f"{counts[cls].get(str(f), 0):,}" for f in folds])
+        out.print(table)
+
+
+@app.command()
+def curate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = None) -> None:
+    """Clean, deduplicate and split the validated rows into silver; quarantine what is dropped.
+
+    Example: fulcrum curate samples/cancer/cancer.yaml --set split.folds=10
+    """
+    from jobs import curate as stage
+    from jobs.runs import new_run_id
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, spark_master)
+    report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+    print_curate(report)
+    print_reports(cfg.dataset, [report])
+
+
 suite_app = typer.Typer(help="Great Expectations suites: suggest a starter suite from the data.", no_args_is_help=True)
 app.add_typer(suite_app, name="suite")
 
@@ -207,6 +245,8 @@ def demo(
         for report in reports:
             if report.stage == "validate":
                 print_validation(report)
+            if report.stage == "curate":
+                print_curate(report)
         print_reports(dataset, reports)
     out.print(f"lake: {out_dir.resolve() / 'lake'}")
 

@@ -81,6 +81,62 @@ class ValidateConfig(Strict):
     partial_unexpected: int = Field(default=20, ge=0, le=1000, description="unexpected values kept per expectation")
 
 
+Imputation = Literal["drop", "median", "mean", "mode", "constant", "keep"]
+
+
+class MissingConfig(Strict):
+    default: Imputation = Field(default="drop", description="what to do with a null feature value")
+    columns: dict[str, Imputation] = Field(default_factory=dict, description="per-column policy")
+    constants: dict[str, Any] = Field(default_factory=dict, description="value per column for `constant`")
+
+
+class OutliersConfig(Strict):
+    method: Literal["iqr", "mad", "zscore", "none"] = "iqr"
+    threshold: float | None = Field(default=None, gt=0, description="default 1.5 (iqr), 3.5 (mad), 3 (zscore)")
+    action: Literal["clip", "drop", "flag"] = "flag"
+    per_class: bool = Field(default=False, description="bounds per label value")
+    columns: list[str] | None = Field(default=None, description="numeric features to check (default: all)")
+
+    @property
+    def k(self) -> float:
+        return self.threshold or {"iqr": 1.5, "mad": 3.5, "zscore": 3.0, "none": 0.0}[self.method]
+
+
+class LabelsConfig(Strict):
+    classes: list[str] | None = Field(default=None, description="the class map; other labels are quarantined")
+    synonyms: dict[str, str] = Field(default_factory=dict, description="spelling -> class (after case/space folding)")
+
+
+class PiiConfig(Strict):
+    columns: dict[str, Literal["drop", "hash"]] = Field(default_factory=dict)
+    salt_env: str = Field(default="FULCRUM_PII_SALT", description="environment variable holding the hash salt")
+
+
+class CleanConfig(Strict):
+    missing: MissingConfig = MissingConfig()
+    outliers: OutliersConfig = OutliersConfig()
+    labels: LabelsConfig = LabelsConfig()
+    pii: PiiConfig = PiiConfig()
+
+
+class NearDupConfig(Strict):
+    enabled: bool = True
+    tolerance: float = Field(default=0.05, gt=0, description="tabular: max difference per feature, in its stdevs")
+    hamming: int = Field(default=6, ge=0, le=63, description="images: max differing bits of the 64-bit pHash")
+    hash_tables: int = Field(default=12, ge=1, le=64, description="tabular: MinHash tables (recall vs cost)")
+    action: Literal["remove", "keep"] = Field(default="remove", description="keep: rows stay, sharing a dup_group")
+
+
+class DedupConfig(Strict):
+    exact: bool = True
+    near: NearDupConfig = NearDupConfig()
+
+
+class SplitConfig(Strict):
+    folds: int = Field(default=5, ge=2, le=100)
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0, description="held-out rows (fold = -1), per class")
+
+
 class SparkConfig(Strict):
     master: str = "local[*]"
     app_name: str = "fulcrum"
@@ -107,6 +163,9 @@ class PipelineConfig(Strict):
     images: ImagesConfig | None = None
     suite: str | None = Field(default=None, description="GX suite JSON (relative to the YAML)")
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    clean: CleanConfig = CleanConfig()
+    dedup: DedupConfig = DedupConfig()
+    split: SplitConfig = SplitConfig()
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
     base_dir: str = Field(default=".", exclude=True, description="set by the loader")

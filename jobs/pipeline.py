@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from jobs import ingest, samples, validate
+from jobs import curate, ingest, samples, validate
 from jobs.config import PipelineConfig, load_config
 from jobs.runs import new_run_id
 from jobs.stage import StageReport
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 STAGES: dict[str, Callable[[SparkSession, PipelineConfig, str], StageReport]] = {
     "ingest": ingest.run,
     "validate": validate.run,
+    "curate": curate.run,
 }
 
 

@@ -118,6 +118,11 @@ def make_cancer(outdir: Path, seed: int = 7) -> Path:
         "source": {"path": "cancer.csv", "format": "csv", "options": {"header": True, "inferSchema": True}},
         "columns": {"id": "record_id", "label": "diagnosis",
                     "features": numeric + [{"name": "texture_grade", "kind": "categorical"}]},
+        "clean": {"labels": {"classes": ["benign", "malignant"], "synonyms": {"malignent": "malignant"}},
+                  "missing": {"default": "median", "columns": {"texture_grade": "mode"}},
+                  "outliers": {"method": "iqr", "threshold": 3.0, "action": "flag"}},
+        "dedup": {"near": {"tolerance": 0.05}},
+        "split": {"folds": 5, "test_fraction": 0.2},
     }  # fmt: skip
     return _write_yaml(folder / "cancer.yaml", config, "cancer")
 
@@ -246,6 +251,9 @@ def make_digits(outdir: Path, seed: int = 7) -> Path:
         "source": {"path": "manifest.csv", "format": "csv", "options": {"header": True}},
         "columns": {"id": "record_id", "label": "label", "features": []},
         "images": {"root": "images", "path_column": "path", "size": IMAGE_SIZE, "channels": 1},
+        "clean": {"labels": {"classes": DIGIT_NAMES, "synonyms": {str(i): n for i, n in enumerate(DIGIT_NAMES)}}},
+        "dedup": {"near": {"hamming": 2}},  # 8x8 digits: unrelated pairs start at 3-4 bits
+        "split": {"folds": 5, "test_fraction": 0.2},
     }  # fmt: skip
     return _write_yaml(folder / "digits.yaml", config, "digits")
 

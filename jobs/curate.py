@@ -1,0 +1,156 @@
+"""Curate: validated bronze → clean → dedup (find, remove) → split → silver (one commit) + quarantine.
+
+The validated rows are bronze at its latest version minus the rows the validate stage
+quarantined (when the dataset has a suite). Image rows are probed again for their
+content hash and perceptual hash. Rows rejected by clean or dedup go to quarantine as
+they were in bronze, with ``reason``/``reasons``, the stage and the run id; re-running
+replaces those rows and silver as a whole, so nothing is ever duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import clean, dedup, io, runs, split
+from jobs.config import PipelineConfig
+from jobs.errors import ConfigError, DataFailedError
+from jobs.probe import probe_images
+from jobs.stage import StageReport
+
+log = logging.getLogger(__name__)
+STAGE = "curate"
+SUB_STAGES = ("clean", "dedup")
+
+
+def validated_rows(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake) -> tuple[DataFrame, int]:
+    """Bronze at its latest version without the rows validate quarantined; (rows, bronze version)."""
+    version = io.version(spark, lake.path("bronze"))
+    if version is None:
+        raise ConfigError(f"{cfg.dataset}: bronze does not exist yet at {lake.path('bronze')}",
+                          fix="run `fulcrum ingest CONFIG` first")  # fmt: skip
+    rows = io.read(spark, lake.path("bronze"), version)
+    if cfg.suite:
+        if not _validated(spark, lake, version):
+            raise ConfigError(f"{cfg.dataset}: bronze v{version} has not been validated",
+                              fix="run `fulcrum validate CONFIG` first (or `fulcrum run CONFIG`)")  # fmt: skip
+        quarantined = io.read(spark, lake.path("quarantine")).where(F.col("stage") == "validate").select("sample_id")
+        rows = rows.join(quarantined, "sample_id", "left_anti")
+    return rows, version
+
+
+def _validated(spark: SparkSession, lake: io.Lake, bronze_version: int) -> bool:
+    """Did the latest validate run succeed, on this bronze version?"""
+    history = runs.history(spark, lake)
+    if history is None or not io.exists(spark, lake.path("quarantine")):
+        return False
+    last = history.where(F.col("stage") == "validate").first()
+    if last is None or last["status"] != "succeeded":
+        return False
+    return any(i["name"] == "bronze" and i["version"] == bronze_version for i in last["inputs"] or [])
+
+
+def curate(rows: DataFrame, cfg: PipelineConfig) -> tuple[DataFrame, DataFrame, list[StageReport]]:
+    """(silver rows, rejected sample ids with reasons and stage, reports) for validated ``rows``."""
+    cleaned = clean.clean(rows, cfg)
+    kept = cleaned.kept.persist(StorageLevel.MEMORY_AND_DISK)
+    found = dedup.find(kept, cfg)
+    deduped = dedup.remove(found, cfg)
+    survivors = deduped.kept.drop("exact_key").persist(StorageLevel.MEMORY_AND_DISK)
+    folds = split.split(survivors, cfg)
+    rejected = (cleaned.rejected.select("sample_id", "reasons", "reason", F.lit(None).cast("string").alias("duplicate_of"),
+                                        F.lit("clean").alias("stage"))
+                .unionByName(deduped.rejected.select("sample_id", "reasons", "reason", "duplicate_of",
+                                                     F.lit("dedup").alias("stage"))))  # fmt: skip
+    return folds.kept, rejected, [cleaned.report, deduped.report, folds.report]
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
+    """Job: validated bronze → silver (one overwrite commit) + quarantine rows of clean and dedup (one commit)."""
+    lake = io.Lake(cfg.lake_dir)
+    with runs.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
+        start = time.perf_counter()
+        rows, bronze_version = validated_rows(spark, cfg, lake)
+        record.inputs.append(("bronze", lake.path("bronze"), bronze_version))
+        if cfg.images:
+            rows = probe_images(rows, cfg.images.path_column, cfg.resolve(cfg.images.root))
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            silver, rejected, reports = curate(rows, cfg)
+            silver = silver.persist(StorageLevel.MEMORY_AND_DISK)
+            _require_classes(silver, cfg)
+            quarantine = rows.join(rejected, "sample_id").withColumn("run_id", F.lit(run_id))
+            q_version = io.replace_where(quarantine, lake.path("quarantine"), "stage IN ('clean', 'dedup')",
+                                         run_id, STAGE, partition_by="stage")  # fmt: skip
+            props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": cfg.split.folds,
+                     "fulcrum.label": cfg.columns.label, "fulcrum.bronze_version": bronze_version}  # fmt: skip
+            s_version = io.overwrite(silver, lake.path("silver"), run_id, STAGE, props)
+        finally:
+            rows.unpersist()
+        report = StageReport(stage=STAGE, rows_in=reports[0].rows_in, rows_out=reports[-1].rows_out)
+        for r in reports[:2]:
+            report.dropped.update(r.dropped)
+        report.details.update({"stages": {r.stage: {"rows_in": r.rows_in, "rows_out": r.rows_out,
+                                                    "dropped": r.dropped, "seconds": round(r.seconds, 2),
+                                                    **r.details} for r in reports},
+                               "silver_version": s_version, "quarantine_version": q_version})  # fmt: skip
+        report.seconds = time.perf_counter() - start
+        record.outputs += [
+            ("silver", lake.path("silver"), s_version),
+            ("quarantine", lake.path("quarantine"), q_version),
+        ]
+        record.counts.update(report.counts())
+        _save(report, Path(cfg.reports_dir) / run_id)
+    log.info("curate %s: %d rows in, %d to silver (v%d), quarantined %s in %.1fs", cfg.dataset, report.rows_in,
+             report.rows_out, s_version, report.dropped or "nothing", report.seconds)  # fmt: skip
+    return report
+
+
+def _require_classes(silver: DataFrame, cfg: PipelineConfig) -> None:
+    """Training needs two classes and at least one row per fold: say so here, before anything is written."""
+    counts = {r[0]: r[1] for r in silver.groupBy(cfg.columns.label).count().collect()}
+    if len(counts) < 2:
+        raise DataFailedError(f"{cfg.dataset}: silver would hold {sum(counts.values())} rows of "
+                              f"{len(counts)} class(es) {sorted(counts)}; training needs at least two",
+                              fix="check the label column, clean.labels and the quarantine reasons")  # fmt: skip
+    small = {k: v for k, v in counts.items() if v < cfg.split.folds}
+    if small:
+        raise DataFailedError(f"{cfg.dataset}: classes with fewer rows than folds ({cfg.split.folds}): {small}",
+                              fix="lower split.folds or add data for those classes")  # fmt: skip
+
+
+def _save(report: StageReport, folder: Path) -> None:
+    """curate.json (every statistic) and folds.png (class counts per fold)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _plot_folds(report.details["stages"]["split"]["class_counts_per_fold"], folder / "folds.png")
+    (folder / "curate.json").write_text(json.dumps({"rows_in": report.rows_in, "rows_out": report.rows_out,
+                                                    "dropped": report.dropped, **report.details},
+                                                   indent=2, default=str))  # fmt: skip
+
+
+def _plot_folds(counts: dict[str, dict[str, int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folds = sorted({int(f) for per in counts.values() for f in per})
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(folds), 3.2))
+    bottom = [0] * len(folds)
+    for cls in sorted(counts):
+        values = [counts[cls].get(str(f), 0) for f in folds]
+        ax.bar([str(f) if f >= 0 else "test" for f in folds], values, bottom=bottom, label=cls)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xlabel("fold")
+    ax.set_ylabel("rows")
+    ax.set_title("silver: class counts per fold")
+    ax.legend(fontsize="small", ncols=2 if len(counts) > 4 else 1, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,190 @@
+"""Dedup, as two verbs: ``find`` gives every row a ``dup_group``; ``remove`` keeps one survivor per group.
+
+Exact duplicates share a hash of the normalised feature values (tabular) or of the file
+content (images). Near duplicates are found without comparing all pairs:
+
+- tabular: each numeric feature is quantised on two grids offset by half a cell (cell =
+  2 × tolerance × the feature's stdev), so two values within the tolerance share at least
+  one token; rows become token sets, and Spark ML's ``MinHashLSH`` similarity join yields
+  candidate pairs, each confirmed by checking every feature is within tolerance;
+- images: the 64-bit perceptual hash from the probe is cut into 8 bands (16 for a
+  threshold above 7 bits); pairs sharing a band are candidates (by pigeonhole, every
+  pair within the threshold shares one), confirmed by their Hamming distance.
+
+Pairs become groups by connected components, computed in Spark by min-label
+propagation (no pair list is collected to the driver); a group's id is its smallest
+``sample_id``. A group whose labels disagree is quarantined whole as ``label_conflict``;
+otherwise the survivor is the smallest ``sample_id``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from jobs.config import PipelineConfig
+from jobs.stage import StageReport, StageResult
+
+STAGE = "dedup"
+ID = "sample_id"
+MAX_ITERATIONS = 64
+
+
+def exact_key(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
+    """``exact_key``: SHA-256 of the file content (images) or of the normalised feature values (tabular)."""
+    if cfg.kind == "images":
+        return df.withColumn("exact_key", F.col("image_sha256"))
+    values = []
+    for f in cfg.columns.features:
+        c = F.col(f"`{f.name}`")
+        values.append(F.lower(F.trim(c.cast("string"))) if f.kind == "categorical" else c.cast("double"))
+    return df.withColumn("exact_key", F.sha2(F.to_json(F.array(*[v.cast("string") for v in values])), 256))
+
+
+def exact_edges(df: DataFrame) -> DataFrame:
+    """Each member of an exact-key group linked to the group's smallest id (a star, not all pairs)."""
+    first = F.min(ID).over(Window.partitionBy("exact_key"))
+    linked = df.where(F.col("exact_key").isNotNull()).select(ID, first.alias("first"))
+    return linked.where(F.col(ID) != F.col("first")).select(F.col("first").alias("src"), F.col(ID).alias("dst"))
+
+
+def tabular_near_edges(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
+    """Confirmed pairs (src < dst) whose every feature is within ``tolerance`` stdevs."""
+    from pyspark.ml.feature import HashingTF, MinHashLSH
+
+    tol = cfg.dedup.near.tolerance
+    numeric = [f.name for f in cfg.columns.features if f.kind == "numeric"]
+    categorical = [f.name for f in cfg.columns.features if f.kind == "categorical"]
+    stds = df.agg(*[F.stddev_samp(c).alias(c) for c in numeric]).first().asDict() if numeric else {}
+    width = {c: 2 * tol * (stds[c] or 0.0) for c in numeric}
+    tokens = []
+    for i, c in enumerate(numeric):
+        if not width[c]:  # a constant column: the value itself is the token
+            tokens.append(F.concat(F.lit(f"{i}v"), F.col(c).cast("string")))
+            continue
+        scaled = F.col(c) / F.lit(width[c])
+        tokens.append(F.concat(F.lit(f"{i}a"), F.floor(scaled).cast("string")))
+        tokens.append(F.concat(F.lit(f"{i}b"), F.floor(scaled + 0.5).cast("string")))
+    for i, c in enumerate(categorical):
+        tokens.append(F.concat(F.lit(f"{i}c"), F.lower(F.trim(F.col(c).cast("string")))))
+    tokens = [F.coalesce(t, F.lit(f"null{i}")) for i, t in enumerate(tokens)]
+    rows = df.select(ID, *numeric, *categorical, F.array(*tokens).alias("tokens"))
+    rows = HashingTF(inputCol="tokens", outputCol="vector", numFeatures=1 << 20, binary=True).transform(rows)
+    model = MinHashLSH(inputCol="vector", outputCol="hashes", numHashTables=cfg.dedup.near.hash_tables,
+                       seed=cfg.seed).fit(rows)  # fmt: skip
+    # Each feature of a true pair shares >= 1 of its 2 tokens, so Jaccard >= 1/3: distance <= 2/3.
+    pairs = model.approxSimilarityJoin(rows, rows, 0.7, distCol="distance")
+    a, b = F.col("datasetA"), F.col("datasetB")
+    close = F.lit(True)
+    for c in numeric:
+        close = close & (F.abs(a[c] - b[c]) <= F.lit(tol * (stds[c] or 0.0) * (1 + 1e-9)))
+    for c in categorical:
+        close = close & a[c].eqNullSafe(b[c])
+    pairs = pairs.where((a[ID] < b[ID]) & close)
+    return pairs.select(a[ID].alias("src"), b[ID].alias("dst"))
+
+
+def _hex_to_long(hexes: str) -> F.Column:
+    return F.conv(hexes, 16, 10).cast("long")
+
+
+def image_near_edges(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
+    """Confirmed pairs (src < dst) of perceptual hashes at most ``hamming`` bits apart (LSH banding)."""
+    h = cfg.dedup.near.hamming
+    bands = 8 if h <= 7 else 16
+    chars = 16 // bands
+    rows = df.where(F.col("image_phash").isNotNull()).select(ID, "image_phash")
+    banded = rows.select(ID, "image_phash", F.posexplode(F.array(*[
+        F.substring("image_phash", 1 + i * chars, chars) for i in range(bands)])).alias("band", "value"))  # fmt: skip
+    a, b = banded.alias("a"), banded.alias("b")
+    cand = (a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.value") == F.col("b.value"))
+                   & (F.col(f"a.{ID}") < F.col(f"b.{ID}")))
+            .select(F.col(f"a.{ID}").alias("src"), F.col(f"b.{ID}").alias("dst"),
+                    F.col("a.image_phash").alias("ha"), F.col("b.image_phash").alias("hb"))
+            .dropDuplicates(["src", "dst"]))  # fmt: skip
+    bits = F.lit(0)
+    for half in (1, 9):  # two 32-bit halves: conv to long stays positive
+        x = _hex_to_long(F.substring("ha", half, 8)).bitwiseXOR(_hex_to_long(F.substring("hb", half, 8)))
+        bits = bits + F.bit_count(x)
+    return cand.where(bits <= h).select("src", "dst")
+
+
+def connected_components(edges: DataFrame) -> DataFrame:
+    """(node, component) for every node of ``edges`` (src, dst); component = the smallest node id.
+
+    Min-label propagation: each node takes the smallest label among itself and its
+    neighbours until nothing changes (as many rounds as the widest group's diameter).
+    """
+    both = edges.select("src", "dst").union(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
+    both = both.distinct().localCheckpoint()
+    labels = both.groupBy("src").agg(F.least(F.min("dst"), F.first("src")).alias("label"))
+    labels = labels.withColumnRenamed("src", "node").localCheckpoint()
+    for _ in range(MAX_ITERATIONS):
+        spread = both.join(labels, both["dst"] == labels["node"]).groupBy("src").agg(F.min("label").alias("seen"))
+        nxt = labels.join(spread, labels["node"] == spread["src"], "left").select(
+            "node", F.least("label", F.coalesce("seen", "label")).alias("label"), F.col("label").alias("was")
+        )
+        nxt = nxt.localCheckpoint()
+        if nxt.where(F.col("label") != F.col("was")).limit(1).count() == 0:
+            return nxt.select("node", F.col("label").alias("component"))
+        labels = nxt.select("node", "label")
+    raise RuntimeError(f"connected components did not converge in {MAX_ITERATIONS} rounds")
+
+
+def find(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
+    """``df`` with ``exact_key`` and ``dup_group`` (the smallest ``sample_id`` of its duplicate group)."""
+    df = exact_key(df, cfg)
+    parts = []
+    if cfg.dedup.exact:
+        parts.append(exact_edges(df))
+    if cfg.dedup.near.enabled:
+        parts.append(image_near_edges(df, cfg) if cfg.kind == "images" else tabular_near_edges(df, cfg))
+    if not parts:
+        return df.withColumn("dup_group", F.col(ID))
+    edges = parts[0]
+    for p in parts[1:]:
+        edges = edges.union(p)
+    groups = connected_components(edges)
+    found = df.join(groups, df[ID] == groups["node"], "left")
+    return found.withColumn("dup_group", F.coalesce("component", ID)).drop("node", "component")
+
+
+def remove(found: DataFrame, cfg: PipelineConfig) -> StageResult:
+    """Keep one survivor per group; quarantine the rest (exact/near duplicate) and groups with disagreeing labels."""
+    start = time.perf_counter()
+    label = cfg.columns.label
+    group = Window.partitionBy("dup_group")
+    same_copy = Window.partitionBy("dup_group", "exact_key")
+    keep_near = cfg.dedup.near.action == "keep"
+    df = (found.withColumn("group_size", F.count(F.lit(1)).over(group))
+          .withColumn("labels", F.size(F.collect_set(label).over(group)))
+          .withColumn("first", F.min(ID).over(group))
+          .withColumn("survivor", F.min(ID).over(same_copy) if keep_near else F.col("first"))
+          .withColumn("survivor_key", F.min(F.when(F.col(ID) == F.col("first"), F.col("exact_key"))).over(group)))  # fmt: skip
+    reason = (F.when(F.col("labels") > 1, F.lit("label_conflict"))
+              .when(F.col(ID) == F.col("survivor"), F.lit(None))
+              .when(F.col("exact_key") == F.col("survivor_key"), F.lit("exact_duplicate"))
+              .otherwise(F.lit("near_duplicate")))  # fmt: skip
+    if keep_near:
+        reason = F.when(F.col("labels") > 1, F.lit("label_conflict")).when(F.col(ID) != F.col("survivor"),
+                                                                            F.lit("exact_duplicate"))  # fmt: skip
+    df = df.withColumn("reason", reason)
+    stats = df.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()
+    groups = df.where(F.col("group_size") > 1).agg(F.count_distinct("dup_group").alias("g"),
+                                                   F.count(F.lit(1)).alias("rows")).first()  # fmt: skip
+    counts = {r["reason"]: r["n"] for r in stats}
+    rows_in = sum(counts.values())
+    dropped = {k: v for k, v in counts.items() if k}
+    helper = ["group_size", "labels", "first", "survivor", "survivor_key"]
+    kept = df.where(F.col("reason").isNull()).drop("reason", *helper)
+    rejected = (df.where(F.col("reason").isNotNull())
+                .withColumn("duplicate_of", F.when(F.col("reason") != "label_conflict", F.col("survivor")))
+                .withColumn("reasons", F.array("reason")).drop(*helper))  # fmt: skip
+    report = StageReport(stage=STAGE, rows_in=rows_in, rows_out=rows_in - sum(dropped.values()), dropped=dropped)
+    report.details.update(
+        {"groups": groups["g"], "rows_in_groups": groups["rows"], "near_action": cfg.dedup.near.action}
+    )
+    report.seconds = time.perf_counter() - start
+    return StageResult(kept=kept, rejected=rejected, report=report)

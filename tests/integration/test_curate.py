@@ -1,0 +1,196 @@
+"""Clean, dedup, split and the curate job on real local Spark and Delta."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import clean, curate, dedup, ingest, io, split, validate
+from jobs.config import load_config, parse_config
+from jobs.errors import ConfigError, DataFailedError
+
+pytestmark = pytest.mark.spark
+
+
+def config(**sections):
+    raw = {"dataset": "toy", "kind": "tabular", "source": {"path": "x", "format": "csv"},
+           "columns": {"label": "y", "features": ["a", "b", {"name": "c", "kind": "categorical"}]}, **sections}  # fmt: skip
+    return parse_config(raw)
+
+
+SCHEMA = "sample_id string, a string, b double, c string, y string"
+
+
+def frame(spark, rows):
+    return spark.createDataFrame(rows, SCHEMA)
+
+
+def reasons(result) -> dict[str, list[str]]:
+    return {r["sample_id"]: list(r["reasons"]) for r in result.rejected.collect()}
+
+
+# ---------------------------------------------------------------- clean
+
+
+def test_clean_folds_labels_coerces_and_quarantines_with_exact_reasons(spark):
+    cfg = config(clean={"labels": {"classes": ["cat", "dog"], "synonyms": {"doggo": "dog"}},
+                        "missing": {"default": "drop", "columns": {"b": "median"}},
+                        "outliers": {"method": "none"}})  # fmt: skip
+    rows = [
+        ("s1", "1.5", 1.0, "x", " Cat "),  # label folded to cat
+        ("s2", "2", None, "x", "DOGGO"),  # synonym; b imputed with the median
+        ("s3", "abc", 3.0, "x", "dog"),  # a does not parse
+        ("s4", "4", 4.0, "x", "bird"),  # unknown label
+        ("s5", None, 5.0, "x", "cat"),  # a missing: dropped
+        ("s6", "6", 6.0, None, None),  # no label, c missing
+    ]
+    result = clean.clean(frame(spark, rows), cfg)
+    kept = {r["sample_id"]: r.asDict() for r in result.kept.collect()}
+    assert set(kept) == {"s1", "s2"}
+    assert kept["s1"]["y"] == "cat" and kept["s2"]["y"] == "dog" and kept["s1"]["a"] == 1.5
+    assert reasons(result) == {"s3": ["uncoercible_a", "missing_a"], "s4": ["label_unknown"], "s5": ["missing_a"],
+                               "s6": ["label_unknown", "missing_c"]}  # fmt: skip
+    # The median comes from the rows no earlier check rejected (s1, s2, s5: b = 1, 5): 1.0 (lower median).
+    median = result.report.details["imputation"]["values"]["b"]
+    assert median in (1.0, 5.0) and kept["s2"]["b"] == median
+    # Rejected rows are quarantined as they came in: the original string, the original label.
+    original = {r["sample_id"]: r for r in result.rejected.collect()}
+    assert original["s3"]["a"] == "abc" and original["s4"]["y"] == "bird"
+    assert result.report.rows_in == 6 and result.report.rows_out == 2
+
+
+def test_clean_outliers_by_iqr_drop_clip_and_flag(spark):
+    rows = [(f"s{i}", str(v), float(i), "x", "cat") for i, v in enumerate([10, 11, 12, 13, 14, 15, 16, 1000])]
+    base = {"labels": {"classes": ["cat"]}, "missing": {"default": "keep"}}
+    dropped = clean.clean(frame(spark, rows), config(clean={**base, "outliers": {"method": "iqr", "action": "drop",
+                                                                                 "columns": ["a"]}}))  # fmt: skip
+    assert reasons(dropped) == {"s7": ["outlier_a"]}
+    clipped = clean.clean(frame(spark, rows), config(clean={**base, "outliers": {"method": "iqr", "action": "clip"}}))
+    hi = clipped.report.details["outliers"]["bounds"]["*"]["a"][1]
+    assert {r["sample_id"]: r["a"] for r in clipped.kept.collect()}["s7"] == hi < 1000
+    flagged = clean.clean(frame(spark, rows), config(clean={**base, "outliers": {"method": "mad"}}))
+    flags = {r["sample_id"]: list(r["outlier_columns"]) for r in flagged.kept.collect()}
+    assert flags["s7"] == ["a"] and flags["s3"] == []
+
+
+def test_clean_hashes_pii_with_a_salt_and_refuses_without_one(spark, monkeypatch):
+    rows = [("s1", "1", 1.0, "alice", "cat"), ("s2", "2", 2.0, "bob", "dog")]
+    cfg = config(clean={"pii": {"columns": {"c": "hash"}}, "outliers": {"method": "none"}})
+    monkeypatch.delenv("FULCRUM_PII_SALT", raising=False)
+    with pytest.raises(ConfigError, match="FULCRUM_PII_SALT"):
+        clean.clean(frame(spark, rows), cfg)
+    monkeypatch.setenv("FULCRUM_PII_SALT", "pepper")
+    hashed = {r["sample_id"]: r["c"] for r in clean.clean(frame(spark, rows), cfg).kept.collect()}
+    assert len(hashed["s1"]) == 64 and "alice" not in hashed.values()
+
+
+# ---------------------------------------------------------------- dedup
+
+
+def test_connected_components_join_chains_without_collecting_pairs(spark):
+    edges = spark.createDataFrame([("a", "b"), ("c", "b"), ("c", "d"), ("x", "y")], "src string, dst string")
+    groups = {r["node"]: r["component"] for r in dedup.connected_components(edges).collect()}
+    assert groups == {"a": "a", "b": "a", "c": "a", "d": "a", "x": "x", "y": "x"}
+
+
+DEDUP_ROWS = [
+    ("s1", "1.0", 10.0, "x", "cat"),
+    ("s2", "1.0", 10.0, "x", "cat"),  # exact copy of s1
+    ("s3", "1.001", 10.01, "x", "cat"),  # near copy of s1
+    ("s4", "5.0", 50.0, "x", "dog"),
+    ("s5", "5.0", 50.0, "x", "cat"),  # exact copy of s4, other label: conflict
+    ("s6", "9.0", 90.0, "x", "dog"),
+    ("s7", "3.0", 30.0, "y", "dog"),
+    ("s8", "3.0", 30.0, "z", "dog"),  # differs from s7 in the categorical feature: not a duplicate
+]
+
+
+def dedup_input(spark, cfg):
+    return clean.clean(frame(spark, DEDUP_ROWS), cfg).kept
+
+
+def test_dedup_keeps_one_survivor_and_quarantines_conflicts(spark):
+    cfg = config(clean={"outliers": {"method": "none"}}, dedup={"near": {"tolerance": 0.05}})
+    found = dedup.find(dedup_input(spark, cfg), cfg)
+    groups = {r["sample_id"]: r["dup_group"] for r in found.collect()}
+    assert groups["s1"] == groups["s2"] == groups["s3"] == "s1" and groups["s4"] == groups["s5"] == "s4"
+    assert len({groups[s] for s in ("s1", "s4", "s6", "s7", "s8")}) == 5
+    result = dedup.remove(found, cfg)
+    assert sorted(r["sample_id"] for r in result.kept.collect()) == ["s1", "s6", "s7", "s8"]
+    assert {r["sample_id"]: (r["reason"], r["duplicate_of"]) for r in result.rejected.collect()} == {
+        "s2": ("exact_duplicate", "s1"), "s3": ("near_duplicate", "s1"),
+        "s4": ("label_conflict", None), "s5": ("label_conflict", None),
+    }  # fmt: skip
+    assert result.report.dropped == {"exact_duplicate": 1, "near_duplicate": 1, "label_conflict": 2}
+
+
+def test_near_duplicates_kept_share_a_group_and_a_fold(spark):
+    cfg = config(clean={"outliers": {"method": "none"}}, dedup={"near": {"action": "keep"}}, split={"folds": 2})
+    result = dedup.remove(dedup.find(dedup_input(spark, cfg), cfg), cfg)
+    kept = sorted(r["sample_id"] for r in result.kept.collect())
+    assert kept == ["s1", "s3", "s6", "s7", "s8"]  # s2 (exact) removed, s3 (near) kept in s1's group
+    folds = {r["sample_id"]: r["fold"] for r in split.split(result.kept, cfg).kept.collect()}
+    assert folds["s1"] == folds["s3"]
+
+
+# ---------------------------------------------------------------- split
+
+
+def test_split_is_deterministic_stratified_and_holds_out_a_test_part(spark):
+    rows = [(f"r{i:03d}", "1", float(i), "x", "cat" if i % 3 else "dog") for i in range(90)]
+    df = spark.createDataFrame(rows, SCHEMA).withColumn("dup_group", F.col("sample_id"))
+    cfg = config(split={"folds": 4, "test_fraction": 0.2})
+    first = {r["sample_id"]: r["fold"] for r in split.split(df, cfg).kept.collect()}
+    again = {r["sample_id"]: r["fold"] for r in split.split(df.orderBy("b", ascending=False), cfg).kept.collect()}
+    assert first == again
+    per = split.split(df, cfg).report.details["class_counts_per_fold"]
+    assert per["cat"]["-1"] == 12 and per["dog"]["-1"] == 6  # round(0.2 x 60), round(0.2 x 30)
+    for cls in ("cat", "dog"):
+        counts = [per[cls][str(f)] for f in range(4)]
+        assert max(counts) - min(counts) <= 1
+    other_seed = {r["sample_id"]: r["fold"] for r in split.split(df, config(seed=1, split={"folds": 4})).kept.collect()}
+    assert other_seed != first
+
+
+# ---------------------------------------------------------------- the job
+
+
+def test_curate_on_the_cancer_sample_finds_every_injected_duplicate(spark, sample_dir, tmp_path):
+    cfg = load_config(sample_dir / "cancer" / "cancer.yaml", {"lake_root": str(tmp_path / "lake")})
+    ingest.run(spark, cfg, "i-1")
+    with pytest.raises(ConfigError, match="not been validated"):
+        curate.run(spark, cfg, "c-0")
+    validate.run(spark, cfg, "v-1")
+    report = curate.run(spark, cfg, "c-1")
+    lake = io.Lake(cfg.lake_dir)
+    silver = {r["record_id"]: r for r in io.read(spark, lake.path("silver")).collect()}
+    quarantined = {r["record_id"]: r for r in io.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()}
+    injected = [json.loads(x) for x in (sample_dir / "cancer" / "injections.jsonl").read_text().splitlines()]
+    for e in injected:
+        if e["kind"] in ("exact_duplicate", "near_duplicate"):
+            pair = {e["record_id"], e["of"]}
+            assert len(pair & set(silver)) == 1, e  # one of the two survives
+            removed = (pair - set(silver)).pop()
+            assert quarantined[removed]["reason"] == e["kind"], e
+        if e["kind"] == "label_variant" and e["record_id"] in silver:
+            assert silver[e["record_id"]]["diagnosis"] == e["original"]
+    assert {r["diagnosis"] for r in silver.values()} == {"benign", "malignant"}
+    assert report.dropped == {"exact_duplicate": 12, "near_duplicate": 12}
+    assert (tmp_path / "lake" / "cancer" / "reports" / "c-1" / "folds.png").is_file()
+    # Re-running writes the same silver rows and replaces, not duplicates, the quarantine rows.
+    curate.run(spark, cfg, "c-2")
+    again = {r["record_id"]: (r["fold"], r["dup_group"]) for r in io.read(spark, lake.path("silver")).collect()}
+    assert again == {k: (r["fold"], r["dup_group"]) for k, r in silver.items()}
+    assert io.read(spark, lake.path("quarantine")).where("stage = 'dedup'").count() == 24
+
+
+def test_curate_refuses_single_class_data(spark, sample_dir, tmp_path):
+    cfg = load_config(sample_dir / "cancer" / "cancer.yaml",
+                      {"lake_root": str(tmp_path / "lake"), "clean.labels.classes": ["benign"]})  # fmt: skip
+    ingest.run(spark, cfg, "i-1")
+    validate.run(spark, cfg, "v-1")
+    with pytest.raises(DataFailedError, match="training needs at least two"):
+        curate.run(spark, cfg, "c-1")
+    assert not io.exists(spark, io.Lake(cfg.lake_dir).path("silver"))
