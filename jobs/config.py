@@ -122,8 +122,10 @@ class CleanConfig(Strict):
 class NearDupConfig(Strict):
     enabled: bool = True
     tolerance: float = Field(default=0.05, gt=0, description="tabular: max difference per feature, in its stdevs")
-    hamming: int = Field(default=6, ge=0, le=63, description="images: max differing bits of the 64-bit pHash")
-    hash_tables: int = Field(default=12, ge=1, le=64, description="tabular: MinHash tables (recall vs cost)")
+    hamming: int = Field(default=6, ge=0, le=15, description="images: max differing bits of the 64-bit pHash")
+    grids: int = Field(
+        default=8, ge=1, le=64, description="tabular: offset grids; a true pair is missed by all with p < 0.4^grids"
+    )
     action: Literal["remove", "keep"] = Field(default="remove", description="keep: rows stay, sharing a dup_group")
 
 

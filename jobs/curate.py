@@ -64,9 +64,10 @@ def curate(rows: DataFrame, cfg: PipelineConfig) -> tuple[DataFrame, DataFrame, 
     deduped = dedup.remove(found, cfg)
     survivors = deduped.kept.drop("exact_key").persist(StorageLevel.MEMORY_AND_DISK)
     folds = split.split(survivors, cfg)
-    rejected = (cleaned.rejected.select("sample_id", "reasons", "reason", F.lit(None).cast("string").alias("duplicate_of"),
-                                        F.lit("clean").alias("stage"))
-                .unionByName(deduped.rejected.select("sample_id", "reasons", "reason", "duplicate_of",
+    none = F.lit(None).cast("string")
+    rejected = (cleaned.rejected.select("sample_id", "reasons", "reason", none.alias("dup_group"),
+                                        none.alias("duplicate_of"), F.lit("clean").alias("stage"))
+                .unionByName(deduped.rejected.select("sample_id", "reasons", "reason", "dup_group", "duplicate_of",
                                                      F.lit("dedup").alias("stage"))))  # fmt: skip
     return folds.kept, rejected, [cleaned.report, deduped.report, folds.report]
 

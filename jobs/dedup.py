@@ -3,10 +3,10 @@
 Exact duplicates share a hash of the normalised feature values (tabular) or of the file
 content (images). Near duplicates are found without comparing all pairs:
 
-- tabular: each numeric feature is quantised on two grids offset by half a cell (cell =
-  2 × tolerance × the feature's stdev), so two values within the tolerance share at least
-  one token; rows become token sets, and Spark ML's ``MinHashLSH`` similarity join yields
-  candidate pairs, each confirmed by checking every feature is within tolerance;
+- tabular: grid LSH ("rounding keys" at random offsets): each of several grids rounds
+  every feature to cells a few tolerances wide at a seeded offset, and rows sharing a
+  grid's key are candidates, each confirmed by checking every feature is within
+  tolerance (see ``tabular_near_edges`` for the recall bound);
 - images: the 64-bit perceptual hash from the probe is cut into 8 bands (16 for a
   threshold above 7 bits); pairs sharing a band are candidates (by pigeonhole, every
   pair within the threshold shares one), confirmed by their Hamming distance.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -51,39 +52,44 @@ def exact_edges(df: DataFrame) -> DataFrame:
 
 
 def tabular_near_edges(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
-    """Confirmed pairs (src < dst) whose every feature is within ``tolerance`` stdevs."""
-    from pyspark.ml.feature import HashingTF, MinHashLSH
+    """Confirmed pairs (src < dst) whose every feature is within ``tolerance`` stdevs (grid LSH).
 
-    tol = cfg.dedup.near.tolerance
+    Each of ``grids`` grids cuts every numeric feature into cells of ``c × tolerance``
+    stdevs at a seeded random offset; a row's key in a grid is the hash of its cells (and
+    categorical values). A pair within tolerance shares a grid's key unless some feature
+    straddles a cell boundary there, which happens with probability at most 1/c per
+    feature; with c = max(4, 2 × features), a pair is missed by all grids with probability
+    below 0.4^grids. Rows with the same exact key are represented once.
+    """
+    tol, grids = cfg.dedup.near.tolerance, cfg.dedup.near.grids
     numeric = [f.name for f in cfg.columns.features if f.kind == "numeric"]
     categorical = [f.name for f in cfg.columns.features if f.kind == "categorical"]
     stds = df.agg(*[F.stddev_samp(c).alias(c) for c in numeric]).first().asDict() if numeric else {}
-    width = {c: 2 * tol * (stds[c] or 0.0) for c in numeric}
-    tokens = []
-    for i, c in enumerate(numeric):
-        if not width[c]:  # a constant column: the value itself is the token
-            tokens.append(F.concat(F.lit(f"{i}v"), F.col(c).cast("string")))
-            continue
-        scaled = F.col(c) / F.lit(width[c])
-        tokens.append(F.concat(F.lit(f"{i}a"), F.floor(scaled).cast("string")))
-        tokens.append(F.concat(F.lit(f"{i}b"), F.floor(scaled + 0.5).cast("string")))
-    for i, c in enumerate(categorical):
-        tokens.append(F.concat(F.lit(f"{i}c"), F.lower(F.trim(F.col(c).cast("string")))))
-    tokens = [F.coalesce(t, F.lit(f"null{i}")) for i, t in enumerate(tokens)]
-    rows = df.select(ID, *numeric, *categorical, F.array(*tokens).alias("tokens"))
-    rows = HashingTF(inputCol="tokens", outputCol="vector", numFeatures=1 << 20, binary=True).transform(rows)
-    model = MinHashLSH(inputCol="vector", outputCol="hashes", numHashTables=cfg.dedup.near.hash_tables,
-                       seed=cfg.seed).fit(rows)  # fmt: skip
-    # Each feature of a true pair shares >= 1 of its 2 tokens, so Jaccard >= 1/3: distance <= 2/3.
-    pairs = model.approxSimilarityJoin(rows, rows, 0.7, distCol="distance")
-    a, b = F.col("datasetA"), F.col("datasetB")
-    close = F.lit(True)
+    cells = max(4, 2 * len(numeric))
+    offsets = np.random.default_rng(cfg.seed).random((grids, len(numeric)))
+    reps = df.groupBy("exact_key").agg(F.min(ID).alias(ID), *[F.first(c).alias(c) for c in numeric + categorical])
+    keys = []
+    for g in range(grids):
+        parts = [F.lit(g)]
+        for i, c in enumerate(numeric):
+            width = cells * tol * (stds[c] or 0.0)
+            parts.append(F.floor(F.col(c) / F.lit(width) + F.lit(float(offsets[g, i]))) if width else F.col(c))
+        parts += [F.lower(F.trim(F.col(c).cast("string"))) for c in categorical]
+        keys.append(F.xxhash64(*parts))
+    blocks = reps.select(ID, *numeric, *categorical, F.posexplode(F.array(*keys)).alias("grid", "key"))
+    a, b = blocks.alias("a"), blocks.alias("b")
+    close = (
+        (F.col("a.grid") == F.col("b.grid"))
+        & (F.col("a.key") == F.col("b.key"))
+        & (F.col(f"a.{ID}") < F.col(f"b.{ID}"))
+    )
     for c in numeric:
-        close = close & (F.abs(a[c] - b[c]) <= F.lit(tol * (stds[c] or 0.0) * (1 + 1e-9)))
+        limit = tol * (stds[c] or 0.0) * (1 + 1e-9)
+        close = close & (F.abs(F.col(f"a.`{c}`") - F.col(f"b.`{c}`")) <= F.lit(limit))
     for c in categorical:
-        close = close & a[c].eqNullSafe(b[c])
-    pairs = pairs.where((a[ID] < b[ID]) & close)
-    return pairs.select(a[ID].alias("src"), b[ID].alias("dst"))
+        close = close & F.col(f"a.`{c}`").eqNullSafe(F.col(f"b.`{c}`"))
+    pairs = a.join(b, close).select(F.col(f"a.{ID}").alias("src"), F.col(f"b.{ID}").alias("dst")).distinct()
+    return pairs
 
 
 def _hex_to_long(hexes: str) -> F.Column:

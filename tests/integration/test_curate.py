@@ -166,7 +166,9 @@ def test_curate_on_the_cancer_sample_finds_every_injected_duplicate(spark, sampl
     report = curate.run(spark, cfg, "c-1")
     lake = io.Lake(cfg.lake_dir)
     silver = {r["record_id"]: r for r in io.read(spark, lake.path("silver")).collect()}
-    quarantined = {r["record_id"]: r for r in io.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()}
+    quarantined = {
+        r["record_id"]: r for r in io.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()
+    }
     injected = [json.loads(x) for x in (sample_dir / "cancer" / "injections.jsonl").read_text().splitlines()]
     for e in injected:
         if e["kind"] in ("exact_duplicate", "near_duplicate"):

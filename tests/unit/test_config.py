@@ -84,3 +84,16 @@ def test_overrides_apply_before_validation(tmp_path):
 
 def test_config_error_exit_code_is_usage():
     assert ConfigError("x").exit_code == 2
+
+
+def test_curate_sections_have_defaults_and_name_bad_values():
+    cfg = parse_config(BASE)
+    assert (cfg.clean.outliers.method, cfg.clean.outliers.k, cfg.split.folds, cfg.dedup.near.action) == (
+        "iqr", 1.5, 5, "remove")  # fmt: skip
+    assert parse_config({**BASE, "clean": {"outliers": {"method": "mad"}}}).clean.outliers.k == 3.5
+    with pytest.raises(ConfigError, match=r"clean\.outliers\.method.*'median'"):
+        parse_config({**BASE, "clean": {"outliers": {"method": "median"}}})
+    with pytest.raises(ConfigError, match=r"split\.folds"):
+        parse_config({**BASE, "split": {"folds": 1}})
+    with pytest.raises(ConfigError, match=r"dedup\.near\.tolrance: unknown key; allowed here: enabled, tolerance"):
+        parse_config({**BASE, "dedup": {"near": {"tolrance": 0.1}}})
