@@ -46,15 +46,8 @@ class Lake:
 @contextmanager
 def commit_info(spark: SparkSession, run_id: str, stage: str) -> Iterator[None]:
     """Stamp every Delta commit made inside the block with the run id and stage."""
-    previous = spark.conf.get(USER_METADATA, None)
-    spark.conf.set(USER_METADATA, json.dumps({"run_id": run_id, "stage": stage}, sort_keys=True))
-    try:
+    with _conf(spark, USER_METADATA, json.dumps({"run_id": run_id, "stage": stage}, sort_keys=True)):
         yield
-    finally:
-        if previous is None:
-            spark.conf.unset(USER_METADATA)
-        else:
-            spark.conf.set(USER_METADATA, previous)
 
 
 @contextmanager

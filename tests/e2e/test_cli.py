@@ -22,7 +22,7 @@ def fulcrum(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_help_lists_commands_with_examples(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("samples", "ingest", "validate", "runs", "demo"):
+    for command in ("samples", "ingest", "validate", "curate", "runs", "demo"):
         assert command in text
     assert main(["ingest", "--help"]) == 0
     assert "Example: fulcrum ingest" in capsys.readouterr().out
@@ -72,6 +72,10 @@ def test_validate_exit_codes_and_summary(spark, tmp_path, capsys):
     capsys.readouterr()
     assert main(["validate", cfg, "--set", "validate.policies.nope=drop"]) == 2
     assert "names expectations the suite lacks" in capsys.readouterr().err
+    assert main(["curate", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "class counts per fold" in out and "exact_duplicate 12" in out and "near_duplicate 12" in out
+    assert main(["curate", cfg, "--set", "split.folds=1"]) == 2
 
 
 @pytest.mark.spark
@@ -84,3 +88,6 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     assert (tmp_path / "demo" / "lake" / "cancer" / "bronze" / "_delta_log").is_dir()
     assert (tmp_path / "demo" / "lake" / "digits" / "quarantine" / "_delta_log").is_dir()
     assert (tmp_path / "demo" / "lake" / "digits" / "reports" / "data_docs" / "index.html").is_file()
+    assert "class counts per fold" in result.stdout
+    for dataset in ("cancer", "digits"):
+        assert (tmp_path / "demo" / "lake" / dataset / "silver" / "_delta_log").is_dir()

@@ -196,3 +196,24 @@ def test_curate_refuses_single_class_data(spark, sample_dir, tmp_path):
     with pytest.raises(DataFailedError, match="training needs at least two"):
         curate.run(spark, cfg, "c-1")
     assert not io.exists(spark, io.Lake(cfg.lake_dir).path("silver"))
+
+
+def test_curate_on_the_digits_sample_groups_copied_and_reencoded_images(spark, sample_dir, tmp_path):
+    cfg = load_config(sample_dir / "digits" / "digits.yaml", {"lake_root": str(tmp_path / "lake")})
+    ingest.run(spark, cfg, "i-1")
+    validate.run(spark, cfg, "v-1")
+    curate.run(spark, cfg, "c-1")
+    lake = io.Lake(cfg.lake_dir)
+    group = {
+        r["record_id"]: r["dup_group"]
+        for r in io.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()
+    }
+    group.update({r["record_id"]: r["dup_group"] for r in io.read(spark, lake.path("silver")).collect()})
+    injected = [json.loads(x) for x in (sample_dir / "digits" / "injections.jsonl").read_text().splitlines()]
+    exact = [(e["record_id"], e["of"]) for e in injected if e["kind"] == "exact_duplicate"]
+    assert exact and all(group[a] == group[b] for a, b in exact)
+    # pHash sees through brightening and JPEG re-encoding; a 1-pixel shift of an 8x8 digit is beyond it.
+    near = [(e["record_id"], e["of"]) for e in injected if e["kind"] == "near_duplicate" and e["variant"] != "shifted"]
+    assert near and all(group[a] == group[b] for a, b in near)
+    labels = {r["label"] for r in io.read(spark, lake.path("silver")).select("label").collect()}
+    assert labels == {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
