@@ -173,6 +173,38 @@ def curate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = Non
     print_reports(cfg.dataset, [report])
 
 
+def print_balance(report: StageReport) -> None:
+    """Class counts of each fold's training set (f) and the final one, before -> after."""
+    balance = report.details.get("balance")
+    if not balance:
+        return
+    sets = list(balance["before"])
+    table = Table(title=f"training sets: class counts before -> after ({report.details['method']})",
+                  title_justify="left")  # fmt: skip
+    table.add_column("class", no_wrap=True)
+    for s in sets:
+        table.add_column("final" if s == sets[-1] else f"fold {s}", justify="right", no_wrap=True)
+    for cls in sorted(balance["before"][sets[0]]):
+        table.add_row(cls, *[f"{balance['before'][s][cls]:,} -> {balance['after'][s][cls]:,}" for s in sets])
+    out.print(table)
+
+
+@app.command()
+def oversample(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = None) -> None:
+    """Balance each fold's training part (and the final one) from its own rows only; write gold.
+
+    Example: fulcrum oversample samples/cancer/cancer.yaml --set oversample.target_ratio=0.5
+    """
+    from jobs import oversample as stage
+    from jobs.runs import new_run_id
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, spark_master)
+    report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+    print_balance(report)
+    print_reports(cfg.dataset, [report])
+
+
 suite_app = typer.Typer(help="Great Expectations suites: suggest a starter suite from the data.", no_args_is_help=True)
 app.add_typer(suite_app, name="suite")
 
@@ -247,6 +279,8 @@ def demo(
                 print_validation(report)
             if report.stage == "curate":
                 print_curate(report)
+            if report.stage == "oversample":
+                print_balance(report)
         print_reports(dataset, reports)
     out.print(f"lake: {out_dir.resolve() / 'lake'}")
 

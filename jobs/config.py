@@ -139,6 +139,11 @@ class SplitConfig(Strict):
     test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0, description="held-out rows (fold = -1), per class")
 
 
+class OversampleConfig(Strict):
+    method: Literal["random", "none"] = Field(default="random", description="smote/adasyn/smotenc: not built yet")
+    target_ratio: float = Field(default=1.0, gt=0, le=1, description="each class up to this x the largest one")
+
+
 class SparkConfig(Strict):
     master: str = "local[*]"
     app_name: str = "fulcrum"
@@ -168,6 +173,7 @@ class PipelineConfig(Strict):
     clean: CleanConfig = CleanConfig()
     dedup: DedupConfig = DedupConfig()
     split: SplitConfig = SplitConfig()
+    oversample: OversampleConfig = OversampleConfig()
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
     base_dir: str = Field(default=".", exclude=True, description="set by the loader")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from jobs import curate, ingest, samples, validate
+from jobs import curate, ingest, oversample, samples, validate
 from jobs.config import PipelineConfig, load_config
 from jobs.runs import new_run_id
 from jobs.stage import StageReport
@@ -20,6 +20,7 @@ STAGES: dict[str, Callable[[SparkSession, PipelineConfig, str], StageReport]] = 
     "ingest": ingest.run,
     "validate": validate.run,
     "curate": curate.run,
+    "oversample": oversample.run,
 }
 
 

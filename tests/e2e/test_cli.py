@@ -22,7 +22,7 @@ def fulcrum(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_help_lists_commands_with_examples(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("samples", "ingest", "validate", "curate", "runs", "demo"):
+    for command in ("samples", "ingest", "validate", "curate", "oversample", "runs", "demo"):
         assert command in text
     assert main(["ingest", "--help"]) == 0
     assert "Example: fulcrum ingest" in capsys.readouterr().out
@@ -89,5 +89,7 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     assert (tmp_path / "demo" / "lake" / "digits" / "quarantine" / "_delta_log").is_dir()
     assert (tmp_path / "demo" / "lake" / "digits" / "reports" / "data_docs" / "index.html").is_file()
     assert "class counts per fold" in result.stdout
+    assert "training sets: class counts before -> after" in result.stdout
     for dataset in ("cancer", "digits"):
         assert (tmp_path / "demo" / "lake" / dataset / "silver" / "_delta_log").is_dir()
+        assert (tmp_path / "demo" / "lake" / dataset / "gold" / "_delta_log").is_dir()
