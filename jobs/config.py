@@ -71,6 +71,7 @@ class ImagesConfig(Strict):
     path_column: str = "path"
     size: int = Field(default=32, ge=8, le=1024, description="training resolution (square)")
     channels: Literal[1, 3] = 3
+    embed: bool = Field(default=False, description="store each image in gold as PNG bytes at the training size")
 
 
 class ValidateConfig(Strict):
@@ -140,8 +141,25 @@ class SplitConfig(Strict):
 
 
 class OversampleConfig(Strict):
-    method: Literal["random", "none"] = Field(default="random", description="smote/adasyn/smotenc: not built yet")
+    method: Literal["random", "smote", "adasyn", "smotenc", "undersample", "none"] = Field(
+        default="random", description="how minority classes grow (undersample: only cut the larger classes)"
+    )
     target_ratio: float = Field(default=1.0, gt=0, le=1, description="each class up to this x the largest one")
+    undersample: float | None = Field(
+        default=None, gt=0, le=1,
+        description="first cut every class to at most smallest / this (imbalanced-learn's sampling_strategy)",
+    )  # fmt: skip
+    k_neighbors: int = Field(default=5, ge=1, le=100, description="neighbours for smote, adasyn, smotenc")
+    knn_tables: int = Field(default=2, ge=1, le=8, description="random projections whose buckets are searched")
+    bucket_rows: int = Field(default=2048, ge=16, description="rows per k-NN bucket (exact k-NN inside)")
+
+    @property
+    def interpolates(self) -> bool:
+        return self.method in ("smote", "adasyn", "smotenc")
+
+    @property
+    def undersample_ratio(self) -> float | None:
+        return 1.0 if self.method == "undersample" and self.undersample is None else self.undersample
 
 
 class SparkConfig(Strict):
@@ -186,6 +204,17 @@ class PipelineConfig(Strict):
             raise ValueError("an images section is only valid with kind: images")
         if self.kind == "tabular" and not self.columns.features:
             raise ValueError("kind: tabular needs columns.features")
+        method = self.oversample.method
+        kinds = {f.kind for f in self.columns.features}
+        if self.kind == "images" and self.oversample.interpolates:
+            raise ValueError(f"oversample.method {method} interpolates features; images are oversampled by "
+                             "repetition with augmentation: use method random")  # fmt: skip
+        if self.kind == "tabular" and method in ("smote", "adasyn") and "categorical" in kinds:
+            raise ValueError(f"oversample.method {method} needs numeric features only; with categorical "
+                             "features use method smotenc")  # fmt: skip
+        if self.kind == "tabular" and method == "smotenc" and kinds != {"numeric", "categorical"}:
+            raise ValueError("oversample.method smotenc needs numeric and categorical features; "
+                             "with numeric features only use method smote")  # fmt: skip
         return self
 
     def resolve(self, path: str) -> str:

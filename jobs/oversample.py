@@ -5,12 +5,27 @@ synthetic rows are made only from that fold's training part: real rows whose ``f
 is not f and not -1 (for k: every real row but the test part). So no synthetic row ever
 carries information from the rows it will be validated on.
 
-Method ``random``: each minority class of the training part is resampled with
-replacement up to ``target_ratio`` × the largest class's count. Sampling is
-deterministic (a seeded hash orders the rows) and distributed: every source row gets
-``floor(m / n)`` copies, the first ``m mod n`` rows one more. Image copies are flagged
-``augment`` so training augments them instead of seeing the same pixels. SMOTE, ADASYN,
-SMOTE-NC and undersampling are not built yet.
+All training parts are handled at once: every real row is repeated into the *pools*
+(training parts) it belongs to, and each step below is one distributed pass over the
+pools, grouped by (pool, class).
+
+- ``random``: minority rows are resampled with replacement.
+- ``smote``: a synthetic row is ``x + gap · (n − x)`` for a row ``x`` and one of its k
+  nearest same-class neighbours ``n`` in the same pool, gap uniform in [0, 1).
+- ``adasyn``: as smote, but a row makes more synthetic rows the larger the share of
+  other classes among its k nearest neighbours in the whole pool.
+- ``smotenc``: as smote for numeric features, categorical features take the most
+  frequent value among the k neighbours; a categorical mismatch adds one pool
+  standard deviation to the squared distance.
+- ``undersample`` (or ``undersample: ratio`` beside any method): larger classes are
+  cut, per pool, to at most ``smallest / ratio`` rows. A cut real row stays in gold,
+  with the pools it is left out of in ``dropped_for``; it still validates its own fold.
+
+Neighbours are computed distributedly (``jobs/knn.py``). Counts are exact: a class
+needing m rows from n sources gives each source ``floor(m · w_i / Σw)`` copies, and the
+largest remainders one more (w = 1, or the ADASYN hardness), ordered by a seeded hash.
+A class with fewer than k + 1 rows in a pool falls back to ``random`` with a warning.
+Images are always repeated, flagged ``augment`` so that training augments them.
 """
 
 from __future__ import annotations
@@ -21,72 +36,215 @@ import math
 import time
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs import io, runs
+from jobs import io, knn, runs
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
 from jobs.stage import StageReport
 
 log = logging.getLogger(__name__)
 STAGE = "oversample"
+LINEAGE = [("synthetic_for", "int"), ("synthetic_of", "string"), ("synthetic_with", "string"),
+           ("dropped_for", "array<int>")]  # fmt: skip
 
 
 def class_names(silver: DataFrame, label: str) -> list[str]:
     return sorted(r[0] for r in silver.select(label).distinct().collect())
 
 
-def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int) -> tuple[DataFrame | None, dict]:
-    """Synthetic rows for every fold and the final model, with ``synthetic_for`` and ``synthetic_of``."""
-    label, ratio = cfg.columns.label, cfg.oversample.target_ratio
-    counts: dict[int, dict[str, int]] = {}
-    for r in silver.where(F.col("fold") >= 0).groupBy("fold", label).count().collect():
-        counts.setdefault(r["fold"], {})[r[label]] = r["count"]
+def plan_pools(counts: dict[int, dict[str, int]], cfg: PipelineConfig, folds: int) -> dict[int, dict[str, dict]]:
+    """Per pool (0..folds; ``folds`` is the final model's) and class: rows ``n``, rows ``keep`` after
+    undersampling, rows to ``make``, and the ``method`` used (``random`` where too few rows for k-NN)."""
+    o = cfg.oversample
     classes = sorted({c for per in counts.values() for c in per})
-    plan: dict[int, dict[str, int]] = {}
-    for f in range(folds + 1):  # training part of fold f; f == folds: every non-test row
-        train = {c: sum(per.get(c, 0) for g, per in counts.items() if g != f) for c in classes}
-        target = math.ceil(ratio * max(train.values(), default=0))
-        plan[f] = {c: max(0, target - n) for c, n in train.items() if n > 0}
-    parts = []
-    for f, need in plan.items():
-        for cls, m in need.items():
-            if m == 0:
-                continue
-            pool = silver.where((F.col(label) == cls) & (F.col("fold") >= 0) & (F.col("fold") != f))
-            n = sum(per.get(cls, 0) for g, per in counts.items() if g != f)
-            order = Window.orderBy(F.xxhash64(F.lit(cfg.seed), F.lit(f), "sample_id"), "sample_id")
-            ranked = pool.withColumn("_rank", F.row_number().over(order) - 1)
-            copies = F.lit(m // n) + F.when(F.col("_rank") < m % n, 1).otherwise(0)
-            made = ranked.withColumn("_copy", F.explode(F.sequence(F.lit(1), copies))).where(copies > 0)
-            made = made.select(
-                "*",
-                F.lit(f).alias("synthetic_for"),
-                F.col("sample_id").alias("synthetic_of"),
-            ).withColumn("sample_id", F.sha2(F.concat_ws("|", "sample_id", F.lit(f), "_copy"), 256).substr(1, 32))
-            parts.append(made.drop("_rank", "_copy"))
-    if not parts:
-        return None, plan
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.unionByName(p)
-    return out, plan
+    method = o.method if o.interpolates and cfg.kind == "tabular" else "random"
+    grow = o.method not in ("none", "undersample")
+    plan: dict[int, dict[str, dict]] = {}
+    for f in range(folds + 1):
+        train = {c: sum(per.get(c, 0) for g, per in counts.items() if g != f and g >= 0) for c in classes}
+        train = {c: n for c, n in train.items() if n > 0}
+        keep = dict(train)
+        if o.undersample_ratio and train:
+            cap = math.ceil(min(train.values()) / o.undersample_ratio)
+            keep = {c: min(n, cap) for c, n in train.items()}
+        target = math.ceil(o.target_ratio * max(keep.values(), default=0)) if grow else 0
+        plan[f] = {}
+        for c, n in train.items():
+            make = max(0, target - keep[c])
+            how = method if not (method != "random" and make and keep[c] < o.k_neighbors + 1) else "random"
+            plan[f][c] = {"n": n, "keep": keep[c], "make": make, "method": how,
+                          "fallback": how != method and make > 0}  # fmt: skip
+    return plan
+
+
+def pooled(silver: DataFrame, folds: int) -> DataFrame:
+    """Every real non-test row once per training part (pool) it belongs to."""
+    pools = F.filter(F.sequence(F.lit(0), F.lit(folds)), lambda p: p != F.col("fold"))
+    return silver.where(F.col("fold") >= 0).withColumn("pool", F.explode(pools))
+
+
+def _plan_frame(spark: SparkSession, plan: dict, label: str) -> DataFrame:
+    rows = [(f, c, p["n"], p["keep"], p["make"], p["method"]) for f, per in plan.items() for c, p in per.items()]
+    schema = f"pool int, `{label}` string, _n long, _keep long, _make long, _method string"
+    return spark.createDataFrame(rows, schema)
+
+
+def _hash(seed: int, *cols) -> Column:
+    return F.xxhash64(F.lit(seed), *cols)
+
+
+def undersampled(pools: DataFrame, plan_df: DataFrame, label: str, seed: int) -> DataFrame:
+    """``sample_id`` → ``dropped_for``: the pools a real row is cut from."""
+    cut = pools.join(F.broadcast(plan_df.where("_keep < _n")), ["pool", label])
+    order = Window.partitionBy("pool", label).orderBy(_hash(seed, F.lit("under"), "pool", "sample_id"), "sample_id")
+    cut = cut.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") > F.col("_keep"))
+    return cut.groupBy("sample_id").agg(F.array_sort(F.collect_list("pool")).alias("dropped_for"))
+
+
+def _scaled(pools: DataFrame, numeric: list[str]) -> DataFrame:
+    """Numeric features standardised with their pool's own mean and standard deviation, as ``_z``."""
+    stats = pools.groupBy("pool").agg(
+        *[F.avg(c).alias(f"_m{i}") for i, c in enumerate(numeric)],
+        *[F.stddev_pop(c).alias(f"_s{i}") for i, c in enumerate(numeric)],
+    )
+    z = [(F.col(c) - F.col(f"_m{i}")) / F.when(F.col(f"_s{i}") > 0, F.col(f"_s{i}")).otherwise(1.0)
+         for i, c in enumerate(numeric)]  # fmt: skip
+    out = pools.join(F.broadcast(stats), "pool").withColumn("_z", F.array(*[F.coalesce(v, F.lit(0.0)) for v in z]))
+    return out.drop(*[f"_m{i}" for i in range(len(numeric))], *[f"_s{i}" for i in range(len(numeric))])
+
+
+def _item(field: str, i: int):
+    """``x -> x.field[i]`` for F.transform (a two-argument lambda would receive the element's index)."""
+    return lambda x: F.get(x[field], i)
+
+
+def _mode(values: Column) -> Column:
+    """Most frequent value of an array (ties: the smallest)."""
+    counted = F.transform(F.array_distinct(values),
+                          lambda v: F.struct((-F.size(F.filter(values, lambda x: x == v))).alias("c"), v.alias("v")))  # fmt: skip
+    return F.element_at(F.array_sort(counted), 1)["v"]
+
+
+def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -> DataFrame | None:
+    """Synthetic rows for every pool: silver's columns, features made by the planned method, plus lineage."""
+    label, seed, o = cfg.columns.label, cfg.seed, cfg.oversample
+    if not any(p["make"] for per in plan.values() for p in per.values()):
+        return None
+    spark = silver.sparkSession
+    numeric = [f.name for f in cfg.columns.features if f.kind == "numeric"] if cfg.kind == "tabular" else []
+    categorical = [f.name for f in cfg.columns.features if f.kind == "categorical"] if cfg.kind == "tabular" else []
+    plan_df = _plan_frame(spark, plan, label)
+    src = pooled(silver, folds).withColumn(label, F.col(label).cast("string"))
+    src = src.join(F.broadcast(plan_df.where("_make > 0")), ["pool", label])
+    interpolating = {p["method"] for per in plan.values() for p in per.values() if p["make"]} - {"random"}
+    weight = F.lit(1.0)
+    if "adasyn" in interpolating:
+        everyone = _scaled(pooled(silver, folds).withColumn(label, F.col(label).cast("string")), numeric)
+        asked = plan_df.where("_make > 0 AND _method = 'adasyn'").select("pool", label, F.lit(True).alias("_ask"))
+        everyone = everyone.join(F.broadcast(asked), ["pool", label], "left").fillna(False, ["_ask"])
+        largest = max(sum(p["n"] for p in per.values()) for per in plan.values())
+        near = knn.neighbours(everyone, ["pool"], "_z", o.k_neighbors, dim=len(numeric), largest=largest,
+                              seed=seed, tables=1,
+                              bucket_rows=o.bucket_rows, carry=[label], query="_ask")  # fmt: skip
+        near = near.join(everyone.select("pool", "sample_id", label), ["pool", "sample_id"])
+        other = F.size(F.filter("neighbours", lambda x: x[label] != F.col(label)))
+        hard = near.select("pool", "sample_id", (other / F.greatest(F.size("neighbours"), F.lit(1))).alias("_hard"))
+        src = src.join(hard, ["pool", "sample_id"], "left")
+        weight = F.when(F.col("_method") == "adasyn", F.coalesce("_hard", F.lit(0.0))).otherwise(1.0)
+    # Exact counts: floor of each row's share, the largest remainders one more.
+    group = Window.partitionBy("pool", label)
+    src = src.withColumn("_w", weight).withColumn("_wsum", F.sum("_w").over(group))
+    src = src.withColumn("_w", F.when(F.col("_wsum") > 0, F.col("_w")).otherwise(1.0)).drop("_wsum")
+    src = src.withColumn("_share", F.col("_w") / F.sum("_w").over(group) * F.col("_make"))
+    src = src.withColumn("_base", F.floor("_share")).withColumn("_short", F.col("_make") - F.sum("_base").over(group))
+    order = group.orderBy(F.desc(F.col("_share") - F.col("_base")), _hash(seed, "pool", "sample_id"), "sample_id")
+    src = src.withColumn("_copies", (F.col("_base") + F.when(F.row_number().over(order) <= F.col("_short"), 1)
+                                     .otherwise(0)).cast("int")).where("_copies > 0")  # fmt: skip
+    if interpolating:
+        # Candidates: every row of a growing class in its pool; queries: the rows that make copies.
+        candidates = _scaled(pooled(silver, folds).withColumn(label, F.col(label).cast("string")), numeric)
+        candidates = candidates.join(F.broadcast(plan_df.where("_make > 0 AND _method != 'random'")), ["pool", label])
+        candidates = candidates.withColumn("_raw", F.array(*[F.col(c).cast("double") for c in numeric]))
+        candidates = candidates.withColumn("_cats", F.array(*[F.col(c).cast("string") for c in categorical]).cast("array<string>"))
+        ask = src.where(F.col("_method") != "random").select("pool", "sample_id", F.lit(True).alias("_ask"))
+        candidates = candidates.join(ask, ["pool", "sample_id"], "left").fillna(False, ["_ask"])
+        largest = max(p["n"] for per in plan.values() for p in per.values() if p["make"] and p["method"] != "random")
+        near = knn.neighbours(candidates, ["pool", label], "_z", o.k_neighbors, dim=len(numeric), largest=largest,
+                              seed=seed, tables=o.knn_tables,
+                              bucket_rows=o.bucket_rows, categories="_cats" if categorical else None,
+                              carry=["_raw", "_cats"], query="_ask")  # fmt: skip
+        src = src.join(near.select("pool", "sample_id", "neighbours"), ["pool", "sample_id"], "left")
+    else:
+        src = src.withColumn("neighbours", F.lit(None))
+    made = src.withColumn("_copy", F.explode(F.sequence(F.lit(1), F.col("_copies"))))
+    if interpolating:
+        count = F.size("neighbours")
+        pick = F.when(count > 0, F.element_at("neighbours", (F.pmod(_hash(seed, "pool", "sample_id", "_copy"),
+                                                                     count) + 1).cast("int")))  # fmt: skip
+        made = made.withColumn("_nb", pick)
+        gap = F.pmod(_hash(seed + 1, "pool", "sample_id", "_copy"), F.lit(1 << 24)) / float(1 << 24)
+        types = dict(silver.dtypes)
+        for i, c in enumerate(numeric):
+            value = F.col(c) + gap * (F.get(F.col("_nb._raw"), i) - F.col(c))
+            made = made.withColumn(c, F.when(F.col("_nb").isNotNull(), value.cast(types[c])).otherwise(F.col(c)))
+        for i, c in enumerate(categorical):
+            value = _mode(F.transform("neighbours", _item("_cats", i)))
+            made = made.withColumn(c, F.when(F.col("_nb").isNotNull(), value.cast(types[c])).otherwise(F.col(c)))
+        made = made.withColumn("synthetic_with", F.col("_nb.sample_id"))
+    else:
+        made = made.withColumn("synthetic_with", F.lit(None).cast("string"))
+    made = made.select(
+        *[F.col(c) for c in silver.columns if c not in ("sample_id", label)],
+        F.col(label),
+        F.col("pool").alias("synthetic_for"),
+        F.col("sample_id").alias("synthetic_of"),
+        "synthetic_with",
+        F.lit(None).cast("array<int>").alias("dropped_for"),
+        F.sha2(F.concat_ws("|", "sample_id", "pool", "_copy"), 256).substr(1, 32).alias("sample_id"),
+    )
+    return made
 
 
 def build_gold(silver: DataFrame, cfg: PipelineConfig, folds: int) -> tuple[DataFrame, dict]:
     label = cfg.columns.label
     names = class_names(silver, label)
-    index = F.create_map(*[x for i, c in enumerate(names) for x in (F.lit(c), F.lit(i))])
-    real = silver.select("*", F.lit(None).cast("int").alias("synthetic_for"),
-                         F.lit(None).cast("string").alias("synthetic_of"))  # fmt: skip
-    fake, plan = (None, {}) if cfg.oversample.method == "none" else synthesize(silver, cfg, folds)
+    counts: dict[int, dict[str, int]] = {}
+    for r in silver.where(F.col("fold") >= 0).groupBy("fold", label).count().collect():
+        counts.setdefault(r["fold"], {})[str(r[label])] = r["count"]
+    plan = plan_pools(counts, cfg, folds)
+    for f, per in plan.items():
+        for c, p in per.items():
+            if p["fallback"]:
+                log.warning("oversample %s: class %r has %d rows in the training part of %s, fewer than "
+                            "k_neighbors + 1 = %d: it is oversampled at random instead of by %s", cfg.dataset, c,
+                            p["keep"], f"fold {f}" if f < folds else "the final model", cfg.oversample.k_neighbors + 1,
+                            cfg.oversample.method)  # fmt: skip
+    real = silver.withColumn(label, F.col(label).cast("string"))
+    real = real.select("*", *[F.lit(None).cast(t).alias(c) for c, t in LINEAGE if c != "dropped_for"])
+    if any(p["keep"] < p["n"] for per in plan.values() for p in per.values()):
+        cut = undersampled(pooled(real, folds), _plan_frame(silver.sparkSession, plan, label), label, cfg.seed)
+        real = real.join(cut, "sample_id", "left")
+    else:
+        real = real.withColumn("dropped_for", F.lit(None).cast("array<int>"))
+    fake = synthesize(silver, cfg, folds, plan) if cfg.oversample.method != "none" else None
     rows = real if fake is None else real.unionByName(fake)
     rows = rows.withColumn("augment", F.col("synthetic_for").isNotNull() & F.lit(cfg.kind == "images"))
+    index = F.create_map(*[x for i, c in enumerate(names) for x in (F.lit(str(c)), F.lit(i))])
     rows = rows.withColumn("class_name", F.col(label)).withColumn("label", F.element_at(index, F.col(label)))
     if label != "label":
         rows = rows.drop(label)
-    return rows, {"classes": names, "plan": plan}
+    if cfg.images and cfg.images.embed:
+        from jobs.probe import embed_images
+
+        im = cfg.images
+        pixels = embed_images(silver.select("sample_id", im.path_column), im.path_column, cfg.resolve(im.root),
+                              im.size, im.channels).select(F.col("sample_id").alias("_src"), "image")  # fmt: skip
+        rows = rows.join(pixels, F.coalesce("synthetic_of", "sample_id") == F.col("_src")).drop("_src")
+    fallback = [{"pool": f, "class": c, "rows": p["keep"]} for f, per in plan.items() for c, p in per.items()
+                if p["fallback"]]  # fmt: skip
+    return rows, {"classes": names, "plan": plan, "fallback": fallback}
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
@@ -108,15 +266,21 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         if cfg.images:
             props.update({"fulcrum.image_size": cfg.images.size, "fulcrum.image_channels": cfg.images.channels,
                           "fulcrum.image_column": cfg.images.path_column,
-                          "fulcrum.image_root": cfg.resolve(cfg.images.root)})  # fmt: skip
+                          "fulcrum.image_root": cfg.resolve(cfg.images.root),
+                          "fulcrum.image_embedded": str(cfg.images.embed).lower()})  # fmt: skip
         g_version = io.overwrite(gold, lake.path("gold"), run_id, STAGE, props)
         record.outputs.append(("gold", lake.path("gold"), g_version))
-        balance = _balance(io.read(spark, lake.path("gold"), g_version), info["classes"], folds)
+        written = io.read(spark, lake.path("gold"), g_version)
+        balance = _balance(written, info["classes"], folds)
         report = StageReport(stage=STAGE, rows_in=silver.count(), rows_out=sum(balance["after"][str(folds)].values()))
         report.details.update({"gold_version": g_version, "method": cfg.oversample.method, "balance": balance,
-                               "synthetic": {str(f): sum(n.values()) for f, n in info["plan"].items()}})  # fmt: skip
+                               "k_neighbors": cfg.oversample.k_neighbors, "fallback": info["fallback"],
+                               "synthetic": {str(f): sum(p["make"] for p in per.values())
+                                             for f, per in info["plan"].items()},
+                               "dropped": {str(f): sum(p["n"] - p["keep"] for p in per.values())
+                                           for f, per in info["plan"].items()}})  # fmt: skip
         report.seconds = time.perf_counter() - start
-        record.counts.update({"rows_in": report.rows_in, "gold_rows": gold.count()})
+        record.counts.update({"rows_in": report.rows_in, "gold_rows": written.count()})
         _plot(balance, Path(cfg.reports_dir) / run_id / "class_balance.png")
     log.info("oversample %s: gold v%d (%s), final training set %s", cfg.dataset, g_version, cfg.oversample.method,
              balance["after"][str(folds)])  # fmt: skip
@@ -131,10 +295,13 @@ def _balance(gold: DataFrame, classes: list[str], folds: int) -> dict:
             for r in gold.where(F.col("synthetic_for").isNull()).groupBy("fold", "class_name").count().collect()}  # fmt: skip
     fake = {(r["synthetic_for"], r["class_name"]): r["count"]
             for r in gold.where(F.col("synthetic_for").isNotNull()).groupBy("synthetic_for", "class_name").count().collect()}  # fmt: skip
+    cut = {(r["pool"], r["class_name"]): r["count"]
+           for r in gold.select("class_name", F.explode("dropped_for").alias("pool")).groupBy("pool", "class_name")
+           .count().collect()}  # fmt: skip
     for f in range(folds + 1):
         base = {c: sum(n for (g, cc), n in real.items() if cc == c and g >= 0 and g != f) for c in classes}
         before[str(f)] = base
-        after[str(f)] = {c: base[c] + fake.get((f, c), 0) for c in classes}
+        after[str(f)] = {c: base[c] - cut.get((f, c), 0) + fake.get((f, c), 0) for c in classes}
     return {"before": before, "after": after}
 
 

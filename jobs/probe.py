@@ -94,3 +94,31 @@ def probe_images(df: DataFrame, path_column: str, root: str) -> DataFrame:
             yield pd.concat([batch.reset_index(drop=True), facts.astype(object)], axis=1)
 
     return df.mapInPandas(probe_batches, schema=schema)
+
+
+def encode_at(root: str, rel: str, size: int, channels: int) -> bytes:
+    """One image resized to ``size`` x ``size`` with ``channels`` channels, as PNG bytes."""
+    from PIL import Image
+
+    real = os.path.realpath(os.path.join(root, rel))
+    if os.path.isabs(rel) or os.path.commonpath([root, real]) != root:
+        raise ValueError(f"image path escapes the image root: {rel}")
+    with Image.open(real) as img:
+        img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+        out = io.BytesIO()
+        img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def embed_images(df: DataFrame, path_column: str, root: str, size: int, channels: int, into: str = "image") -> DataFrame:
+    """``df`` plus ``into``: every image as PNG bytes at the training resolution (executors read the files)."""
+    root = os.path.realpath(root)
+    schema = T.StructType(df.schema.fields + [T.StructField(into, T.BinaryType())])
+
+    def encode_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            batch = batch.reset_index(drop=True)
+            batch[into] = [encode_at(root, p, size, channels) for p in batch[path_column]]
+            yield batch
+
+    return df.mapInPandas(encode_batches, schema=schema)

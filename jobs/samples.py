@@ -123,6 +123,7 @@ def make_cancer(outdir: Path, seed: int = 7) -> Path:
                   "outliers": {"method": "iqr", "threshold": 3.0, "action": "flag"}},
         "dedup": {"near": {"tolerance": 0.05}},
         "split": {"folds": 5, "test_fraction": 0.2},
+        "oversample": {"method": "smotenc", "k_neighbors": 5},
     }  # fmt: skip
     return _write_yaml(folder / "cancer.yaml", config, "cancer")
 
@@ -250,10 +251,12 @@ def make_digits(outdir: Path, seed: int = 7) -> Path:
         "dataset": "digits", "kind": "images", "lake_root": "../lake", "seed": seed,
         "source": {"path": "manifest.csv", "format": "csv", "options": {"header": True}},
         "columns": {"id": "record_id", "label": "label", "features": []},
-        "images": {"root": "images", "path_column": "path", "size": IMAGE_SIZE, "channels": 1},
+        "images": {"root": "images", "path_column": "path", "size": IMAGE_SIZE, "channels": 1,
+                   "embed": True},
         "clean": {"labels": {"classes": DIGIT_NAMES, "synonyms": {str(i): n for i, n in enumerate(DIGIT_NAMES)}}},
         "dedup": {"near": {"hamming": 2}},  # 8x8 digits: unrelated pairs start at 3-4 bits
         "split": {"folds": 5, "test_fraction": 0.2},
+        "oversample": {"method": "random"},
     }  # fmt: skip
     return _write_yaml(folder / "digits.yaml", config, "digits")
 

@@ -40,3 +40,33 @@ def sample_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("samples")
     make_samples(out, seed=7)
     return out
+
+
+@pytest.fixture(scope="session")
+def curated(spark, sample_dir, tmp_path_factory):
+    """Both samples through ingest, validate and curate once: {dataset: config}. Treat these lakes as
+    read-only; a test that writes takes its own copy with ``lake_copy``."""
+    from jobs import curate, ingest, validate
+    from jobs.config import load_config
+
+    root = tmp_path_factory.mktemp("curated")
+    out = {}
+    for name in ("cancer", "digits"):
+        cfg = load_config(sample_dir / name / f"{name}.yaml", {"lake_root": str(root)})
+        ingest.run(spark, cfg, "i-1")
+        validate.run(spark, cfg, "v-1")
+        curate.run(spark, cfg, "c-1")
+        out[name] = cfg
+    return out
+
+
+@pytest.fixture
+def lake_copy(tmp_path):
+    """``lake_copy(cfg)``: the config pointed at a private copy of its lake (Delta tables copy as files)."""
+    import shutil
+
+    def copy(cfg):
+        shutil.copytree(cfg.lake_dir, tmp_path / "lake" / cfg.dataset)
+        return cfg.model_copy(update={"lake_root": str(tmp_path / "lake")})
+
+    return copy

@@ -198,11 +198,8 @@ def test_curate_refuses_single_class_data(spark, sample_dir, tmp_path):
     assert not io.exists(spark, io.Lake(cfg.lake_dir).path("silver"))
 
 
-def test_curate_on_the_digits_sample_groups_copied_and_reencoded_images(spark, sample_dir, tmp_path):
-    cfg = load_config(sample_dir / "digits" / "digits.yaml", {"lake_root": str(tmp_path / "lake")})
-    ingest.run(spark, cfg, "i-1")
-    validate.run(spark, cfg, "v-1")
-    curate.run(spark, cfg, "c-1")
+def test_curate_on_the_digits_sample_groups_copied_and_reencoded_images(spark, sample_dir, curated):
+    cfg = curated["digits"]
     lake = io.Lake(cfg.lake_dir)
     group = {
         r["record_id"]: r["dup_group"]

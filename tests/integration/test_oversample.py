@@ -3,59 +3,215 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
-from jobs import curate, ingest, io, oversample, validate
+from jobs import io, knn, oversample
 from jobs.config import load_config
+from jobs.errors import ConfigError
 
 pytestmark = pytest.mark.spark
 
-
-@pytest.fixture(scope="module")
-def cancer_lake(spark, sample_dir, tmp_path_factory):
-    cfg = load_config(sample_dir / "cancer" / "cancer.yaml", {"lake_root": str(tmp_path_factory.mktemp("lake"))})
-    ingest.run(spark, cfg, "i-1")
-    validate.run(spark, cfg, "v-1")
-    curate.run(spark, cfg, "c-1")
-    return cfg
+NUMERIC = ["mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness", "mean_compactness",
+           "mean_concavity", "mean_concave_points", "mean_symmetry", "mean_fractal_dimension"]  # fmt: skip
 
 
-def test_gold_is_balanced_per_fold_without_leaking(spark, cancer_lake):
-    cfg = cancer_lake
-    report = oversample.run(spark, cfg, "o-1")
-    path = io.Lake(cfg.lake_dir).path("gold")
-    gold = io.read(spark, path).collect()
-    k = cfg.split.folds
+@pytest.fixture
+def cancer_lake(curated, lake_copy):
+    return lake_copy(curated["cancer"])
+
+
+def _with(cfg, **oversample_keys):
+    data = cfg.model_dump(by_alias=True)
+    data["oversample"].update(oversample_keys)
+    return type(cfg).model_validate({**data, "base_dir": cfg.base_dir})
+
+
+def _numeric_only(cfg, **oversample_keys):
+    data = cfg.model_dump(by_alias=True)
+    data["columns"]["features"] = [{"name": c, "kind": "numeric"} for c in NUMERIC]
+    data["oversample"].update(oversample_keys)
+    return type(cfg).model_validate({**data, "base_dir": cfg.base_dir})
+
+
+def _gold(spark, cfg):
+    return io.read(spark, io.Lake(cfg.lake_dir).path("gold")).collect()
+
+
+def _check_segments(gold, k):
+    """Every interpolated row lies between its source and its neighbour: same class, both real rows of the
+    training part of the fold it serves; the categorical value is one the class has there."""
     real = {r["sample_id"]: r for r in gold if r["synthetic_for"] is None}
     fake = [r for r in gold if r["synthetic_for"] is not None]
     assert fake and {r["synthetic_for"] for r in fake} == set(range(k + 1))
-    for r in fake:  # made only from the training part of the fold it serves
-        source = real[r["synthetic_of"]]
-        assert source["fold"] != -1 and source["fold"] != r["synthetic_for"], r
-        assert source["label"] == r["label"] and source["mean_radius"] == r["mean_radius"]
-        assert r["augment"] is False  # tabular copies are not augmented
+    for r in fake:
+        f = r["synthetic_for"]
+        src, nb = real[r["synthetic_of"]], real[r["synthetic_with"]]
+        for parent in (src, nb):
+            assert parent["fold"] not in (-1, f) and parent["label"] == r["label"], (r, parent)
+        a = np.array([src[c] for c in NUMERIC])
+        b = np.array([nb[c] for c in NUMERIC])
+        x = np.array([r[c] for c in NUMERIC])
+        span = b - a
+        moving = np.abs(span) > 1e-12
+        gaps = (x[moving] - a[moving]) / span[moving]
+        assert np.all(gaps >= -1e-9) and np.all(gaps <= 1 + 1e-9), r
+        assert np.allclose(gaps, gaps[0], atol=1e-7), r  # one gap for every feature: on the segment
+        assert np.allclose(x[~moving], a[~moving])
+    return real, fake
+
+
+def test_smotenc_rows_lie_on_segments_of_their_folds_training_part(spark, cancer_lake):
+    cfg = cancer_lake
+    assert cfg.oversample.method == "smotenc"  # the sample's own config
+    report = oversample.run(spark, cfg, "o-1")
+    gold = _gold(spark, cfg)
+    real, fake = _check_segments(gold, cfg.split.folds)
+    for r in fake:  # categorical values stay within what that class has in that training part
+        seen = {x["texture_grade"] for x in real.values() if x["fold"] not in (-1, r["synthetic_for"])
+                and x["label"] == r["label"]}  # fmt: skip
+        assert r["texture_grade"] in seen
+        assert r["augment"] is False  # tabular rows are not augmented
     for f, counts in report.details["balance"]["after"].items():  # every training set reaches the target
         assert len(set(counts.values())) == 1, (f, counts)
+    path = io.Lake(cfg.lake_dir).path("gold")
     props = io.properties(spark, path)
     assert json.loads(props["fulcrum.classes"]) == ["benign", "malignant"]
-    assert props["fulcrum.folds"] == str(k) and props["fulcrum.kind"] == "tabular"
+    assert props["fulcrum.folds"] == str(cfg.split.folds) and props["fulcrum.kind"] == "tabular"
+    assert props["fulcrum.oversample"] == "smotenc"
+    assert props["delta.enableDeletionVectors"] == "false"
     assert {r["label"] for r in gold} == {0, 1} and {r["class_name"] for r in gold} == {"benign", "malignant"}
+    assert len({r["sample_id"] for r in gold}) == len(gold)
     assert Path(cfg.reports_dir, "o-1", "class_balance.png").is_file()
 
 
-def test_oversampling_is_deterministic_and_respects_the_ratio(spark, cancer_lake):
-    cfg = cancer_lake
-    oversample.run(spark, cfg, "o-1")
+def test_smote_is_deterministic_and_respects_the_ratio(spark, cancer_lake):
+    cfg = _numeric_only(cancer_lake, method="smote", target_ratio=0.5)
     path = io.Lake(cfg.lake_dir).path("gold")
-    first = sorted(r["sample_id"] for r in io.read(spark, path).select("sample_id").collect())
-    oversample.run(spark, cfg, "o-2")
-    assert sorted(r["sample_id"] for r in io.read(spark, path).select("sample_id").collect()) == first
-    half = cfg.model_copy(update={"oversample": cfg.oversample.model_copy(update={"target_ratio": 0.5})})
-    report = oversample.run(spark, half, "o-3")
+    report = oversample.run(spark, cfg, "o-2")
     for counts in report.details["balance"]["after"].values():
         assert counts["malignant"] == -(-counts["benign"] // 2)  # ceil(0.5 x majority)
-    none = cfg.model_copy(update={"oversample": cfg.oversample.model_copy(update={"method": "none"})})
-    oversample.run(spark, none, "o-4")
+    first = sorted((r["sample_id"], r["mean_area"]) for r in io.read(spark, path).collect())
+    _check_segments(_gold(spark, cfg), cfg.split.folds)
+    oversample.run(spark, cfg, "o-3")
+    assert sorted((r["sample_id"], r["mean_area"]) for r in io.read(spark, path).collect()) == first
+    oversample.run(spark, _with(cancer_lake, method="none"), "o-4")
     assert io.read(spark, path).where("synthetic_for IS NOT NULL").count() == 0
+
+
+def test_adasyn_makes_rows_where_other_classes_are_near(spark, cancer_lake):
+    cfg = _numeric_only(cancer_lake, method="adasyn")
+    report = oversample.run(spark, cfg, "o-5")
+    gold = _gold(spark, cfg)
+    real, fake = _check_segments(gold, cfg.split.folds)
+    for counts in report.details["balance"]["after"].values():
+        assert len(set(counts.values())) == 1
+    # Brute force on fold 0's training part: every ADASYN source has another class among its 5 nearest.
+    pool = [r for r in real.values() if r["fold"] not in (-1, 0)]
+    x = np.array([[r[c] for c in NUMERIC] for r in pool])
+    z = (x - x.mean(0)) / x.std(0)
+    labels = np.array([r["label"] for r in pool])
+    index = {r["sample_id"]: i for i, r in enumerate(pool)}
+    sources = {r["synthetic_of"] for r in fake if r["synthetic_for"] == 0}
+    for sid in sources:
+        i = index[sid]
+        d = ((z - z[i]) ** 2).sum(1)
+        d[i] = np.inf
+        assert (labels[np.argsort(d)[:5]] != labels[i]).any(), sid
+    minority = [r for r in pool if r["class_name"] == "malignant"]
+    assert len(sources) < len(minority)  # rows deep inside their class make none
+
+
+def test_a_class_too_small_for_knn_falls_back_to_random_with_a_warning(spark, cancer_lake, caplog):
+    cfg = _with(cancer_lake, k_neighbors=100)  # malignant has fewer than 101 rows in every training part
+    with caplog.at_level(logging.WARNING, logger="jobs.oversample"):
+        report = oversample.run(spark, cfg, "o-6")
+    assert "oversampled at random instead of by smotenc" in caplog.text
+    assert {x["class"] for x in report.details["fallback"]} == {"malignant"}
+    gold = _gold(spark, cfg)
+    real = {r["sample_id"]: r for r in gold if r["synthetic_for"] is None}
+    fake = [r for r in gold if r["synthetic_for"] is not None]
+    assert fake and all(r["synthetic_with"] is None for r in fake)
+    assert all(r["mean_area"] == real[r["synthetic_of"]]["mean_area"] for r in fake)
+
+
+def test_undersampling_cuts_each_training_part_and_keeps_validation_whole(spark, cancer_lake):
+    cfg = _with(cancer_lake, method="undersample")
+    report = oversample.run(spark, cfg, "o-7")
+    gold = _gold(spark, cfg)
+    assert all(r["synthetic_for"] is None for r in gold)
+    silver = io.read(spark, io.Lake(cfg.lake_dir).path("silver")).count()
+    assert len(gold) == silver  # cut rows stay in gold: they still validate their own fold
+    k = cfg.split.folds
+    for f in range(k + 1):
+        train = [r for r in gold if r["fold"] not in (-1, f) and f not in (r["dropped_for"] or [])]
+        counts = {c: sum(r["class_name"] == c for r in train) for c in ("benign", "malignant")}
+        assert counts["benign"] == counts["malignant"] == report.details["balance"]["after"][str(f)]["benign"]
+    assert all(f != r["fold"] for r in gold for f in (r["dropped_for"] or []))
+    both = _with(cancer_lake, method="smotenc", undersample=0.5)
+    report = oversample.run(spark, both, "o-8")
+    for f, counts in report.details["balance"]["after"].items():
+        before = report.details["balance"]["before"][f]
+        assert counts["benign"] == -(-before["malignant"] // 0.5) == counts["malignant"]
+
+
+def test_oversample_needs_silver(spark, sample_dir, tmp_path):
+    cfg = load_config(sample_dir / "cancer" / "cancer.yaml", {"lake_root": str(tmp_path / "lake")})
+    with pytest.raises(ConfigError, match="silver does not exist"):
+        oversample.run(spark, cfg, "o-9")
+    assert not io.exists(spark, io.Lake(cfg.lake_dir).path("gold"))
+
+
+def test_distributed_knn_matches_brute_force(spark):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 4))
+    rows = [(int(i % 2), f"id{i:04d}", [float(v) for v in row]) for i, row in enumerate(x)]
+    df = spark.createDataFrame(rows, "g int, sample_id string, v array<double>")
+    truth = {}
+    for g in (0, 1):
+        idx = np.flatnonzero(np.arange(600) % 2 == g)
+        for i in idx:
+            d = ((x[idx] - x[i]) ** 2).sum(1)
+            d[idx == i] = np.inf
+            truth[f"id{i:04d}"] = {f"id{j:04d}" for j in idx[np.argsort(d)[:5]]}
+
+    def found(**kw):
+        out = knn.neighbours(df, ["g"], "v", 5, dim=4, largest=300, seed=1, **kw).collect()
+        return {r["sample_id"]: [n["sample_id"] for n in r["neighbours"]] for r in out}
+
+    exact = found(bucket_rows=1000)
+    assert len(exact) == 600 and all(set(v) == truth[k] for k, v in exact.items())
+    for near in exact.values():
+        assert len(near) == 5
+    bucketed = found(bucket_rows=50, tables=3)  # 6 buckets per group: approximate
+    recall = np.mean([len(set(v) & truth[k]) / 5 for k, v in bucketed.items()])
+    assert len(bucketed) == 600 and recall > 0.8, recall
+    mixed = spark.createDataFrame([(0, f"c{i}", [0.0], [c]) for i, c in enumerate("aabbb")],
+                                  "g int, sample_id string, v array<double>, cat array<string>")  # fmt: skip
+    out = knn.neighbours(mixed, ["g"], "v", 2, dim=1, largest=5, seed=1, categories="cat").collect()
+    near = {r["sample_id"]: [n["sample_id"] for n in r["neighbours"]] for r in out}
+    assert near["c0"] == ["c1", "c2"] and near["c2"] == ["c3", "c4"]  # a category mismatch costs distance
+
+
+def test_digits_gold_embeds_images_at_the_training_size(spark, curated, lake_copy):
+    from io import BytesIO
+
+    from PIL import Image
+
+    cfg = lake_copy(curated["digits"])
+    oversample.run(spark, cfg, "o-1")
+    gold = io.read(spark, io.Lake(cfg.lake_dir).path("gold"))
+    props = io.properties(spark, io.Lake(cfg.lake_dir).path("gold"))
+    assert props["fulcrum.image_embedded"] == "true" and props["fulcrum.image_size"] == str(cfg.images.size)
+    fake = gold.where("synthetic_for IS NOT NULL")
+    assert fake.count() > 0 and fake.where("NOT augment").count() == 0
+    assert gold.where("synthetic_for IS NULL AND augment").count() == 0
+    pairs = gold.alias("s").join(gold.alias("r"), F.col("s.synthetic_of") == F.col("r.sample_id"))
+    assert pairs.where("s.image != r.image").count() == 0  # a copy carries its source's pixels
+    for row in gold.select("image").limit(5).collect():
+        with Image.open(BytesIO(row["image"])) as img:
+            assert img.size == (cfg.images.size, cfg.images.size) and img.mode == "L"
