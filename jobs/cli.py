@@ -187,13 +187,17 @@ def print_balance(report: StageReport) -> None:
     for cls in sorted(balance["before"][sets[0]]):
         table.add_row(cls, *[f"{balance['before'][s][cls]:,} -> {balance['after'][s][cls]:,}" for s in sets])
     out.print(table)
+    for fb in report.details.get("fallback", []):
+        where = "the final model" if str(fb["pool"]) == sets[-1] else f"fold {fb['pool']}"
+        out.print(f"[yellow]warning[/]: {fb['class']!r} has {fb['rows']} rows in the training part of {where}, "
+                  f"fewer than k_neighbors + 1: oversampled at random there")  # fmt: skip
 
 
 @app.command()
 def oversample(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = None) -> None:
     """Balance each fold's training part (and the final one) from its own rows only; write gold.
 
-    Example: fulcrum oversample samples/cancer/cancer.yaml --set oversample.target_ratio=0.5
+    Example: fulcrum oversample samples/cancer/cancer.yaml --set oversample.undersample=0.5
     """
     from jobs import oversample as stage
     from jobs.runs import new_run_id

@@ -9,7 +9,7 @@ projections, and the exact k-NN is computed inside each bucket:
    approximate quantiles of the projection cut the group into buckets of about
    ``bucket_rows`` rows, so that rows near each other along that direction share a
    bucket;
-3. a vectorised pandas UDF (``applyInPandas``) computes exact squared distances inside
+3. a vectorised Arrow UDF (``applyInArrow``) computes exact squared distances inside
    each bucket with numpy, chunked to bound memory;
 4. the candidates of all projections are merged and the k nearest kept.
 
@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 ID = "sample_id"
-CHUNK = 4_000_000  # query rows × bucket rows × dimensions evaluated at once
+CHUNK = 4_000_000  # query rows × bucket rows evaluated at once (one BLAS product)
 
 
 def project(vector: str, weights: np.ndarray) -> Column:
@@ -107,7 +107,7 @@ def neighbours(
         + [T.StructField(ID, T.StringType()), T.StructField("neighbours", T.ArrayType(item))]
     )
     udf = _bucket_knn(group, vector, k, categories, mismatch, list(carry), query)
-    found = rows.groupBy(*group, "_table", "_bucket").applyInPandas(udf, out_schema)
+    found = rows.groupBy(*group, "_table", "_bucket").applyInArrow(udf, out_schema)
     if tables == 1 or buckets_max == 1:
         return found
     merged = found.groupBy(*group, ID).agg(F.flatten(F.collect_list("neighbours")).alias("_all"))
@@ -116,35 +116,48 @@ def neighbours(
 
 
 def _bucket_knn(group, vector, k, categories, mismatch, carry, query):
-    def knn(pdf: pd.DataFrame) -> pd.DataFrame:
-        pdf = pdf.sort_values(ID, kind="stable").reset_index(drop=True)
-        n = len(pdf)
-        x = np.stack(pdf[vector].to_numpy()).astype(np.float64) if n else np.zeros((0, 0))
+    """The UDF: one bucket in, its query rows with their neighbours out, built as Arrow arrays (no Python
+    objects per row: a list<struct> of carried arrays is gathered with ``take``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def knn(table: pa.Table) -> pa.Table:
+        table = table.take(pc.sort_indices(table, sort_keys=[(ID, "ascending")]))
+        n = table.num_rows
+        vec = table.column(vector).combine_chunks()
+        d = len(vec[0]) if n and vec[0].is_valid else 0
+        x = vec.flatten().to_numpy(zero_copy_only=False).reshape(n, d).astype(np.float64) if n else np.zeros((0, 0))
         codes = None
-        if categories:
-            cats = np.stack(pdf[categories].to_numpy()) if n else np.zeros((0, 0))
-            codes = np.stack([pd.factorize(cats[:, j])[0] for j in range(cats.shape[1])], axis=1) if cats.size else None
-        asked = np.flatnonzero(pdf[query].to_numpy()) if query else np.arange(n)
-        kk = min(k, n - 1)
-        ids = pdf[ID].to_numpy()
-        payload = {c: pdf[c].to_numpy() for c in carry}
-        result = []
-        step = max(1, CHUNK // max(1, n * max(1, x.shape[1])))
-        for start in range(0, len(asked), step):
+        if categories and n:
+            cats = table.column(categories).combine_chunks()
+            width = len(cats[0])
+            if width:
+                flat = np.asarray(cats.flatten().to_pylist(), dtype=object).reshape(n, width)
+                codes = np.stack([pd.factorize(flat[:, j])[0] for j in range(width)], axis=1)
+        sq = (x * x).sum(1)
+        asked = np.flatnonzero(table.column(query).to_numpy(zero_copy_only=False)) if query else np.arange(n)
+        kk = max(0, min(k, n - 1))
+        near = np.zeros((len(asked), kk), dtype=np.int64)
+        dist = np.zeros((len(asked), kk))
+        step = max(1, CHUNK // max(1, n))
+        for start in range(0, len(asked), step) if kk else ():
             q = asked[start : start + step]
-            d2 = ((x[q, None, :] - x[None, :, :]) ** 2).sum(-1) if x.shape[1] else np.zeros((len(q), n))
+            d2 = np.maximum(sq[q, None] + sq[None, :] - 2.0 * (x[q] @ x.T), 0.0) if d else np.zeros((len(q), n))
             if codes is not None:
                 d2 = d2 + mismatch * (codes[q, None, :] != codes[None, :, :]).sum(-1)
             d2[np.arange(len(q)), q] = np.inf  # not its own neighbour
-            if kk <= 0:
-                result.extend([] for _ in q)
-                continue
-            near = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < n else np.argsort(d2, axis=1)[:, :kk]
-            for r, row in enumerate(near):
-                order = row[np.lexsort((row, d2[r, row]))]  # by distance, then by sample_id order
-                result.append([(float(d2[r, j]), ids[j], *(payload[c][j] for c in carry)) for j in order])
-        out = pdf.loc[asked, [*group, ID]].reset_index(drop=True)
-        out["neighbours"] = result
-        return out
+            part = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < n else np.argsort(d2, axis=1)[:, :kk]
+            part_d = np.take_along_axis(d2, part, axis=1)
+            order = np.lexsort((part, part_d), axis=1)  # by distance, then by sample_id order
+            near[start : start + len(q)] = np.take_along_axis(part, order, axis=1)
+            dist[start : start + len(q)] = np.take_along_axis(part_d, order, axis=1)
+        flat = pa.array(near.reshape(-1))
+        fields = [pa.array(dist.reshape(-1)), table.column(ID).take(flat)]
+        fields += [table.column(c).take(flat) for c in carry]
+        items = pa.StructArray.from_arrays([f.combine_chunks() if isinstance(f, pa.ChunkedArray) else f
+                                            for f in fields], names=["d2", ID, *carry])  # fmt: skip
+        lists = pa.ListArray.from_arrays(pa.array(np.arange(len(asked) + 1) * kk, pa.int32()), items)
+        out = table.take(pa.array(asked, pa.int64())).select([*group, ID])
+        return out.append_column("neighbours", lists)
 
     return knn

@@ -15,8 +15,8 @@ pools, grouped by (pool, class).
 - ``adasyn``: as smote, but a row makes more synthetic rows the larger the share of
   other classes among its k nearest neighbours in the whole pool.
 - ``smotenc``: as smote for numeric features, categorical features take the most
-  frequent value among the k neighbours; a categorical mismatch adds one pool
-  standard deviation to the squared distance.
+  frequent value among the k neighbours; a categorical mismatch adds 1 to the squared
+  distance of the numeric features, which are standardised per (pool, class).
 - ``undersample`` (or ``undersample: ratio`` beside any method): larger classes are
   cut, per pool, to at most ``smallest / ratio`` rows. A cut real row stays in gold,
   with the pools it is left out of in ``dropped_for``; it still validates its own fold.
@@ -103,15 +103,15 @@ def undersampled(pools: DataFrame, plan_df: DataFrame, label: str, seed: int) ->
     return cut.groupBy("sample_id").agg(F.array_sort(F.collect_list("pool")).alias("dropped_for"))
 
 
-def _scaled(pools: DataFrame, numeric: list[str]) -> DataFrame:
-    """Numeric features standardised with their pool's own mean and standard deviation, as ``_z``."""
-    stats = pools.groupBy("pool").agg(
+def _scaled(pools: DataFrame, numeric: list[str], by: list[str]) -> DataFrame:
+    """Numeric features standardised with the mean and standard deviation of their ``by`` group, as ``_z``."""
+    stats = pools.groupBy(*by).agg(
         *[F.avg(c).alias(f"_m{i}") for i, c in enumerate(numeric)],
         *[F.stddev_pop(c).alias(f"_s{i}") for i, c in enumerate(numeric)],
     )
     z = [(F.col(c) - F.col(f"_m{i}")) / F.when(F.col(f"_s{i}") > 0, F.col(f"_s{i}")).otherwise(1.0)
          for i, c in enumerate(numeric)]  # fmt: skip
-    out = pools.join(F.broadcast(stats), "pool").withColumn("_z", F.array(*[F.coalesce(v, F.lit(0.0)) for v in z]))
+    out = pools.join(F.broadcast(stats), by).withColumn("_z", F.array(*[F.coalesce(v, F.lit(0.0)) for v in z]))
     return out.drop(*[f"_m{i}" for i in range(len(numeric))], *[f"_s{i}" for i in range(len(numeric))])
 
 
@@ -141,7 +141,7 @@ def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -
     interpolating = {p["method"] for per in plan.values() for p in per.values() if p["make"]} - {"random"}
     weight = F.lit(1.0)
     if "adasyn" in interpolating:
-        everyone = _scaled(pooled(silver, folds).withColumn(label, F.col(label).cast("string")), numeric)
+        everyone = _scaled(pooled(silver, folds).withColumn(label, F.col(label).cast("string")), numeric, ["pool"])
         asked = plan_df.where("_make > 0 AND _method = 'adasyn'").select("pool", label, F.lit(True).alias("_ask"))
         everyone = everyone.join(F.broadcast(asked), ["pool", label], "left").fillna(False, ["_ask"])
         largest = max(sum(p["n"] for p in per.values()) for per in plan.values())
@@ -161,23 +161,24 @@ def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -
     src = src.withColumn("_base", F.floor("_share")).withColumn("_short", F.col("_make") - F.sum("_base").over(group))
     order = group.orderBy(F.desc(F.col("_share") - F.col("_base")), _hash(seed, "pool", "sample_id"), "sample_id")
     src = src.withColumn("_copies", (F.col("_base") + F.when(F.row_number().over(order) <= F.col("_short"), 1)
-                                     .otherwise(0)).cast("int")).where("_copies > 0")  # fmt: skip
+                                     .otherwise(0)).cast("int"))  # fmt: skip
     if interpolating:
-        # Candidates: every row of a growing class in its pool; queries: the rows that make copies.
-        candidates = _scaled(pooled(silver, folds).withColumn(label, F.col(label).cast("string")), numeric)
-        candidates = candidates.join(F.broadcast(plan_df.where("_make > 0 AND _method != 'random'")), ["pool", label])
+        # Candidates: every row of a growing class in its pool; queries: the rows that make copies. The
+        # counts are computed once (local checkpoint) and feed both the k-NN and the generation.
+        src = src.localCheckpoint(eager=True)
+        candidates = src.where(F.col("_method") != "random")
+        candidates = _scaled(candidates, numeric, ["pool", label]).withColumn("_ask", F.col("_copies") > 0)
         candidates = candidates.withColumn("_raw", F.array(*[F.col(c).cast("double") for c in numeric]))
-        candidates = candidates.withColumn("_cats", F.array(*[F.col(c).cast("string") for c in categorical]).cast("array<string>"))
-        ask = src.where(F.col("_method") != "random").select("pool", "sample_id", F.lit(True).alias("_ask"))
-        candidates = candidates.join(ask, ["pool", "sample_id"], "left").fillna(False, ["_ask"])
+        cats = F.array(*[F.col(c).cast("string") for c in categorical]).cast("array<string>")
+        candidates = candidates.withColumn("_cats", cats)
         largest = max(p["n"] for per in plan.values() for p in per.values() if p["make"] and p["method"] != "random")
         near = knn.neighbours(candidates, ["pool", label], "_z", o.k_neighbors, dim=len(numeric), largest=largest,
-                              seed=seed, tables=o.knn_tables,
-                              bucket_rows=o.bucket_rows, categories="_cats" if categorical else None,
-                              carry=["_raw", "_cats"], query="_ask")  # fmt: skip
+                              seed=seed, tables=o.knn_tables, bucket_rows=o.bucket_rows,
+                              categories="_cats" if categorical else None, carry=["_raw", "_cats"], query="_ask")  # fmt: skip
+        src = src.where("_copies > 0")
         src = src.join(near.select("pool", "sample_id", "neighbours"), ["pool", "sample_id"], "left")
     else:
-        src = src.withColumn("neighbours", F.lit(None))
+        src = src.where("_copies > 0").withColumn("neighbours", F.lit(None))
     made = src.withColumn("_copy", F.explode(F.sequence(F.lit(1), F.col("_copies"))))
     if interpolating:
         count = F.size("neighbours")
