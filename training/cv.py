@@ -1,0 +1,203 @@
+"""Cross-validation across the cluster: one ``TorchTrainer`` per fold, folds run concurrently.
+
+Ray Tune runs one trial per fold (the fold is a grid parameter); each trial builds its
+fold's datasets and runs a ``TorchTrainer``. How many folds run at once is computed from
+the cluster's resources *before* starting — each fold holds ``workers`` workers of
+``cpus_per_worker`` CPUs (or one GPU each), and a quarter of the CPUs stays free for
+Ray Data — so a configuration that cannot be scheduled is refused instead of hanging.
+Then the final model trains on every non-test row for the mean best epoch of the folds
+and is scored once on the held-out test rows.
+
+Outputs (under ``out``): ``cv.json`` (per-fold and mean ± std metrics, the Delta version
+read), ``model.pt`` (final weights, ``torch.load(weights_only=True)``), plots, and the
+out-of-fold predictions as a Delta table beside gold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training import runtime
+from training.gold import Gold
+
+log = logging.getLogger(__name__)
+METRICS = ("accuracy", "macro_f1", "roc_auc", "log_loss")
+TRIAL_CPU = 0.01  # a fold's Tune trial only drives its trainer
+
+
+@dataclass
+class Settings:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    hidden: tuple[int, ...] = (128, 64)
+    patience: int = 5
+    warmup_steps: int = 20
+    model: str | None = None
+    workers: int = 1
+    cpus_per_worker: float | None = None
+    use_gpu: bool | None = None
+    amp: bool = True
+    flip: bool = True
+    mix: str | None = None
+    max_failures: int = 2
+    cache: bool = True
+    concurrency: int | None = None
+    seed: int = 42
+    crash_at_epoch: int | None = None  # tests: one injected worker failure
+
+
+def plan_concurrency(folds: int, workers: int, cpus_per_worker: float, cluster_cpus: float, gpus: float,
+                     use_gpu: bool, wanted: int | None = None) -> int:  # fmt: skip
+    """Folds that fit at once; raises when not even one does (so nothing can hang)."""
+    budget = cluster_cpus * (1 - runtime.DATA_CPU_SHARE)
+    # A fold needs its workers plus the trial and the trainer's controller (no CPU reserved for those).
+    fit = math.floor(budget / (workers * cpus_per_worker) + 1e-9)
+    if use_gpu:
+        fit = min(fit, math.floor(gpus / workers + 1e-9))
+    if fit < 1:
+        need = f"{workers} GPU(s)" if use_gpu and gpus < workers else f"{workers * cpus_per_worker:g} CPUs"
+        raise RuntimeError(f"one fold needs {need} for its workers, but the cluster has {cluster_cpus:g} CPUs "
+                           f"({budget:g} usable beside Ray Data) and {gpus:g} GPUs: use fewer workers or "
+                           "smaller cpus_per_worker")  # fmt: skip
+    return max(1, min(folds, fit, wanted or folds))
+
+
+def _fold_config(gold: Gold, s: Settings, fold: int, inputs: int, train_rows: int, final: bool,
+                 epochs: int, out: Path) -> dict:  # fmt: skip
+    return {**asdict(s), "hidden": list(s.hidden), "fold": fold, "final": final, "epochs": epochs,
+            "kind": gold.kind, "inputs": inputs, "classes": len(gold.classes), "channels": gold.image_channels,
+            "size": gold.image_size, "train_rows": train_rows, "delta_version": gold.version,
+            "crash_marker": str(out / f"crashed-{fold}")}  # fmt: skip
+
+
+def run_fold(gold: Gold, s: Settings, fold: int, out: Path, *, final: bool = False, epochs: int | None = None,
+             use_gpu: bool = False, cpus_per_worker: float = 1.0) -> dict:  # fmt: skip
+    """Train one fold (or the final model) with a TorchTrainer; returns its metrics, history and predictions."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from training import data
+    from training.worker import BEST, HISTORY, PREDICTIONS, train_fold
+
+    train, val, inputs = data.fold_datasets(gold, fold, cache=s.cache)
+    train_rows = train.count()
+    config = _fold_config(gold, s, fold, inputs, train_rows, final, epochs or s.epochs, out)
+    name = "final" if final else f"fold-{fold}"
+    trainer = TorchTrainer(
+        train_fold,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=s.workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus_per_worker}),  # fmt: skip
+        datasets={"train": train, "val": val},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str((out / "ray").resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),  # fmt: skip
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        history = json.loads((Path(d) / HISTORY).read_text())  # every epoch, across restarts
+        pred = dict(np.load(Path(d) / PREDICTIONS, allow_pickle=True))
+        best = Path(d) / BEST
+        weights = best.read_bytes()
+    best_metrics = json.loads(str(pred["metrics"]))
+    return {"fold": fold, "final": final, "train_rows": train_rows, "metrics": best_metrics, "history": history,
+            "ids": pred["ids"].tolist(), "labels": pred["labels"].tolist(),
+            "probabilities": pred["probabilities"].tolist(), "confusion": pred["confusion"].tolist(),
+            "weights": weights, "resumed": any(h.get("resumed_from") is not None for h in history)}  # fmt: skip
+
+
+def cross_validate(gold: Gold, s: Settings, out: str | Path, *, progress=None) -> dict:
+    """All folds (concurrently as resources allow), then the final model; writes the outputs."""
+    import ray
+    from ray import tune
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    use_gpu = s.use_gpu if s.use_gpu is not None else gpus > 0
+    per_worker = s.cpus_per_worker or (1.0 if use_gpu else runtime.worker_cpus(s.workers, cpus) / 2)
+    slots = plan_concurrency(gold.folds, s.workers, per_worker, cpus, gpus, use_gpu, s.concurrency)
+    log.info("cross-validation: %d folds, %d at once (%g CPUs/worker, %d worker(s)/fold, GPU: %s)", gold.folds,
+             slots, per_worker, s.workers, use_gpu)  # fmt: skip
+    start = time.perf_counter()
+
+    def trial(config: dict) -> dict:
+        result = run_fold(gold, s, config["fold"], out, use_gpu=use_gpu, cpus_per_worker=per_worker)
+        path = out / f"fold-{config['fold']}.json"
+        path.write_text(json.dumps({k: v for k, v in result.items() if k != "weights"}))
+        return {"done": True, **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}}
+
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"cpu": TRIAL_CPU}),
+        param_space={"fold": tune.grid_search(list(range(gold.folds)))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=slots),
+        run_config=tune.RunConfig(name="cv", storage_path=str(out / "tune"), verbose=0),
+    )
+    grid = tuner.fit()
+    errors = [str(r.error) for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} fold(s) failed: {errors[0]}")
+    folds = [json.loads((out / f"fold-{f}.json").read_text()) for f in range(gold.folds)]
+    cv_seconds = time.perf_counter() - start
+    epochs = max(1, round(float(np.mean([f["metrics"]["epoch"] for f in folds])) + 1))
+    final = run_fold(gold, s, gold.folds, out, final=True, epochs=epochs, use_gpu=use_gpu,
+                     cpus_per_worker=per_worker)  # fmt: skip
+    (out / "model.pt").write_bytes(final["weights"])
+    summary = {
+        "table": gold.path, "delta_version": gold.version, "gold_run_id": gold.run_id, "kind": gold.kind,
+        "classes": list(gold.classes), "folds": gold.folds, "concurrent_folds": slots, "use_gpu": use_gpu,
+        "settings": {**asdict(s), "hidden": list(s.hidden)}, "cv_seconds": round(cv_seconds, 2),
+        "per_fold": [{"fold": f["fold"], "train_rows": f["train_rows"], "val_rows": len(f["ids"]),
+                      "resumed": f["resumed"], **{m: f["metrics"][m] for m in METRICS}, "best_epoch": f["metrics"]["epoch"]}
+                     for f in folds],
+        "mean": {m: float(np.nanmean([f["metrics"][m] for f in folds])) for m in METRICS},
+        "std": {m: float(np.nanstd([f["metrics"][m] for f in folds])) for m in METRICS},
+        "final": {"epochs": epochs, "train_rows": final["train_rows"], "test_rows": len(final["ids"]),
+                  **{f"test_{m}": final["metrics"][m] for m in METRICS}},
+    }  # fmt: skip
+    summary["predictions"] = write_predictions(gold, folds, out)
+    (out / "cv.json").write_text(json.dumps(summary, indent=2, default=float))
+    from training import plots
+
+    plots.fold_metrics(summary, out / "fold_metrics.png")
+    plots.learning_curves(folds, out / "learning_curves.png")
+    plots.confusion(np.sum([np.asarray(f["confusion"]) for f in folds], axis=0), list(gold.classes),
+                    out / "confusion.png")  # fmt: skip
+    return summary
+
+
+def write_predictions(gold: Gold, folds: list[dict], out: Path) -> dict:
+    """Out-of-fold probabilities of every real non-test row, one overwrite commit beside gold."""
+    import pyarrow as pa
+    from deltalake import CommitProperties, write_deltalake
+
+    ids = [i for f in folds for i in f["ids"]]
+    if len(ids) != len(set(ids)):
+        raise RuntimeError("a row was scored in two folds: the gold table's folds overlap")
+    table = pa.table({
+        "sample_id": pa.array(ids, pa.string()),
+        "fold": pa.array([f["fold"] for f in folds for _ in f["ids"]], pa.int32()),
+        "label": pa.array([y for f in folds for y in f["labels"]], pa.int32()),
+        "probabilities": pa.array([p for f in folds for p in f["probabilities"]], pa.list_(pa.float64())),
+    })  # fmt: skip
+    path = gold.path.rstrip("/").rsplit("/", 1)[0] + "/predictions"
+    # delta-rs accepts only delta.* table properties: the lineage goes into the commit's metadata.
+    lineage = {"fulcrum.classes": json.dumps(list(gold.classes)), "fulcrum.gold_version": str(gold.version),
+               "fulcrum.gold_table": gold.path}  # fmt: skip
+    write_deltalake(path, table, mode="overwrite", schema_mode="overwrite",
+                    commit_properties=CommitProperties(custom_metadata=lineage))  # fmt: skip
+    return {"path": path, "rows": table.num_rows}

@@ -1,0 +1,118 @@
+"""The gold table as the Ray side sees it: a pinned Delta version and its ``fulcrum.*`` properties.
+
+This module reads the table with delta-rs only; ``training/`` never imports ``jobs/``.
+Which rows train and which validate each fold is the gold contract (see the README):
+
+- training set of fold f: real rows with ``fold`` not in {f, -1} and f not in
+  ``dropped_for``, plus the rows with ``synthetic_for = f``;
+- validation set of fold f: real rows with ``fold = f``;
+- final model (f = k): real rows with ``fold != -1`` (and k not in ``dropped_for``) plus
+  ``synthetic_for = k``; its evaluation set is the test part, ``fold = -1``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class GoldError(ValueError):
+    """The table is not a gold table fulcrum can train from; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Gold:
+    path: str
+    version: int
+    kind: str
+    classes: tuple[str, ...]
+    features: tuple[tuple[str, str], ...]  # (name, numeric | categorical)
+    folds: int
+    run_id: str
+    image_size: int | None = None
+    image_channels: int | None = None
+    image_column: str | None = None
+    image_root: str | None = None
+    image_embedded: bool = False
+
+    @classmethod
+    def open(cls, path: str, version: int | None = None, storage_options: dict | None = None) -> Gold:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            table = DeltaTable(path, version=version, storage_options=storage_options)
+        except TableNotFoundError as exc:
+            raise GoldError(f"no Delta table at {path}: run `fulcrum oversample CONFIG` first") from exc
+        props = table.metadata().configuration
+        missing = [k for k in ("fulcrum.kind", "fulcrum.classes", "fulcrum.folds") if k not in props]
+        if missing:
+            raise GoldError(f"{path} has no {', '.join(missing)} table properties: it was not written by "
+                            "`fulcrum oversample`")  # fmt: skip
+        features = tuple((f["name"], f["kind"]) for f in json.loads(props.get("fulcrum.features", "[]")))
+        image = props["fulcrum.kind"] == "images"
+        return cls(
+            path=path,
+            version=table.version(),
+            kind=props["fulcrum.kind"],
+            classes=tuple(json.loads(props["fulcrum.classes"])),
+            features=features,
+            folds=int(props["fulcrum.folds"]),
+            run_id=props.get("fulcrum.run_id", ""),
+            image_size=int(props["fulcrum.image_size"]) if image else None,
+            image_channels=int(props["fulcrum.image_channels"]) if image else None,
+            image_column=props.get("fulcrum.image_column") if image else None,
+            image_root=props.get("fulcrum.image_root") if image else None,
+            image_embedded=props.get("fulcrum.image_embedded") == "true",
+        )
+
+    @property
+    def numeric(self) -> list[str]:
+        return [n for n, k in self.features if k == "numeric"]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [n for n, k in self.features if k == "categorical"]
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns training reads: the contract's, then the features or the image."""
+        base = ["sample_id", "label", "fold", "synthetic_for", "dropped_for", "augment"]
+        if self.kind == "images":
+            return base + (["image"] if self.image_embedded else [self.image_column])
+        return base + [n for n, _ in self.features]
+
+
+def _dropped(table: pa.Table, fold: int) -> np.ndarray:
+    """Rows whose ``dropped_for`` lists ``fold`` (undersampled out of that training set)."""
+    out = np.zeros(table.num_rows, dtype=bool)
+    if "dropped_for" not in table.column_names:
+        return out
+    lists = table.column("dropped_for").combine_chunks()
+    hits = pc.equal(pc.list_flatten(lists), fold).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    out[parents[np.nan_to_num(hits).astype(bool)]] = True
+    return out
+
+
+def training_mask(table: pa.Table, fold: int, folds: int) -> np.ndarray:
+    """Rows of the training set of ``fold`` (``folds``: the final model's)."""
+    rows = table.num_rows
+    synthetic = table.column("synthetic_for").to_numpy(zero_copy_only=False)
+    real = np.array(pc.is_null(table.column("synthetic_for")).to_numpy(zero_copy_only=False), dtype=bool)
+    own = table.column("fold").to_numpy(zero_copy_only=False)
+    mine = np.zeros(rows, dtype=bool)
+    mine[~real] = synthetic[~real].astype(np.int64) == fold
+    kept = real & (own != -1) & (own != fold) & ~_dropped(table, fold)
+    return kept | mine
+
+
+def validation_mask(table: pa.Table, fold: int, folds: int) -> np.ndarray:
+    """Real rows of ``fold`` (for the final model: the held-out test part, ``fold = -1``)."""
+    real = np.array(pc.is_null(table.column("synthetic_for")).to_numpy(zero_copy_only=False), dtype=bool)
+    own = table.column("fold").to_numpy(zero_copy_only=False)
+    return real & (own == (-1 if fold == folds else fold))

@@ -1,0 +1,57 @@
+"""Models: an MLP for tabular rows, a ResNet-18 for images (random init: no weights are downloaded)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Linear → BatchNorm → ReLU → Dropout blocks, then a linear head producing class logits."""
+
+    def __init__(self, inputs: int, classes: int, hidden: tuple[int, ...] = (128, 64), dropout: float = 0.2):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = inputs
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def resnet18(classes: int, channels: int, size: int, dropout: float = 0.0) -> nn.Module:
+    """torchvision's ResNet-18, randomly initialised, adapted to small inputs and any channel count.
+
+    Below 64 pixels the ImageNet stem (7x7 stride-2 convolution, then max-pooling) would
+    shrink a 32x32 image to 8x8 before the first block; it becomes a 3x3 stride-1
+    convolution without pooling, as is usual for CIFAR-sized images.
+    """
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(weights=None, num_classes=classes)
+    if size < 64:
+        model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif channels != 3:
+        model.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if dropout:
+        model.fc = nn.Sequential(nn.Dropout(dropout), model.fc)
+    return model
+
+
+def build(kind: str, *, inputs: int = 0, classes: int, channels: int = 3, size: int = 32, name: str | None = None,
+          hidden: tuple[int, ...] = (128, 64), dropout: float = 0.2) -> nn.Module:  # fmt: skip
+    """The model for a gold table's kind, or the one named (``mlp`` | ``resnet18``)."""
+    name = name or ("resnet18" if kind == "images" else "mlp")
+    if name == "mlp":
+        if kind == "images":
+            return nn.Sequential(nn.Flatten(), MLP(channels * size * size, classes, hidden, dropout))
+        return MLP(inputs, classes, hidden, dropout)
+    if name == "resnet18":
+        if kind != "images":
+            raise ValueError("model resnet18 needs an image table; tabular tables use mlp")
+        return resnet18(classes, channels, size, dropout)
+    raise ValueError(f"unknown model {name!r}: use mlp or resnet18")

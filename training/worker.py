@@ -1,0 +1,116 @@
+"""What each Ray Train worker runs for one fold: DDP model, dataset shards, the loop, checkpoints.
+
+Every worker trains on its shard of the fold's training rows (``get_dataset_shard``)
+and evaluates the *whole* validation set, which is never split (splitting may drop rows
+to equalise workers): all workers see the same loss, so early stopping agrees without
+communication, and rank 0 alone logs, checkpoints and keeps the predictions. Each
+checkpoint holds the state to resume (model, optimizer, scheduler, scaler, epoch, early
+stopping, config, Delta version) and the best epoch's weights and validation
+probabilities; a restarted worker group continues from the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import augment, loop, models
+
+log = logging.getLogger(__name__)
+STATE, BEST, PREDICTIONS, HISTORY = "state.pt", "best_model.pt", "predictions.npz", "history.json"
+
+
+def _batches(shard, batch_size: int, transform=None, with_ids: bool = False, local_shuffle: int = 0):
+    def collate(batch: dict) -> tuple:
+        x = torch.from_numpy(np.array(batch["x"]))  # a writable copy of Ray's read-only block
+        y = torch.from_numpy(np.array(batch["y"], dtype=np.int64))
+        return (x, y, list(batch["sample_id"])) if with_ids else (x, y)
+
+    it = shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate,
+                                  local_shuffle_buffer_size=local_shuffle or None)  # fmt: skip
+    for batch in it:
+        if transform is not None:
+            batch = (transform(batch[0]), *batch[1:])
+        yield batch
+
+
+def train_fold(config: dict) -> None:
+    """The ``train_loop_per_worker`` of a fold's ``TorchTrainer``."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config["seed"] + config["fold"])
+    images = config["kind"] == "images"
+    model = models.build(config["kind"], inputs=config["inputs"], classes=config["classes"],
+                         channels=config.get("channels") or 3, size=config.get("size") or 32,
+                         name=config.get("model"), hidden=tuple(config["hidden"]), dropout=config["dropout"])  # fmt: skip
+    model = ray.train.torch.prepare_model(model)
+    optimizer = loop.make_optimizer(model, config["lr"], config["weight_decay"])
+    steps = max(1, -(-config["train_rows"] // (config["batch_size"] * world)))
+    scheduler = loop.cosine_with_warmup(optimizer, min(steps, config["warmup_steps"]), steps * config["epochs"])
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and config["amp"] else None
+    stopper = loop.EarlyStopping(patience=config["patience"] if not config["final"] else 10**9)
+    start, resumed = 0, None
+    best_state = best_pred = None
+    history: list[dict] = []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE, map_location=device, weights_only=False)
+            start = resumed = loop.restore_state(state, model, optimizer, scheduler, stopper, scaler)
+            history = json.loads((Path(d) / HISTORY).read_text())
+            if (Path(d) / BEST).exists():
+                best_state = torch.load(Path(d) / BEST, map_location="cpu", weights_only=True)
+                best_pred = dict(np.load(Path(d) / PREDICTIONS, allow_pickle=True))
+    train_tf = augment.augmenter(config["size"], config["channels"], config["flip"]) if images else None
+    val_tf = augment.normalise if images else None
+    mix = augment.mixer(config.get("mix"), config["classes"]) if images else None
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(start, config["epochs"]):
+        train_loss = loop.train_epoch(model, _batches(train_shard, config["batch_size"], train_tf,
+                                                      local_shuffle=4 * config["batch_size"]),
+                                      optimizer, scheduler, device, scaler=scaler, transform=None, mix=mix)  # fmt: skip
+        ev = loop.evaluate(model, _batches(val_shard, 4 * config["batch_size"], val_tf, with_ids=True), device,
+                           config["classes"])  # fmt: skip
+        if config.get("crash_at_epoch") == epoch and not Path(config["crash_marker"]).exists():
+            # Tests: the worker process dies mid-epoch, once. Ray Train's controller collects reports on its
+            # health check (every 2 s); the delay lets it register the last checkpoint, as any real epoch would.
+            time.sleep(6)
+            Path(config["crash_marker"]).write_text(str(epoch))
+            os._exit(1)
+        improved = stopper.step(ev.loss, epoch) or config["final"]
+        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": ev.loss, "val_rows": len(ev.ids),
+                   **{f"val_{k}": v for k, v in ev.metrics.items()}, "best_epoch": stopper.best_epoch,
+                   "resumed_from": resumed}  # fmt: skip
+        history.append(metrics)
+        if rank == 0:
+            if improved:
+                module = model.module if hasattr(model, "module") else model
+                best_state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+                best_pred = {"ids": np.asarray(ev.ids, dtype=object), "labels": ev.labels,
+                             "probabilities": ev.probabilities, "confusion": np.asarray(ev.confusion),
+                             "metrics": np.asarray(json.dumps({**ev.metrics, "loss": ev.loss, "epoch": epoch}))}  # fmt: skip
+            with tempfile.TemporaryDirectory() as d:
+                state = loop.checkpoint_state(model, optimizer, scheduler, epoch, stopper, config,
+                                              config["delta_version"], scaler)  # fmt: skip
+                torch.save(state, Path(d) / STATE)
+                (Path(d) / HISTORY).write_text(json.dumps(history))
+                if best_state is not None:
+                    torch.save(best_state, Path(d) / BEST)
+                    np.savez(Path(d) / PREDICTIONS, **best_pred)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+        if stopper.stop:
+            break
