@@ -209,6 +209,36 @@ def oversample(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt =
     print_reports(cfg.dataset, [report])
 
 
+@app.command()
+def train(config: ConfigArg, set_: SetOpt = None, version: Annotated[int | None, typer.Option(
+        help="gold version to train from (default: latest)")] = None) -> None:  # fmt: skip
+    """Cross-validate on Ray from the gold table (runs `python -m training`, the entry point of `ray job submit`).
+
+    Example: fulcrum train samples/cancer/cancer.yaml --set train.epochs=5
+    """
+    import subprocess
+
+    from jobs.runs import new_run_id
+
+    cfg = _load(config, set_, None)
+    raise typer.Exit(subprocess.call(training_command(cfg, new_run_id(), version)))
+
+
+def training_command(cfg, run_id: str, version: int | None = None) -> list[str]:
+    """The ``python -m training`` command line for a pipeline config (its gold table, its train section)."""
+    from jobs import io
+
+    cmd = [sys.executable, "-m", "training", "--table", io.Lake(cfg.lake_dir).path("gold"),
+           "--out", str(Path(cfg.reports_dir) / run_id / "train"), "--seed", str(cfg.seed), *cfg.train.flags()]  # fmt: skip
+    if version is not None:
+        cmd += ["--version", str(version)]
+    if cfg.ray.address:
+        cmd += ["--address", cfg.ray.address]
+    if cfg.ray.num_cpus:
+        cmd += ["--num-cpus", str(cfg.ray.num_cpus)]
+    return cmd
+
+
 suite_app = typer.Typer(help="Great Expectations suites: suggest a starter suite from the data.", no_args_is_help=True)
 app.add_typer(suite_app, name="suite")
 

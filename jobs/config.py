@@ -162,6 +162,38 @@ class OversampleConfig(Strict):
         return 1.0 if self.method == "undersample" and self.undersample is None else self.undersample
 
 
+class TrainConfig(Strict):
+    """Passed to ``python -m training`` as flags (the Ray side reads no YAML: gold is its interface)."""
+
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], description="MLP hidden widths")
+    patience: int = Field(default=5, ge=1, description="early stopping: epochs without a better validation loss")
+    model: Literal["mlp", "resnet18"] | None = Field(default=None, description="default: from the table kind")
+    workers: int = Field(default=1, ge=1, description="Ray Train workers per fold (DDP)")
+    cpus_per_worker: float | None = Field(default=None, gt=0)
+    use_gpu: bool | None = Field(default=None, description="default: when the cluster has GPUs")
+    mix: Literal["mixup", "cutmix"] | None = None
+    flip: bool = Field(default=True, description="random horizontal flips of images")
+    max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
+    concurrency: int | None = Field(default=None, ge=1, description="folds at once (default: what fits)")
+    cache: bool = Field(default=True, description="keep a fold's arrays in Ray's object store across epochs")
+
+    def flags(self) -> list[str]:
+        """This section as ``python -m training`` flags."""
+        out = []
+        for key, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = ",".join(map(str, value))
+            out += ["--" + key.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
+        return out
+
+
 class SparkConfig(Strict):
     master: str = "local[*]"
     app_name: str = "fulcrum"
@@ -192,6 +224,7 @@ class PipelineConfig(Strict):
     dedup: DedupConfig = DedupConfig()
     split: SplitConfig = SplitConfig()
     oversample: OversampleConfig = OversampleConfig()
+    train: TrainConfig = TrainConfig()
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
     base_dir: str = Field(default=".", exclude=True, description="set by the loader")

@@ -124,3 +124,20 @@ def test_the_entry_point_parses_settings_and_refuses_a_table_that_is_not_gold(tm
     assert (args.epochs, args.hidden, args.use_gpu, args.concurrency, args.lr) == (3, (32, 16), False, 2, 0.01)
     assert main(["--table", str(tmp_path / "nothing")]) == 2
     assert "no Delta table" in capsys.readouterr().err
+
+
+def test_fulcrum_train_passes_the_config_train_section_as_flags(tmp_path):
+    from jobs.cli import training_command
+    from jobs.config import parse_config
+    from training.__main__ import parser
+
+    cfg = parse_config({"dataset": "d", "kind": "tabular", "lake_root": str(tmp_path), "source": {"path": "x",
+                        "format": "csv"}, "columns": {"label": "y", "features": ["a"]},
+                        "train": {"epochs": 3, "hidden": [32], "use_gpu": False, "mix": None, "lr": 0.01},
+                        "ray": {"num_cpus": 6}})  # fmt: skip
+    cmd = training_command(cfg, "r-1", version=4)
+    assert cmd[1:3] == ["-m", "training"]
+    args = parser().parse_args(cmd[3:])
+    assert args.table == str(tmp_path / "d" / "gold") and args.version == 4 and args.num_cpus == 6
+    assert (args.epochs, args.hidden, args.use_gpu, args.lr, args.mix, args.cache) == (3, (32,), False, 0.01, None, True)
+    assert args.out.endswith("r-1/train")
