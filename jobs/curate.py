@@ -56,13 +56,20 @@ def _validated(spark: SparkSession, lake: io.Lake, bronze_version: int) -> bool:
     return any(i["name"] == "bronze" and i["version"] == bronze_version for i in last["inputs"] or [])
 
 
-def curate(rows: DataFrame, cfg: PipelineConfig) -> tuple[DataFrame, DataFrame, list[StageReport]]:
-    """(silver rows, rejected sample ids with reasons and stage, reports) for validated ``rows``."""
+def curate(rows: DataFrame, cfg: PipelineConfig, held: list[DataFrame] | None = None,
+           ) -> tuple[DataFrame, DataFrame, list[StageReport]]:  # fmt: skip
+    """(silver rows, rejected sample ids with reasons and stage, reports) for validated ``rows``.
+
+    Intermediate results read twice are persisted and appended to ``held``: the caller
+    unpersists them once the outputs are written."""
+    held = held if held is not None else []
     cleaned = clean.clean(rows, cfg)
     kept = cleaned.kept.persist(StorageLevel.MEMORY_AND_DISK)
+    held.append(kept)
     found = dedup.find(kept, cfg)
     deduped = dedup.remove(found, cfg)
     survivors = deduped.kept.drop("exact_key").persist(StorageLevel.MEMORY_AND_DISK)
+    held.append(survivors)
     folds = split.split(survivors, cfg)
     none = F.lit(None).cast("string")
     rejected = (cleaned.rejected.select("sample_id", "reasons", "reason", none.alias("dup_group"),
@@ -82,9 +89,11 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         if cfg.images:
             rows = probe_images(rows, cfg.images.path_column, cfg.resolve(cfg.images.root))
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        held = [rows]
         try:
-            silver, rejected, reports = curate(rows, cfg)
+            silver, rejected, reports = curate(rows, cfg, held)
             silver = silver.persist(StorageLevel.MEMORY_AND_DISK)
+            held.append(silver)
             _require_classes(silver, cfg)
             quarantine = rows.join(rejected, "sample_id").withColumn("run_id", F.lit(run_id))
             q_version = io.replace_where(quarantine, lake.path("quarantine"), "stage IN ('clean', 'dedup')",
@@ -93,7 +102,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
                      "fulcrum.label": cfg.columns.label, "fulcrum.bronze_version": bronze_version}  # fmt: skip
             s_version = io.overwrite(silver, lake.path("silver"), run_id, STAGE, props)
         finally:
-            rows.unpersist()
+            for df in held:
+                df.unpersist()
         report = StageReport(stage=STAGE, rows_in=reports[0].rows_in, rows_out=reports[-1].rows_out)
         for r in reports[:2]:
             report.dropped.update(r.dropped)
