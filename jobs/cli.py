@@ -37,15 +37,21 @@ SetOpt = Annotated[
 MasterOpt = Annotated[str | None, typer.Option("--spark-master", help="e.g. spark://host:7077 (default: config)")]
 
 
-def _load(config: Path, overrides: list[str] | None, master: str | None):
-    from jobs.config import load_config
-
+def _pairs(overrides: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` items as {dotted key: YAML value}."""
     pairs = {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise typer.BadParameter(f"--set needs KEY=VALUE, got {item!r}")
         pairs[key] = yaml.safe_load(value)
+    return pairs
+
+
+def _load(config: Path, overrides: list[str] | None, master: str | None):
+    from jobs.config import load_config
+
+    pairs = _pairs(overrides)
     if master:
         pairs["spark.master"] = master
     return load_config(config, pairs)
@@ -216,27 +222,14 @@ def train(config: ConfigArg, set_: SetOpt = None, version: Annotated[int | None,
 
     Example: fulcrum train samples/cancer/cancer.yaml --set train.epochs=5
     """
-    import subprocess
-
+    from jobs import train as stage
     from jobs.runs import new_run_id
+    from jobs.spark import build_spark
 
     cfg = _load(config, set_, None)
-    raise typer.Exit(subprocess.call(training_command(cfg, new_run_id(), version)))
-
-
-def training_command(cfg, run_id: str, version: int | None = None) -> list[str]:
-    """The ``python -m training`` command line for a pipeline config (its gold table, its train section)."""
-    from jobs import io
-
-    cmd = [sys.executable, "-m", "training", "--table", io.Lake(cfg.lake_dir).path("gold"),
-           "--out", str(Path(cfg.reports_dir) / run_id / "train"), "--seed", str(cfg.seed), *cfg.train.flags()]  # fmt: skip
-    if version is not None:
-        cmd += ["--version", str(version)]
-    if cfg.ray.address:
-        cmd += ["--address", cfg.ray.address]
-    if cfg.ray.num_cpus:
-        cmd += ["--num-cpus", str(cfg.ray.num_cpus)]
-    return cmd
+    report = stage.run(build_spark(cfg.spark), cfg, new_run_id(), version)
+    print_reports(cfg.dataset, [report])
+    out.print(f"report: {report.details['report_dir']}/cv.json (plots beside it)")
 
 
 suite_app = typer.Typer(help="Great Expectations suites: suggest a starter suite from the data.", no_args_is_help=True)
@@ -300,14 +293,19 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the samples and their lake")] = Path("demo-out"),
     seed: Annotated[int, typer.Option(help="sample seed")] = 7,
     spark_master: MasterOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="cap training epochs per fold (default: the samples' configs)")] = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Build both sample datasets and run every stage on each, printing a summary per stage.
+    """Build both sample datasets and run every stage on each, training included, with a summary per stage.
 
-    Example: fulcrum demo --out ./demo-out
+    Example: fulcrum demo --out ./demo-out --epochs 2 --set split.folds=3
     """
     from jobs.pipeline import demo as run_demo
 
-    for dataset, reports in run_demo(out_dir, seed, spark_master):
+    overrides = _pairs(set_)
+    if epochs:
+        overrides["train.epochs"] = epochs
+    for dataset, reports in run_demo(out_dir, seed, spark_master, overrides):
         for report in reports:
             if report.stage == "validate":
                 print_validation(report)

@@ -181,6 +181,8 @@ class TrainConfig(Strict):
     max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
     concurrency: int | None = Field(default=None, ge=1, description="folds at once (default: what fits)")
     cache: bool = Field(default=True, description="keep a fold's arrays in Ray's object store across epochs")
+    worker_cache_mb: int = Field(default=512, ge=0, description="a worker's shard kept in its memory after "
+                                 "the first epoch when it fits (0: stream every epoch)")  # fmt: skip
 
     def flags(self) -> list[str]:
         """This section as ``python -m training`` flags."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from jobs import curate, ingest, oversample, samples, validate
+from jobs import curate, ingest, oversample, samples, train, validate
 from jobs.config import PipelineConfig, load_config
 from jobs.runs import new_run_id
 from jobs.stage import StageReport
@@ -21,6 +21,7 @@ STAGES: dict[str, Callable[[SparkSession, PipelineConfig, str], StageReport]] = 
     "validate": validate.run,
     "curate": curate.run,
     "oversample": oversample.run,
+    "train": train.run,
 }
 
 
@@ -39,10 +40,12 @@ def run_pipeline(
     return reports
 
 
-def demo(outdir: str | Path, seed: int = 7, spark_master: str | None = None) -> list[tuple[str, list[StageReport]]]:
-    """Build both samples under outdir and run every stage on each."""
+def demo(outdir: str | Path, seed: int = 7, spark_master: str | None = None,
+         overrides: dict | None = None) -> list[tuple[str, list[StageReport]]]:  # fmt: skip
+    """Build both samples under outdir and run every stage on each (``overrides``: dotted config keys
+    applied to both samples' configs)."""
     from jobs.spark import build_spark
 
-    configs = [load_config(p) for p in samples.make_samples(outdir, seed)]
+    configs = [load_config(p, overrides) for p in samples.make_samples(outdir, seed)]
     spark = build_spark(configs[0].spark, master=spark_master)
     return [(cfg.dataset, run_pipeline(spark, cfg)) for cfg in configs]

@@ -70,3 +70,19 @@ def lake_copy(tmp_path):
         return cfg.model_copy(update={"lake_root": str(tmp_path / "lake")})
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def cancer_gold(spark, curated, tmp_path_factory):
+    """The cancer sample re-split into 2 folds and oversampled (smotenc): the gold table's path (read-only)."""
+    import shutil
+
+    from jobs import curate, io, oversample
+
+    cfg = curated["cancer"]
+    root = tmp_path_factory.mktemp("gold-lake")
+    shutil.copytree(cfg.lake_dir, root / cfg.dataset)
+    cfg = cfg.model_copy(update={"lake_root": str(root), "split": cfg.split.model_copy(update={"folds": 2})})
+    curate.run(spark, cfg, "c-2")
+    oversample.run(spark, cfg, "o-2")
+    return io.Lake(cfg.lake_dir).path("gold")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import fields
 
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
     from training import runtime
     from training.cv import cross_validate
+
+    if os.environ.get("FULCRUM_PARENT_PID"):  # started by `fulcrum train`: end with it
+        runtime.die_with_parent(int(os.environ["FULCRUM_PARENT_PID"]))
     from training.gold import Gold, GoldError
     from training.report import print_summary
 

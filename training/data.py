@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from training.gold import Gold, training_mask, validation_mask
 
@@ -63,7 +64,8 @@ class Encoder:
             x = _matrix(batch, numeric)
             ok = ~np.isnan(x)
             x0 = np.where(ok, x, 0.0)
-            cats = {c: sorted({str(v) for v in batch.column(c).to_pylist() if v is not None}) for c in categorical}
+            cats = {c: sorted(pc.unique(pc.cast(batch.column(c), pa.string())).drop_null().to_pylist())
+                    for c in categorical}  # fmt: skip
             return pa.table({"n": [ok.sum(0).tolist()], "s": [x0.sum(0).tolist()], "q": [(x0**2).sum(0).tolist()],
                              "cats": [repr(cats)]})  # fmt: skip
 
@@ -87,14 +89,14 @@ class Encoder:
         x = (_matrix(batch, self.numeric) - np.array(self.mean)) / np.array(self.std)
         blocks = [np.nan_to_num(x, nan=0.0)]  # a missing value sits at the training mean
         for c, cats in self.categories.items():
-            index = {v: i for i, v in enumerate(cats)}
+            values = pc.cast(batch.column(c), pa.string())
+            index = pc.index_in(values, value_set=pa.array(cats, pa.string())).to_numpy(zero_copy_only=False)
             hot = np.zeros((batch.num_rows, len(cats)))
-            for r, v in enumerate(batch.column(c).to_pylist()):
-                if v is not None and str(v) in index:  # unseen categories: all zeros
-                    hot[r, index[str(v)]] = 1.0
+            seen = ~np.isnan(index.astype(np.float64))  # missing and unseen categories: all zeros
+            hot[np.flatnonzero(seen), index[seen].astype(np.int64)] = 1.0
             blocks.append(hot)
         return {"x": np.concatenate(blocks, axis=1).astype(np.float32), "y": _labels(batch),
-                "sample_id": np.asarray(batch.column("sample_id").to_pylist(), dtype=object)}  # fmt: skip
+                "sample_id": batch.column("sample_id").to_numpy(zero_copy_only=False)}  # fmt: skip
 
 
 def _matrix(batch: pa.Table, columns: list[str]) -> np.ndarray:
@@ -140,7 +142,7 @@ class ImageDecoder:
         x = np.stack([self.load(v) for v in values]) if values else np.zeros((0, self.channels, self.size, self.size),
                                                                              np.uint8)  # fmt: skip
         return {"x": x, "y": _labels(batch), "augment": batch.column("augment").to_numpy(zero_copy_only=False),
-                "sample_id": np.asarray(batch.column("sample_id").to_pylist(), dtype=object)}  # fmt: skip
+                "sample_id": batch.column("sample_id").to_numpy(zero_copy_only=False)}  # fmt: skip
 
 
 def fold_datasets(gold: Gold, fold: int, ds=None, cache: bool = True):

@@ -52,6 +52,24 @@ def worker_cpus(num_workers: int, cluster_cpus: float) -> float:
     return round(share, 2)
 
 
+def die_with_parent(parent: int) -> None:
+    """Linux: get SIGTERM when the process that started this one dies, even by SIGKILL, so a killed
+    ``fulcrum`` never leaves training (and its local Ray instance) running. Ray's node handles SIGTERM
+    by stopping its processes."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def shutdown() -> None:
     import ray
 

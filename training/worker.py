@@ -27,18 +27,64 @@ log = logging.getLogger(__name__)
 STATE, BEST, PREDICTIONS, HISTORY = "state.pt", "best_model.pt", "predictions.npz", "history.json"
 
 
-def _batches(shard, batch_size: int, transform=None, with_ids: bool = False, local_shuffle: int = 0):
-    def collate(batch: dict) -> tuple:
-        x = torch.from_numpy(np.array(batch["x"]))  # a writable copy of Ray's read-only block
-        y = torch.from_numpy(np.array(batch["y"], dtype=np.int64))
-        return (x, y, list(batch["sample_id"])) if with_ids else (x, y)
+def _collate(batch: dict, with_ids: bool) -> tuple:
+    x = torch.from_numpy(np.array(batch["x"]))  # a writable copy of Ray's read-only block
+    y = torch.from_numpy(np.array(batch["y"], dtype=np.int64))
+    return (x, y, list(batch["sample_id"])) if with_ids else (x, y)
 
-    it = shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate,
+
+def _batches(shard, batch_size: int, transform=None, with_ids: bool = False, local_shuffle: int = 0):
+    """One pass over a Ray Data shard as tensor batches, exactly as Ray Data delivers them."""
+    it = shard.iter_torch_batches(batch_size=batch_size, collate_fn=lambda b: _collate(b, with_ids),
                                   local_shuffle_buffer_size=local_shuffle or None)  # fmt: skip
     for batch in it:
         if transform is not None:
             batch = (transform(batch[0]), *batch[1:])
         yield batch
+
+
+class ShardCache:
+    """A worker's shard, streamed from Ray Data in the first epoch and, when it fits in ``limit_mb``,
+    kept in the worker's memory for the next ones (reshuffled each epoch; transforms still applied
+    per epoch). Small and medium folds then pay Ray Data's per-epoch coordination once, not every
+    epoch; a shard larger than the limit streams every epoch."""
+
+    def __init__(self, shard, batch_size: int, limit_mb: float, *, shuffle: bool, with_ids: bool = False,
+                 seed: int = 0):  # fmt: skip
+        self.shard, self.batch_size, self.limit = shard, batch_size, limit_mb * 2**20
+        self.shuffle, self.with_ids, self.seed = shuffle, with_ids, seed
+        self.parts: list[tuple] | None = None  # cached batches once a full pass fitted
+        self.streaming = limit_mb <= 0
+
+    def epoch(self, epoch: int, transform=None):
+        if self.parts is not None:
+            yield from self._replay(epoch, transform)
+            return
+        keep: list[tuple] | None = None if self.streaming else []
+        size = 0
+        for batch in _batches(self.shard, self.batch_size, with_ids=self.with_ids,
+                              local_shuffle=4 * self.batch_size if self.shuffle else 0):  # fmt: skip
+            if keep is not None:
+                size += batch[0].element_size() * batch[0].nelement()
+                if size > self.limit:
+                    keep, self.streaming = None, True  # too big: stream every epoch
+                else:
+                    keep.append(batch)
+            yield (transform(batch[0]), *batch[1:]) if transform is not None else batch
+        if keep is not None:
+            self.parts = keep
+
+    def _replay(self, epoch: int, transform):
+        x = torch.cat([b[0] for b in self.parts])
+        y = torch.cat([b[1] for b in self.parts])
+        ids = [i for b in self.parts for i in b[2]] if self.with_ids else None
+        order = (torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed + epoch))
+                 if self.shuffle else torch.arange(len(x)))  # fmt: skip
+        for i in range(0, len(x), self.batch_size):
+            pick = order[i : i + self.batch_size]
+            xb = x[pick]
+            out = (transform(xb) if transform is not None else xb, y[pick])
+            yield (*out, [ids[j] for j in pick.tolist()]) if ids is not None else out
 
 
 def train_fold(config: dict) -> None:
@@ -75,14 +121,15 @@ def train_fold(config: dict) -> None:
     train_tf = augment.augmenter(config["size"], config["channels"], config["flip"]) if images else None
     val_tf = augment.normalise if images else None
     mix = augment.mixer(config.get("mix"), config["classes"]) if images else None
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    limit = config.get("worker_cache_mb", 0)
+    train_data = ShardCache(ray.train.get_dataset_shard("train"), config["batch_size"], limit, shuffle=True,
+                            seed=config["seed"] + 1000 * rank)  # fmt: skip
+    val_data = ShardCache(ray.train.get_dataset_shard("val"), 4 * config["batch_size"], limit, shuffle=False,
+                          with_ids=True)  # fmt: skip
     for epoch in range(start, config["epochs"]):
-        train_loss = loop.train_epoch(model, _batches(train_shard, config["batch_size"], train_tf,
-                                                      local_shuffle=4 * config["batch_size"]),
-                                      optimizer, scheduler, device, scaler=scaler, transform=None, mix=mix)  # fmt: skip
-        ev = loop.evaluate(model, _batches(val_shard, 4 * config["batch_size"], val_tf, with_ids=True), device,
-                           config["classes"])  # fmt: skip
+        train_loss = loop.train_epoch(model, train_data.epoch(epoch, train_tf), optimizer, scheduler, device,
+                                      scaler=scaler, transform=None, mix=mix)  # fmt: skip
+        ev = loop.evaluate(model, val_data.epoch(epoch, val_tf), device, config["classes"])
         if config.get("crash_at_epoch") == epoch and not Path(config["crash_marker"]).exists():
             # Tests: the worker process dies mid-epoch, once. Ray Train's controller collects reports on its
             # health check (every 2 s); the delay lets it register the last checkpoint, as any real epoch would.

@@ -22,7 +22,7 @@ def fulcrum(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_help_lists_commands_with_examples(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("samples", "ingest", "validate", "curate", "oversample", "runs", "demo"):
+    for command in ("samples", "ingest", "validate", "curate", "oversample", "train", "runs", "demo"):
         assert command in text
     assert main(["ingest", "--help"]) == 0
     assert "Example: fulcrum ingest" in capsys.readouterr().out
@@ -81,7 +81,7 @@ def test_validate_exit_codes_and_summary(spark, tmp_path, capsys):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
-    result = fulcrum("demo", "--out", str(tmp_path / "demo"))
+    result = fulcrum("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cancer: stages" in result.stdout and "digits: stages" in result.stdout
     assert "image_undecodable" in result.stdout and "validate" in result.stdout
@@ -93,3 +93,8 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     for dataset in ("cancer", "digits"):
         assert (tmp_path / "demo" / "lake" / dataset / "silver" / "_delta_log").is_dir()
         assert (tmp_path / "demo" / "lake" / dataset / "gold" / "_delta_log").is_dir()
+    # Training: both samples cross-validated on Ray, the CV table printed, predictions beside gold.
+    assert result.stdout.count("cross-validation:") == 2 and "mean ± std" in result.stdout
+    for dataset in ("cancer", "digits"):
+        assert (tmp_path / "demo" / "lake" / dataset / "predictions" / "_delta_log").is_dir()
+        assert list((tmp_path / "demo" / "lake" / dataset / "reports").glob("*/train/model.pt"))

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
 
 from training import data
-from training.cv import Settings, cross_validate, plan_concurrency, run_fold
+from training.cv import Settings, plan_concurrency, run_fold
 from training.gold import Gold, GoldError
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray]
-
-
-@pytest.fixture(scope="module")
-def cancer_gold(spark, curated, tmp_path_factory):
-    """The cancer sample re-split into 2 folds, oversampled (smotenc): the gold table's path."""
-    import shutil
-
-    from jobs import curate, io, oversample
-
-    cfg = curated["cancer"]
-    root = tmp_path_factory.mktemp("gold-lake")
-    shutil.copytree(cfg.lake_dir, root / cfg.dataset)
-    cfg = cfg.model_copy(update={"lake_root": str(root), "split": cfg.split.model_copy(update={"folds": 2})})
-    curate.run(spark, cfg, "c-2")
-    oversample.run(spark, cfg, "o-2")
-    return io.Lake(cfg.lake_dir).path("gold")
 
 
 def _rows(path: str) -> dict[str, dict]:
@@ -61,26 +42,25 @@ def test_fold_batches_hold_exactly_the_contracts_rows(ray_local, cancer_gold):
         assert batch["x"].dtype == np.float32 and abs(batch["x"][:, 0].mean()) < 0.2  # standardised on train
 
 
-def test_cross_validation_learns_and_scores_every_real_row_once(ray_local, cancer_gold, tmp_path):
-    from deltalake import DeltaTable
+def test_a_workers_shard_is_kept_in_memory_after_the_first_epoch_when_it_fits(ray_local):
+    import ray
 
-    gold = Gold.open(cancer_gold)
-    summary = cross_validate(gold, Settings(epochs=3, batch_size=32, patience=5, warmup_steps=2), tmp_path / "cv")
-    assert summary["delta_version"] == gold.version and len(summary["per_fold"]) == 2
-    for f in range(2):
-        history = json.loads((tmp_path / "cv" / f"fold-{f}.json").read_text())["history"]
-        assert history[-1]["train_loss"] < history[0]["train_loss"], history
-        assert history[-1]["val_rows"] == summary["per_fold"][f]["val_rows"]
-    assert summary["mean"]["roc_auc"] > 0.8
-    oof = DeltaTable(summary["predictions"]["path"]).to_pyarrow_table().to_pylist()
-    real = {s for s, r in _rows(cancer_gold).items() if r["synthetic_for"] is None and r["fold"] >= 0}
-    assert sorted(r["sample_id"] for r in oof) == sorted(real)  # every real non-test row, exactly once
-    assert all(len(r["probabilities"]) == 2 and abs(sum(r["probabilities"]) - 1) < 1e-5 for r in oof)
-    weights = torch.load(tmp_path / "cv" / "model.pt", weights_only=True)
-    assert any(k.endswith("weight") for k in weights)
-    assert summary["final"]["test_rows"] > 0
-    for plot in ("fold_metrics.png", "learning_curves.png", "confusion.png"):
-        assert (tmp_path / "cv" / plot).is_file()
+    from training.worker import ShardCache
+
+    n = 300
+    ds = ray.data.from_items([{"x": np.full(4, i, np.float32), "y": i % 3, "sample_id": f"s{i}"} for i in range(n)])
+    cache = ShardCache(ds, 64, limit_mb=1, shuffle=True, with_ids=True, seed=1)
+    first = [b for b in cache.epoch(0)]
+    assert cache.parts is not None and not cache.streaming
+    second = [b for b in cache.epoch(1)]
+    ids = lambda batches: [i for b in batches for i in b[2]]  # noqa: E731
+    assert sorted(ids(first)) == sorted(ids(second)) == sorted(f"s{i}" for i in range(n))  # every row, once
+    assert ids(second) != ids(list(cache.epoch(2)))  # reshuffled every epoch (seeded)
+    for x, y, sid in second:  # rows stay whole: features, label and id move together
+        assert all(int(x[r, 0]) == int(s[1:]) and int(y[r]) == int(s[1:]) % 3 for r, s in enumerate(sid))
+    tiny = ShardCache(ds, 64, limit_mb=0.001, shuffle=False)
+    assert sum(len(b[0]) for b in tiny.epoch(0)) == n and tiny.parts is None and tiny.streaming
+    assert sum(len(b[0]) for b in tiny.epoch(1)) == n  # streamed again
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, cancer_gold, tmp_path):

@@ -1,0 +1,92 @@
+"""Train stage: cross-validation of the gold table on Ray, recorded in the run ledger.
+
+The Ray side (``training/``) never imports ``jobs/``: this stage runs it as its own
+process, ``python -m training`` with the config's ``train`` section as flags (the same
+command a ``ray job submit`` runs), pinned to gold's current version, and reads back its
+``cv.json``. Its summary table goes straight to the console.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from jobs import io, runs
+from jobs.config import PipelineConfig
+from jobs.errors import ConfigError, FulcrumError
+from jobs.stage import StageReport
+
+log = logging.getLogger(__name__)
+STAGE = "train"
+
+
+def command(cfg: PipelineConfig, run_id: str, version: int | None = None) -> list[str]:
+    """The ``python -m training`` command line for a pipeline config (its gold table, its train section)."""
+    cmd = [sys.executable, "-m", "training", "--table", io.Lake(cfg.lake_dir).path("gold"),
+           "--out", out_dir(cfg, run_id), "--seed", str(cfg.seed), *cfg.train.flags()]  # fmt: skip
+    if version is not None:
+        cmd += ["--version", str(version)]
+    if cfg.ray.address:
+        cmd += ["--address", cfg.ray.address]
+    if cfg.ray.num_cpus:
+        cmd += ["--num-cpus", str(cfg.ray.num_cpus)]
+    return cmd
+
+
+def out_dir(cfg: PipelineConfig, run_id: str) -> str:
+    return str(Path(cfg.reports_dir) / run_id / "train")
+
+
+def _call(cmd: list[str]) -> int:
+    """Run the Ray side in the foreground; it ends with this process (see ``training.runtime``)."""
+    sys.stdout.flush()
+    proc = subprocess.Popen(cmd, env={**os.environ, "FULCRUM_PARENT_PID": str(os.getpid())})
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted (Ctrl-C, an exception): stop training and its Ray instance
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | None = None) -> StageReport:
+    """Job: gold (pinned version) → cross-validation on Ray; the report carries mean ± std metrics."""
+    lake = io.Lake(cfg.lake_dir)
+    with runs.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
+        start = time.perf_counter()
+        latest = io.version(spark, lake.path("gold"))
+        if latest is None:
+            raise ConfigError(f"{cfg.dataset}: gold does not exist yet", fix="run `fulcrum oversample CONFIG` first")
+        version = latest if version is None else version
+        record.inputs.append(("gold", lake.path("gold"), version))
+        cmd = command(cfg, run_id, version)
+        log.info("train %s: %s", cfg.dataset, " ".join(cmd[1:]))
+        code = _call(cmd)
+        if code:
+            raise FulcrumError(f"{cfg.dataset}: training exited with code {code} (its error is printed above)",
+                               fix="see the message above; `python -m training --help` lists the flags")  # fmt: skip
+        summary = json.loads((Path(out_dir(cfg, run_id)) / "cv.json").read_text())
+        predictions = summary["predictions"]
+        record.outputs.append(("predictions", predictions["path"], io.version(spark, predictions["path"])))
+        # rows in: the real rows (validation parts and test); rows out: out-of-fold predictions written
+        real = sum(f["val_rows"] for f in summary["per_fold"]) + summary["final"]["test_rows"]
+        report = StageReport(stage=STAGE, rows_in=real, rows_out=predictions["rows"])
+        report.details.update({
+            "gold_version": version, "folds": summary["folds"], "concurrent_folds": summary["concurrent_folds"],
+            **{f"cv_{m}": f"{summary['mean'][m]:.3f}±{summary['std'][m]:.3f}" for m in ("accuracy", "macro_f1")},
+            "test_accuracy": f"{summary['final']['test_accuracy']:.3f}", "summary": summary,
+            "report_dir": out_dir(cfg, run_id),
+        })  # fmt: skip
+        report.seconds = time.perf_counter() - start
+        record.counts.update({"real_rows_scored": predictions["rows"], "test_rows": summary["final"]["test_rows"]})
+    return report

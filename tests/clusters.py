@@ -1,0 +1,111 @@
+"""Real local clusters for the `cluster` tests: started on 127.0.0.1, stopped even on failure.
+
+``ray stop`` would kill every Ray process on the machine (the test session's own local
+instance too), so a head is started with ``ray start --head --block`` in its own process
+group and temp dir, and stopped by signalling that group, then sweeping any process whose
+command line names the temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_with_venv() -> dict[str, str]:
+    """This interpreter's bin first on PATH, so `python` and `ray` in commands are this venv's."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _wait_http(url: str, seconds: float, token: str) -> None:
+    """Until ``url`` answers 200 with the bearer token (an HTTP error is an answer: raised at once)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            raise
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def _sweep(marker: str) -> None:
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in p.info["cmdline"] or []):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+@dataclass
+class RayHead:
+    gcs: str  # 127.0.0.1:port, for `ray.init(address=...)` and RAY_ADDRESS
+    dashboard: str  # http://127.0.0.1:port, for `ray job submit --address`
+    log: Path
+    env: dict[str, str]  # the environment for clients: the venv on PATH and the cluster's auth token
+
+
+@contextmanager
+def ray_head(num_cpus: int = 4, timeout: float = 120) -> Iterator[RayHead]:
+    """``ray start --head`` on 127.0.0.1 with the dashboard (the Jobs API) and token authentication
+    (Ray's default for local clusters): clients use ``head.env``. Stopped on exit."""
+    import secrets
+
+    temp = Path(tempfile.mkdtemp(prefix="fr-", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {**env_with_venv(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    port, dash = free_port(), free_port()
+    log = temp / "head.log"
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+           f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats"]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{dash}/api/version", timeout, env["RAY_AUTH_TOKEN"])
+        yield RayHead(gcs=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dash}", log=log, env=env)
+    finally:
+        stop_group(proc)
+        _sweep(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM a process group started with ``start_new_session``; SIGKILL what is left after ``grace`` s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
