@@ -13,10 +13,10 @@ from jobs.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fulcrum(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def fulcrum(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+                          text=True, timeout=timeout)  # fmt: skip
 
 
 def test_help_lists_commands_with_examples(capsys):
@@ -81,7 +81,7 @@ def test_validate_exit_codes_and_summary(spark, tmp_path, capsys):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
-    result = fulcrum("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
+    result = fulcrum("demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--set", "split.folds=2", timeout=840)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cancer: stages" in result.stdout and "digits: stages" in result.stdout
     assert "image_undecodable" in result.stdout and "validate" in result.stdout
