@@ -98,3 +98,17 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     for dataset in ("cancer", "digits"):
         assert (tmp_path / "demo" / "lake" / dataset / "predictions" / "_delta_log").is_dir()
         assert list((tmp_path / "demo" / "lake" / dataset / "reports").glob("*/train/model.pt"))
+
+
+@pytest.mark.spark
+def test_train_before_gold_exists_is_a_usage_error_and_is_recorded(spark, tmp_path, capsys):
+    assert main(["samples", str(tmp_path)]) == 0
+    cfg = str(tmp_path / "cancer" / "cancer.yaml")
+    assert main(["ingest", cfg]) == 0
+    capsys.readouterr()
+    assert main(["train", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "gold does not exist yet" in err and "fulcrum oversample" in err
+    assert main(["runs", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "failed" in out
