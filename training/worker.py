@@ -53,7 +53,7 @@ class ShardCache:
                  seed: int = 0):  # fmt: skip
         self.shard, self.batch_size, self.limit = shard, batch_size, limit_mb * 2**20
         self.shuffle, self.with_ids, self.seed = shuffle, with_ids, seed
-        self.parts: list[tuple] | None = None  # cached batches once a full pass fitted
+        self.parts: tuple | None = None  # (x, y, ids) of the whole shard once a full pass fitted
         self.streaming = limit_mb <= 0
 
     def epoch(self, epoch: int, transform=None):
@@ -71,13 +71,12 @@ class ShardCache:
                 else:
                     keep.append(batch)
             yield (transform(batch[0]), *batch[1:]) if transform is not None else batch
-        if keep is not None:
-            self.parts = keep
+        if keep is not None:  # joined once here, not on every replayed epoch
+            ids = [i for b in keep for i in b[2]] if self.with_ids else None
+            self.parts = (torch.cat([b[0] for b in keep]), torch.cat([b[1] for b in keep]), ids)
 
     def _replay(self, epoch: int, transform):
-        x = torch.cat([b[0] for b in self.parts])
-        y = torch.cat([b[1] for b in self.parts])
-        ids = [i for b in self.parts for i in b[2]] if self.with_ids else None
+        x, y, ids = self.parts
         order = (torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed + epoch))
                  if self.shuffle else torch.arange(len(x)))  # fmt: skip
         for i in range(0, len(x), self.batch_size):
