@@ -232,6 +232,62 @@ def train(config: ConfigArg, set_: SetOpt = None, version: Annotated[int | None,
     out.print(f"report: {report.details['report_dir']}/cv.json (plots beside it)")
 
 
+@app.command("run")
+def run_(
+    config: ConfigArg,
+    from_: Annotated[str | None, typer.Option("--from", help="first stage (default: ingest)")] = None,
+    until: Annotated[str | None, typer.Option(help="last stage (default: train)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="id for this run (default: new); a scheduler passes its own")] = None,
+    set_: SetOpt = None,
+    spark_master: MasterOpt = None,
+) -> None:
+    """The whole pipeline, ingest -> validate -> curate -> oversample -> train, or the stages --from/--until.
+
+    Re-running after a crash finishes the work without duplicating rows; `fulcrum runs` shows every
+    attempt. Ends with a summary table and the HTML run report.
+
+    Example: fulcrum run samples/cancer/cancer.yaml --from curate --until oversample
+    """
+    from jobs.pipeline import iter_pipeline, select_stages
+    from jobs.report import write_report
+    from jobs.runs import new_run_id
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, spark_master)
+    stages = select_stages(from_, until)
+    spark = build_spark(cfg.spark)
+    run_id = run_id or new_run_id()
+    reports: list[StageReport] = []
+    try:
+        for report in iter_pipeline(spark, cfg, run_id, stages):
+            reports.append(report)
+            {"validate": print_validation, "curate": print_curate, "oversample": print_balance}.get(
+                report.stage, lambda r: None)(report)  # fmt: skip
+    finally:
+        print_reports(f"{cfg.dataset} (run {run_id})", reports)
+        try:
+            out.print(f"report: {write_report(spark, cfg, run_id)}")
+        except Exception as exc:  # never hide the stage's own error behind the report's
+            logging.getLogger(__name__).warning("could not write the run report: %s", exc)
+
+
+@app.command()
+def report(
+    config: ConfigArg,
+    run_id: Annotated[str | None, typer.Argument(help="the run (default: the newest; `fulcrum runs` lists them)")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write one run's self-contained HTML report: stages, validation, quarantine, duplicates, balance, CV.
+
+    Example: fulcrum report samples/cancer/cancer.yaml 20261123T101500Z-1a2b3c4d
+    """
+    from jobs.report import write_report
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, None)
+    out.print(f"report: {write_report(build_spark(cfg.spark), cfg, run_id)}")
+
+
 suite_app = typer.Typer(help="Great Expectations suites: suggest a starter suite from the data.", no_args_is_help=True)
 app.add_typer(suite_app, name="suite")
 
@@ -305,7 +361,7 @@ def demo(
     overrides = _pairs(set_)
     if epochs:
         overrides["train.epochs"] = epochs
-    for dataset, reports in run_demo(out_dir, seed, spark_master, overrides):
+    for dataset, reports, html in run_demo(out_dir, seed, spark_master, overrides):
         for report in reports:
             if report.stage == "validate":
                 print_validation(report)
@@ -314,12 +370,23 @@ def demo(
             if report.stage == "oversample":
                 print_balance(report)
         print_reports(dataset, reports)
+        out.print(f"report: {html}")
     out.print(f"lake: {out_dir.resolve() / 'lake'}")
+
+
+class _EventHandler(logging.StreamHandler):
+    """The structured stage lines go to stderr as they are: one JSON object per line, never wrapped."""
 
 
 def _configure_logging() -> None:
     handler = RichHandler(console=err, show_path=False, show_time=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+    events = logging.getLogger("fulcrum.events")
+    for old in [h for h in events.handlers if isinstance(h, _EventHandler)]:
+        events.removeHandler(old)
+    events.addHandler(_EventHandler(sys.stderr))
+    events.setLevel(logging.INFO)
+    events.propagate = False
     for name in ("jobs", "training"):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("py4j").setLevel(logging.ERROR)

@@ -54,3 +54,9 @@ class DataFailedError(FulcrumError):
     """The data failed an expectation whose policy is ``fail``."""
 
     exit_code = EXIT_DATA_FAILED
+
+
+class ConcurrentWriteError(FulcrumError):
+    """Another writer committed to the same Delta table first; this write made no commit."""
+
+    exit_code = EXIT_RUNTIME

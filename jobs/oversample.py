@@ -281,7 +281,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
                                "dropped": {str(f): sum(p["n"] - p["keep"] for p in per.values())
                                            for f, per in info["plan"].items()}})  # fmt: skip
         report.seconds = time.perf_counter() - start
-        record.counts.update({"rows_in": report.rows_in, "gold_rows": written.count()})
+        record.counts.update({**report.counts(), "gold_rows": written.count()})
         _plot(balance, Path(cfg.reports_dir) / run_id / "class_balance.png")
     log.info("oversample %s: gold v%d (%s), final training set %s", cfg.dataset, g_version, cfg.oversample.method,
              balance["after"][str(folds)])  # fmt: skip

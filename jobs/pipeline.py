@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from jobs import curate, ingest, oversample, samples, train, validate
 from jobs.config import PipelineConfig, load_config
+from jobs.errors import ConfigError
 from jobs.runs import new_run_id
 from jobs.stage import StageReport
 
@@ -25,27 +26,54 @@ STAGES: dict[str, Callable[[SparkSession, PipelineConfig, str], StageReport]] = 
 }
 
 
+def select_stages(start: str | None = None, until: str | None = None) -> list[str]:
+    """The stages from ``start`` through ``until`` (both included), in data-flow order."""
+    names = list(STAGES)
+    for given, flag in ((start, "--from"), (until, "--until")):
+        if given is not None and given not in STAGES:
+            raise ConfigError(f"{flag} {given!r} is not a stage", fix=f"stages, in order: {', '.join(names)}")
+    first = names.index(start) if start else 0
+    last = names.index(until) if until else len(names) - 1
+    if first > last:
+        raise ConfigError(f"--from {start} comes after --until {until}", fix=f"stages, in order: {', '.join(names)}")
+    return names[first : last + 1]
+
+
+def iter_pipeline(
+    spark: SparkSession, cfg: PipelineConfig, run_id: str, stages: list[str] | None = None
+) -> Iterator[StageReport]:
+    """Run the named stages (default: all) in order, yielding each report; stop at the first error.
+
+    Every stage is idempotent (bronze inserts only new sample ids, quarantine rows are replaced per
+    stage, silver and gold are overwritten, each write one Delta commit), so re-running after a crash
+    at any point, whole or ``--from`` the failed stage, finishes the work without duplicating rows.
+    """
+    names = [n for n in stages or list(STAGES) if n != "validate" or cfg.suite]
+    if "validate" in (stages or STAGES) and not cfg.suite:
+        log.warning("%s: no suite configured; validation skipped", cfg.dataset)
+    for i, name in enumerate(names, 1):
+        log.info("[%d/%d] %s %s (run %s)", i, len(names), cfg.dataset, name, run_id)
+        yield STAGES[name](spark, cfg, run_id)
+
+
 def run_pipeline(
     spark: SparkSession, cfg: PipelineConfig, run_id: str | None = None, stages: list[str] | None = None
 ) -> list[StageReport]:
-    """Run the named stages (default: all) in order; stop at the first error."""
-    run_id = run_id or new_run_id()
-    reports = []
-    for name in stages or list(STAGES):
-        if name == "validate" and not cfg.suite:
-            log.warning("%s: no suite configured; validation skipped", cfg.dataset)
-            continue
-        log.info("%s: %s (run %s)", cfg.dataset, name, run_id)
-        reports.append(STAGES[name](spark, cfg, run_id))
-    return reports
+    return list(iter_pipeline(spark, cfg, run_id or new_run_id(), stages))
 
 
 def demo(outdir: str | Path, seed: int = 7, spark_master: str | None = None,
-         overrides: dict | None = None) -> list[tuple[str, list[StageReport]]]:  # fmt: skip
+         overrides: dict | None = None) -> list[tuple[str, list[StageReport], Path]]:  # fmt: skip
     """Build both samples under outdir and run every stage on each (``overrides``: dotted config keys
-    applied to both samples' configs)."""
+    applied to both samples' configs); returns each dataset's reports and its HTML run report."""
+    from jobs.report import write_report
     from jobs.spark import build_spark
 
     configs = [load_config(p, overrides) for p in samples.make_samples(outdir, seed)]
     spark = build_spark(configs[0].spark, master=spark_master)
-    return [(cfg.dataset, run_pipeline(spark, cfg)) for cfg in configs]
+    results = []
+    for cfg in configs:
+        run_id = new_run_id()
+        reports = run_pipeline(spark, cfg, run_id)
+        results.append((cfg.dataset, reports, write_report(spark, cfg, run_id)))
+    return results

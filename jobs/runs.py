@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -18,6 +19,8 @@ from jobs import io
 from jobs.errors import FulcrumError
 
 log = logging.getLogger(__name__)
+# One JSON line per stage attempt (counts, seconds, outputs): for log shippers and schedulers.
+events = logging.getLogger("fulcrum.events")
 
 TABLE_REF = T.StructType(
     [
@@ -69,6 +72,15 @@ class StageRun:
             list(self.inputs), list(self.outputs), {k: int(v) for k, v in self.counts.items()}, self.error,
         )  # fmt: skip
 
+    def event(self) -> dict:
+        """The structured log record of this attempt."""
+        return {"event": "stage", "run_id": self.run_id, "dataset": self.dataset, "stage": self.stage,
+                "status": self.status, "seconds": round(self.seconds, 2),
+                "rows_in": self.counts.get("rows_in"), "rows_out": self.counts.get("rows_out"),
+                "counts": {k: int(v) for k, v in self.counts.items()},
+                "outputs": [{"table": n, "path": p, "version": v} for n, p, v in self.outputs],
+                "error": self.error.splitlines()[0] if self.error else None}  # fmt: skip
+
 
 @contextmanager
 def track(spark: SparkSession, lake: io.Lake, run_id: str, dataset: str, stage: str) -> Iterator[StageRun]:
@@ -92,6 +104,7 @@ def track(spark: SparkSession, lake: io.Lake, run_id: str, dataset: str, stage: 
             record(spark, lake, run)
         except Exception:  # never hide the stage's own error behind a ledger failure
             log.exception("could not record run %s/%s in the runs table", run_id, stage)
+        events.info(json.dumps(run.event(), default=str))
 
 
 def record(spark: SparkSession, lake: io.Lake, run: StageRun) -> None:
@@ -99,9 +112,18 @@ def record(spark: SparkSession, lake: io.Lake, run: StageRun) -> None:
     io.append(df, lake.path("runs"), run.run_id, "runs")
 
 
-def history(spark: SparkSession, lake: io.Lake):
-    """The runs table, newest first (None when nothing has run yet)."""
+def history(spark: SparkSession, lake: io.Lake, run_id: str | None = None):
+    """The runs table (one run's attempts when ``run_id`` is given), newest first; None when nothing ran yet."""
     path = lake.path("runs")
     if not io.exists(spark, path):
         return None
-    return io.read(spark, path).orderBy("started_at", ascending=False)
+    df = io.read(spark, path)
+    if run_id is not None:
+        df = df.where(df.run_id == run_id)
+    return df.orderBy("started_at", ascending=False)
+
+
+def latest_run_id(spark: SparkSession, lake: io.Lake) -> str | None:
+    df = history(spark, lake)
+    row = df.select("run_id").first() if df is not None else None
+    return row["run_id"] if row else None
