@@ -46,8 +46,44 @@ def java_version() -> int:
     return int(match.group(2)) if major == 1 else major
 
 
+def under_spark_submit() -> bool:
+    """True when ``spark-submit`` launched this interpreter (it hands pyspark its JVM's gateway port)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def delta_package() -> str:
+    """The Maven coordinate of the Delta jar matching the installed delta-spark and pyspark."""
+    from delta import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
+
+    return configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
+
+
+def submit_args() -> list[str]:
+    """``spark-submit`` options and application file for fulcrum's CLI on a cluster.
+
+    Delta's jars reach the driver and every executor through ``--packages`` (Spark resolves them
+    from Maven Central, or from the mirror in ``spark.jars.ivySettings``, and ships them to the
+    executors); the Delta session settings go as ``--conf``; executors run this interpreter (the same
+    path in the container image on a real cluster). Usage::
+
+        spark-submit --master spark://HOST:7077 $(python -m jobs.spark submit-args) run CONFIG --until oversample
+    """
+    from jobs.entry import spark_submit
+
+    args = ["--packages", delta_package()]
+    for key, value in {**DELTA_CONF, "spark.pyspark.python": sys.executable,
+                       "spark.pyspark.driver.python": sys.executable}.items():  # fmt: skip
+        args += ["--conf", f"{key}={value}"]
+    return [*args, spark_submit.__file__]
+
+
 def build_spark(cfg: SparkConfig | None = None, master: str | None = None):
-    """Start (or join) the Spark session with Delta configured."""
+    """Start (or join) the Spark session with Delta configured.
+
+    Under ``spark-submit`` its ``--master`` and ``--packages`` are in force: the config's
+    ``spark.master`` is not applied and the Delta jars must come from ``--packages`` or ``--jars``.
+    """
     from delta import configure_spark_with_delta_pip
     from pyspark.sql import SparkSession
 
@@ -55,10 +91,15 @@ def build_spark(cfg: SparkConfig | None = None, master: str | None = None):
     major = java_version()
     if major < 17:
         raise EnvironmentSetupError(f"Java {major} found; Spark 4 needs Java 17 or newer", fix=JAVA_FIX)
+    submitted = under_spark_submit()
     master = master or cfg.master
-    if master.startswith("local"):  # Python workers must be this interpreter, with its packages
+    if master.startswith("local") and not submitted:  # Python workers must be this interpreter
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(cfg.app_name).master(master)
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if submitted:
+        log.info("launched by spark-submit: its --master is used (config spark.master %s ignored)", master)
+    else:
+        builder = builder.master(master)
     conf = {
         **DELTA_CONF,
         "spark.ui.enabled": str(cfg.ui).lower(),
@@ -76,7 +117,7 @@ def build_spark(cfg: SparkConfig | None = None, master: str | None = None):
         if missing:
             raise EnvironmentSetupError(f"spark.jars lists files that do not exist: {missing}")
         builder = builder.config("spark.jars", ",".join(cfg.jars))
-    else:
+    elif not submitted:
         builder = configure_spark_with_delta_pip(builder)
     try:
         spark = builder.getOrCreate()
@@ -87,8 +128,23 @@ def build_spark(cfg: SparkConfig | None = None, master: str | None = None):
             "without network access set spark.jars to local delta-spark_4.2_2.13 and delta-storage jars",
         ) from exc
     spark.sparkContext.setLogLevel(cfg.log_level)
+    if submitted:
+        _require_delta(spark)
     log.info("spark %s on %s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def _require_delta(spark) -> None:
+    from delta.tables import DeltaTable
+
+    try:  # without the jar, py4j finds no class and the call fails
+        DeltaTable.isDeltaTable(spark, "file:///nonexistent-fulcrum-probe")
+    except Exception as exc:
+        raise EnvironmentSetupError(
+            "the Delta jars are not on this spark-submit's classpath",
+            fix="pass `$(python -m jobs.spark submit-args)` to spark-submit (it adds --packages "
+            f"{delta_package()}), or --jars with local delta-spark and delta-storage jars",
+        ) from exc
 
 
 def warm(directory: str) -> str:
@@ -102,9 +158,13 @@ def warm(directory: str) -> str:
     return f"spark {spark.version}, delta-spark {version('delta-spark')} ok ({rows} rows)"
 
 
-if __name__ == "__main__":  # `python -m jobs.spark`: warm the Delta jar cache
+if __name__ == "__main__":  # `python -m jobs.spark`: warm the Delta jar cache; `... submit-args`: see above
+    import shlex
     import tempfile
 
+    if sys.argv[1:] == ["submit-args"]:
+        print(shlex.join(submit_args()))
+        sys.exit(0)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         try:

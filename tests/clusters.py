@@ -97,6 +97,67 @@ def ray_head(num_cpus: int = 4, timeout: float = 120) -> Iterator[RayHead]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@dataclass
+class SparkStandalone:
+    master: str  # spark://127.0.0.1:port
+    ui: str  # the master's web UI (its /json lists workers and applications)
+    logs: Path
+    env: dict[str, str]
+
+
+def _spark_json(ui: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{ui}/json/", timeout=5) as r:
+        return json.load(r)
+
+
+@contextmanager
+def spark_standalone(cores: int = 2, memory: str = "3g", timeout: float = 120) -> Iterator[SparkStandalone]:
+    """A Spark standalone master and one worker from the installed pyspark (``spark-class``), on
+    127.0.0.1, each in its own process group; stopped on exit, even on failure."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    temp = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
+    env = {**env_with_venv(), "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
+           "SPARK_LOG_DIR": str(temp), "SPARK_WORKER_DIR": str(temp / "work"), "PYSPARK_PYTHON": sys.executable}  # fmt: skip
+    port, ui_port, worker_ui = free_port(), free_port(), free_port()
+    cls = str(home / "bin" / "spark-class")
+    commands = {
+        "master": [cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                   "--webui-port", str(ui_port)],
+        "worker": [cls, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
+                   "--cores", str(cores), "--memory", memory, "--webui-port", str(worker_ui),
+                   "--work-dir", str(temp / "work")],
+    }  # fmt: skip
+    procs = []
+    ui = f"http://127.0.0.1:{ui_port}"
+    try:
+        for name, cmd in commands.items():
+            with open(temp / f"{name}.log", "w") as out:
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                              start_new_session=True))  # fmt: skip
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    state = _spark_json(ui)
+                    if name == "master" or state.get("aliveworkers", 0) >= 1:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or procs[-1].poll() is not None:
+                    raise RuntimeError(f"spark {name} did not start: {(temp / f'{name}.log').read_text()[-2000:]}")
+                time.sleep(1)
+        yield SparkStandalone(master=f"spark://127.0.0.1:{port}", ui=ui, logs=temp, env=env)
+    finally:
+        for proc in reversed(procs):
+            stop_group(proc)
+        _sweep(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
     """SIGTERM a process group started with ``start_new_session``; SIGKILL what is left after ``grace`` s."""
     try:

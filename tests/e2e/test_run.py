@@ -2,12 +2,11 @@
 re-runs recorded as attempts, the HTML run report."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from jobs import io
 from jobs.cli import main
-from jobs.config import load_config
 from tests.html_report import decode, parse, render
 
 pytestmark = pytest.mark.spark
@@ -26,49 +25,24 @@ def test_stage_selection_errors_exit_2_before_spark(tmp_path, capsys, sample_dir
     assert "'clean' is not a stage" in err and "ingest, validate, curate, oversample, train" in err
 
 
-def test_rerun_is_idempotent_recorded_and_reported(spark, sample_dir, tmp_path, capsys):
-    sets = ["--set", f"lake_root={tmp_path / 'lake'}", "--set", "split.folds=2"]
-    config = str(sample_dir / "cancer" / "cancer.yaml")
-    assert main(["run", config, "--until", "validate", "--run-id", "r1", *sets]) == 0
-    captured = capsys.readouterr()
-    first = events(captured.err)
-    assert [e["stage"] for e in first] == ["ingest", "validate"]
-    assert all(e["status"] == "succeeded" and e["run_id"] == "r1" and e["seconds"] > 0 for e in first)
-    assert first[0]["rows_out"] == first[0]["rows_in"] > 0
-    assert first[0]["outputs"][0]["table"] == "bronze" and first[0]["outputs"][0]["path"].endswith("/bronze")
-    assert "cancer (run r1): stages" in captured.out
-
-    cfg = load_config(config, {"lake_root": str(tmp_path / "lake")})
-    lake = io.Lake(cfg.lake_dir)
-    bronze = io.read(spark, lake.path("bronze")).count()
-    quarantined = io.read(spark, lake.path("quarantine")).count()
-    assert quarantined == first[1]["rows_in"] - first[1]["rows_out"] > 0
-
-    # Run again (as after a crash), further: nothing duplicated, every attempt in the ledger.
-    assert main(["run", config, "--until", "curate", "--run-id", "r2", *sets]) == 0
-    second = events(capsys.readouterr().err)
-    assert [e["stage"] for e in second] == ["ingest", "validate", "curate"]
-    assert second[0]["rows_out"] == 0 and second[0]["counts"]["already_in_bronze"] == bronze
-    assert io.read(spark, lake.path("bronze")).count() == bronze
-    assert io.read(spark, lake.path("quarantine")).where("stage = 'validate'").count() == quarantined
-    assert second[2]["outputs"][0]["table"] == "silver"
-    assert io.read(spark, lake.path("silver")).count() == second[2]["rows_out"]
-    ledger = io.read(spark, lake.path("runs")).groupBy("stage").count().collect()
-    assert {r["stage"]: r["count"] for r in ledger} == {"ingest": 2, "validate": 2, "curate": 1}
-
-    # The report of a run: stages, validation with the Data Docs link, quarantine reasons, duplicates, folds.
-    html = tmp_path / "lake" / "cancer" / "reports" / "r2" / "report.html"
+def test_report_of_a_run_shows_validation_duplicates_and_thumbnails(spark, curated, lake_copy, tmp_path, capsys):
+    cfg = lake_copy(curated["digits"])
+    config = str(Path(cfg.base_dir) / "digits.yaml")
+    sets = ["--set", f"lake_root={cfg.lake_root}"]
+    assert main(["report", config, "c-1", *sets]) == 0  # the curate run of the fixture
+    html = Path(cfg.reports_dir) / "c-1" / "report.html"
+    assert str(html) in capsys.readouterr().out.replace("\n", "")
     page = parse(html)
     assert page.sections == ["stages", "validation", "quarantine", "duplicates", "balance", "cv"]
-    assert "../data_docs/index.html" in page.links
-    assert "exact_duplicate" in page.text and "near_duplicate" in page.text
-    assert "Training did not run in this run." in page.text
-    plots = [decode(src) for alt, src in page.images if alt == "class counts per fold"]
-    assert len(plots) == 1 and plots[0].size[0] > 100
+    assert "exact_duplicate" in page.text and "Training did not run in this run." in page.text
+    kept = [decode(src) for alt, src in page.images if alt.startswith("kept ")]
+    dropped = [decode(src) for alt, src in page.images if alt.startswith("dropped ")]
+    assert kept and dropped and max(im.size[0] for im in kept + dropped) <= 48
+    assert [alt for alt, _ in page.images if alt == "class counts per fold"]
     assert render(html, tmp_path / "report.png") is None or (tmp_path / "report.png").stat().st_size > 0
 
-    # `fulcrum report` rebuilds it for any run; an unknown run id is a usage error.
-    assert main(["report", config, "r1", *sets]) == 0
-    assert (tmp_path / "lake" / "cancer" / "reports" / "r1" / "report.html").is_file()
+    assert main(["report", config, "v-1", *sets]) == 0  # the validate run: expectations, Data Docs link
+    page = parse(Path(cfg.reports_dir) / "v-1" / "report.html")
+    assert "../data_docs/index.html" in page.links and "image_outside_root" in page.text
     assert main(["report", config, "nosuchrun", *sets]) == 2
     assert "fulcrum runs CONFIG" in capsys.readouterr().err
