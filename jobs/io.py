@@ -15,11 +15,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from delta import exceptions as delta_errors
 from delta.exceptions import ConcurrentAppendException
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
+from jobs.errors import ConcurrentWriteError
+
 log = logging.getLogger(__name__)
+# Delta's optimistic concurrency: the loser of a race to commit gets one of these, and its commit is not made.
+CONFLICTS = tuple(getattr(delta_errors, name) for name in delta_errors.__all__)
 
 TABLES = ("bronze", "quarantine", "silver", "gold", "runs")
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
@@ -67,6 +73,25 @@ def _conf(spark: SparkSession, key: str, value: str | None) -> Iterator[None]:
             spark.conf.set(key, previous)
 
 
+@contextmanager
+def conflicts(path: str) -> Iterator[None]:
+    """Turn Delta's commit conflicts (another writer committed to ``path`` first) into a clear error."""
+    try:
+        yield
+    except CONFLICTS as exc:
+        raise ConcurrentWriteError(
+            f"another run committed to {path} while this one was writing ({type(exc).__name__}); "
+            "this write made no commit, the table holds the other run's complete version",
+            fix="re-run when the other run has finished: every stage is idempotent; "
+            "schedule one run per dataset at a time (Airflow: max_active_runs=1)",
+        ) from exc
+    except AnalysisException as exc:  # two writers racing to create the same table
+        if "DELTA_PATH_EXISTS" in str(exc) or "already exists" in str(exc):
+            raise ConcurrentWriteError(f"another run created {path} while this one was creating it",
+                                       fix="re-run: the table now exists and the stage is idempotent") from exc  # fmt: skip
+        raise
+
+
 def exists(spark: SparkSession, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
 
@@ -104,7 +129,7 @@ def overwrite(df: DataFrame, path: str, run_id: str, stage: str, props: dict[str
     writer = df.writeTo(f"delta.`{path}`").using("delta")
     for key, value in {"delta.enableDeletionVectors": "false", **(props or {})}.items():
         writer = writer.tableProperty(key, str(value))
-    with commit_info(spark, run_id, stage):
+    with commit_info(spark, run_id, stage), conflicts(path):
         writer.createOrReplace()
     return version(spark, path)
 
@@ -112,7 +137,7 @@ def overwrite(df: DataFrame, path: str, run_id: str, stage: str, props: dict[str
 def append(df: DataFrame, path: str, run_id: str, stage: str) -> int:
     """Append rows in one commit (blind appends never conflict with each other)."""
     spark = df.sparkSession
-    with commit_info(spark, run_id, stage):
+    with commit_info(spark, run_id, stage), conflicts(path):
         df.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
     return version(spark, path)
 
@@ -128,7 +153,8 @@ def replace_where(df: DataFrame, path: str, condition: str, run_id: str, stage: 
     row matches the condition (a second pass over ``df``) is skipped.
     """
     spark = df.sparkSession
-    with commit_info(spark, run_id, stage), _conf(spark, CONSTRAINT_CHECK, "false" if partition_by else None):
+    with (commit_info(spark, run_id, stage), _conf(spark, CONSTRAINT_CHECK, "false" if partition_by else None),
+          conflicts(path)):  # fmt: skip
         if not exists(spark, path):
             writer = df.write.format("delta")
             (writer.partitionBy(partition_by) if partition_by else writer).save(path)
@@ -147,7 +173,7 @@ def insert_new(df: DataFrame, path: str, key: str, run_id: str, stage: str) -> d
     since Delta only records that figure in a commit's metrics).
     """
     spark = df.sparkSession
-    with commit_info(spark, run_id, stage):
+    with commit_info(spark, run_id, stage), conflicts(path):
         if not exists(spark, path):
             df.write.format("delta").mode("errorifexists").save(path)
             commit = last_commit(spark, path)
