@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from jobs.cli import main
+from tests.html_report import decode, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,6 +99,12 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     for dataset in ("cancer", "digits"):
         assert (tmp_path / "demo" / "lake" / dataset / "predictions" / "_delta_log").is_dir()
         assert list((tmp_path / "demo" / "lake" / dataset / "reports").glob("*/train/model.pt"))
+        # The run report: CV per fold with mean ± std, learning curves and confusion matrix embedded.
+        (html,) = (tmp_path / "demo" / "lake" / dataset / "reports").glob("*/report.html")
+        page = parse(html)
+        assert "mean ± std" in page.text and "Training did not run in this run." not in page.text
+        for plot in ("CV metrics per fold", "learning curves", "confusion matrix (final model on the test rows)"):
+            assert [decode(src) for alt, src in page.images if alt == plot]
 
 
 @pytest.mark.spark

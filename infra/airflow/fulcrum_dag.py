@@ -1,0 +1,45 @@
+"""Airflow DAG: the Spark stages through spark-submit, then cross-validation as a Ray job, then the report.
+
+Copy to the DAGs folder; the workers need the project installed (the image from infra/Dockerfile) and
+these Variables: ``fulcrum_config`` (the pipeline YAML), ``fulcrum_gold`` (its gold table,
+``<lake_root>/<dataset>/gold``, on storage the Ray nodes reach), ``fulcrum_reports`` (a shared folder),
+``spark_master`` (spark://HOST:7077 or k8s://...), ``ray_address`` (http://HEAD:8265, the Ray Jobs API). Every task is a shell command a person
+can run by hand; every stage is idempotent, so Airflow's retries are safe. One run per dataset at a time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow import DAG
+from airflow.operators.bash import BashOperator
+
+CONFIG = "{{ var.value.fulcrum_config }}"
+RUN_ID = "airflow-{{ ts_nodash }}"
+
+# The Spark stages: the submit's options add the Delta jars (--packages) and the Delta session conf.
+SPARK_STAGES = (
+    "spark-submit --master {{ var.value.spark_master }} --deploy-mode client "
+    "$(python -m jobs.spark submit-args) run " + CONFIG + " --until oversample --run-id " + RUN_ID
+)
+# Training: `ray job submit` blocks, streams the job's logs and exits non-zero when the job fails.
+TRAIN = (
+    "ray job submit --address {{ var.value.ray_address }} --submission-id " + RUN_ID + "-train -- "
+    "python -m training --table {{ var.value.fulcrum_gold }} --out {{ var.value.fulcrum_reports }}/" + RUN_ID
+)
+REPORT = "fulcrum report " + CONFIG + " " + RUN_ID
+
+with DAG(
+    dag_id="fulcrum",
+    description="validate, curate and oversample on Spark; cross-validate on Ray",
+    schedule="0 2 * * *",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # two runs writing the same tables would conflict (the loser fails cleanly)
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
+    tags=["fulcrum"],
+) as dag:
+    spark_stages = BashOperator(task_id="spark_stages", bash_command=SPARK_STAGES)
+    train = BashOperator(task_id="train", bash_command=TRAIN)
+    report = BashOperator(task_id="report", bash_command=REPORT, trigger_rule="all_done")
+    spark_stages >> train >> report
