@@ -232,6 +232,13 @@ def train(config: ConfigArg, set_: SetOpt = None, version: Annotated[int | None,
     out.print(f"report: {report.details['report_dir']}/cv.json (plots beside it)")
 
 
+def print_stage(report: StageReport) -> None:
+    """A stage's own tables (expectations, curate steps and folds, class balance), where it has them."""
+    printer = {"validate": print_validation, "curate": print_curate, "oversample": print_balance}.get(report.stage)
+    if printer:
+        printer(report)
+
+
 @app.command("run")
 def run_(
     config: ConfigArg,
@@ -261,8 +268,7 @@ def run_(
     try:
         for report in iter_pipeline(spark, cfg, run_id, stages):
             reports.append(report)
-            {"validate": print_validation, "curate": print_curate, "oversample": print_balance}.get(
-                report.stage, lambda r: None)(report)  # fmt: skip
+            print_stage(report)
     finally:
         print_reports(f"{cfg.dataset} (run {run_id})", reports)
         try:
@@ -363,12 +369,7 @@ def demo(
         overrides["train.epochs"] = epochs
     for dataset, reports, html in run_demo(out_dir, seed, spark_master, overrides):
         for report in reports:
-            if report.stage == "validate":
-                print_validation(report)
-            if report.stage == "curate":
-                print_curate(report)
-            if report.stage == "oversample":
-                print_balance(report)
+            print_stage(report)
         print_reports(dataset, reports)
         out.print(f"report: {html}")
     out.print(f"lake: {out_dir.resolve() / 'lake'}")
