@@ -118,6 +118,18 @@ class CleanConfig(Strict):
     outliers: OutliersConfig = OutliersConfig()
     labels: LabelsConfig = LabelsConfig()
     pii: PiiConfig = PiiConfig()
+    label_issues: Literal["drop", "relabel", "report"] = Field(
+        default="report", description="rows in the label_issues table (`fulcrum audit`): quarantine them "
+        "(label_issue), give them the suggested label, or only report them")  # fmt: skip
+
+
+class AuditConfig(Strict):
+    """Confident learning over the out-of-fold predictions (Northcutt et al., JAIR 2021)."""
+
+    method: Literal["prune_by_noise_rate", "prune_by_class", "confident_joint"] = Field(
+        default="prune_by_noise_rate", description="which rows are flagged (see the README)")
+    ranking: Literal["normalized_margin", "self_confidence"] = Field(
+        default="normalized_margin", description="the score of a flagged row (lower: more likely wrong)")  # fmt: skip
 
 
 class NearDupConfig(Strict):
@@ -183,6 +195,8 @@ class TrainConfig(Strict):
     cache: bool = Field(default=True, description="keep a fold's arrays in Ray's object store across epochs")
     worker_cache_mb: int = Field(default=512, ge=0, description="a worker's shard kept in its memory after "
                                  "the first epoch when it fits (0: stream every epoch)")  # fmt: skip
+    tensorboard: bool = Field(default=True, description="write per-epoch metrics as TensorBoard event files "
+                              "under <reports>/<run_id>/train/tensorboard/")  # fmt: skip
 
     def flags(self) -> list[str]:
         """This section as ``python -m training`` flags."""
@@ -227,6 +241,7 @@ class PipelineConfig(Strict):
     split: SplitConfig = SplitConfig()
     oversample: OversampleConfig = OversampleConfig()
     train: TrainConfig = TrainConfig()
+    audit: AuditConfig = AuditConfig()
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
     base_dir: str = Field(default=".", exclude=True, description="set by the loader")

@@ -55,6 +55,7 @@ class Settings:
     worker_cache_mb: int = 512
     concurrency: int | None = None
     seed: int = 42
+    tensorboard: bool = True
     crash_at_epoch: int | None = None  # tests: one injected worker failure
 
 
@@ -79,7 +80,8 @@ def _fold_config(gold: Gold, s: Settings, fold: int, inputs: int, train_rows: in
     return {**asdict(s), "hidden": list(s.hidden), "fold": fold, "final": final, "epochs": epochs,
             "kind": gold.kind, "inputs": inputs, "classes": len(gold.classes), "channels": gold.image_channels,
             "size": gold.image_size, "train_rows": train_rows, "delta_version": gold.version,
-            "crash_marker": str(out / f"crashed-{fold}")}  # fmt: skip
+            "crash_marker": str(out / f"crashed-{fold}"),
+            "tensorboard_dir": str(out / "tensorboard" / ("final" if final else f"fold-{fold}")) if s.tensorboard else None}  # fmt: skip
 
 
 def run_fold(gold: Gold, s: Settings, fold: int, out: Path, *, final: bool = False, epochs: int | None = None,

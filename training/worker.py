@@ -6,7 +6,9 @@ to equalise workers): all workers see the same loss, so early stopping agrees wi
 communication, and rank 0 alone logs, checkpoints and keeps the predictions. Each
 checkpoint holds the state to resume (model, optimizer, scheduler, scaler, epoch, early
 stopping, config, Delta version) and the best epoch's weights and validation
-probabilities; a restarted worker group continues from the latest one.
+probabilities; a restarted worker group continues from the latest one. Rank 0 also writes
+every epoch's metrics as TensorBoard event files (``<out>/tensorboard/<fold>``), so a
+run can be watched with ``tensorboard --logdir <out>/tensorboard`` while it trains.
 """
 
 from __future__ import annotations
@@ -86,6 +88,22 @@ class ShardCache:
             yield (*out, [ids[j] for j in pick.tolist()]) if ids is not None else out
 
 
+def _scalars(metrics: dict) -> dict[str, float]:
+    """The per-epoch figures TensorBoard plots (losses and validation metrics; NaN ROC-AUC is left out)."""
+    return {k: float(v) for k, v in metrics.items()
+            if k not in ("epoch", "best_epoch", "resumed_from", "val_rows") and isinstance(v, (int, float))
+            and not isinstance(v, bool) and v == v}  # fmt: skip
+
+
+def tensorboard_writer(log_dir: str | None, start: int):
+    """Rank 0's event-file writer; ``purge_step`` drops the points a restarted run redoes."""
+    if not log_dir:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=log_dir, purge_step=start if start else None)
+
+
 def train_fold(config: dict) -> None:
     """The ``train_loop_per_worker`` of a fold's ``TorchTrainer``."""
     import ray.train
@@ -125,6 +143,7 @@ def train_fold(config: dict) -> None:
                             seed=config["seed"] + 1000 * rank)  # fmt: skip
     val_data = ShardCache(ray.train.get_dataset_shard("val"), 4 * config["batch_size"], limit, shuffle=False,
                           with_ids=True)  # fmt: skip
+    writer = tensorboard_writer(config.get("tensorboard_dir"), start) if rank == 0 else None
     for epoch in range(start, config["epochs"]):
         train_loss = loop.train_epoch(model, train_data.epoch(epoch, train_tf), optimizer, scheduler, device,
                                       scaler=scaler, transform=None, mix=mix)  # fmt: skip
@@ -140,6 +159,10 @@ def train_fold(config: dict) -> None:
                    **{f"val_{k}": v for k, v in ev.metrics.items()}, "best_epoch": stopper.best_epoch,
                    "resumed_from": resumed}  # fmt: skip
         history.append(metrics)
+        if writer is not None:
+            for key, value in _scalars(metrics).items():
+                writer.add_scalar(key, value, epoch)
+            writer.flush()  # readable while the fold runs, and complete if the worker dies next
         if rank == 0:
             if improved:
                 module = model.module if hasattr(model, "module") else model
@@ -160,3 +183,5 @@ def train_fold(config: dict) -> None:
             ray.train.report(metrics)
         if stopper.stop:
             break
+    if writer is not None:
+        writer.close()

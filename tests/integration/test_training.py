@@ -71,6 +71,14 @@ def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, cancer_gold, tmp
     assert result["resumed"]
     assert [h["epoch"] for h in result["history"]] == [0, 1, 2]  # epoch 0 from the first worker, not redone
     assert [h["resumed_from"] for h in result["history"]] == [None, 1, 1]
+    # TensorBoard: rank 0's event files hold every epoch once, across the restart (the redone epoch purged).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "fold-0")).Reload()
+    assert {"train_loss", "val_loss", "val_accuracy", "val_macro_f1"} <= set(events.Tags()["scalars"])
+    losses = events.Scalars("train_loss")
+    assert [e.step for e in losses] == [0, 1, 2]
+    assert [round(e.value, 4) for e in losses] == [round(h["train_loss"], 4) for h in result["history"]]
 
 
 def test_concurrency_is_planned_before_starting():
