@@ -23,6 +23,7 @@ from jobs.stage import StageReport, StageResult
 STAGE = "clean"
 ORIGINAL = "__original"
 REASONS = "__reasons"
+RELABELLED = "__relabelled"
 QUANTILE_ACCURACY = 10_000  # percentile_approx: rank error at most 1/10,000 of the rows
 
 
@@ -56,6 +57,23 @@ def normalise_labels(df: DataFrame, cfg: PipelineConfig) -> tuple[DataFrame, dic
     else:
         df = _add_reason(df, "label_missing", F.col(label).isNull() | (F.col(label) == ""))
     return df, {"synonyms": synonyms, "classes": labels.classes}
+
+
+def apply_label_issues(df: DataFrame, cfg: PipelineConfig, issues: DataFrame | None) -> DataFrame:
+    """``clean.label_issues``: quarantine the audited rows (``label_issue``) or give them the suggested
+    label, where a row's label is still the one it was flagged with (a source fix wins)."""
+    label, policy = cfg.columns.label, cfg.clean.label_issues
+    df = df.withColumn(RELABELLED, F.lit(False))
+    if issues is None or policy == "report":
+        return df
+    flagged = issues.select("sample_id", F.col("given_class").alias("_given"), F.col("suggested_class").alias("_to"))
+    df = df.join(flagged, "sample_id", "left")
+    hit = F.coalesce(F.col("_given").isNotNull() & (F.col(label) == F.col("_given")), F.lit(False))
+    if policy == "drop":
+        df = _add_reason(df, "label_issue", hit)
+    else:
+        df = df.withColumn(RELABELLED, hit).withColumn(label, F.when(hit, F.col("_to")).otherwise(F.col(label)))
+    return df.drop("_given", "_to")
 
 
 def coerce(df: DataFrame, numeric: list[str]) -> DataFrame:
@@ -176,7 +194,8 @@ def impute_values(df: DataFrame, cfg: PipelineConfig, numeric: list[str], catego
     return {"policy": policy, "values": values}
 
 
-def clean(df: DataFrame, cfg: PipelineConfig) -> StageResult:
+def clean(df: DataFrame, cfg: PipelineConfig, label_issues: DataFrame | None = None) -> StageResult:
+    """Clean ``df``; ``label_issues`` (the audit's table) is applied as ``clean.label_issues`` says."""
     start = time.perf_counter()
     features = cfg.columns.features
     numeric = [f.name for f in features if f.kind == "numeric"]
@@ -184,6 +203,7 @@ def clean(df: DataFrame, cfg: PipelineConfig) -> StageResult:
     df = df.withColumn(ORIGINAL, F.struct(*[F.col(f"`{c}`") for c in df.columns]))
     df = df.withColumn(REASONS, F.array().cast("array<string>"))
     df, label_info = normalise_labels(df, cfg)
+    df = apply_label_issues(df, cfg, label_issues)
     df = coerce(df, numeric)
     df = protect_pii(df, cfg)
     ok = df.where(F.size(REASONS) == 0)
@@ -217,9 +237,11 @@ def clean(df: DataFrame, cfg: PipelineConfig) -> StageResult:
 
     rejected = df.where(F.size(REASONS) > 0).select(f"{ORIGINAL}.*", F.col(REASONS).alias("reasons"))
     rejected = rejected.withColumn("reason", F.get("reasons", 0))
-    kept = df.where(F.size(REASONS) == 0).drop(ORIGINAL, REASONS)
+    kept = df.where(F.size(REASONS) == 0).drop(ORIGINAL, REASONS, RELABELLED)
     counts = df.select(F.explode(REASONS).alias("r")).groupBy("r").count().collect()
-    totals = df.agg(F.count(F.lit(1)).alias("n"), F.count_if(F.size(REASONS) > 0).alias("bad")).first()
+    totals = df.agg(F.count(F.lit(1)).alias("n"), F.count_if(F.size(REASONS) > 0).alias("bad"),
+                    F.count_if(F.col(RELABELLED) & (F.size(REASONS) == 0)).alias("relabelled")).first()  # fmt: skip
+    label_info["label_issues"] = {"policy": cfg.clean.label_issues, "relabelled": totals["relabelled"]}
     folded = df.where(F.col(f"{ORIGINAL}.`{cfg.columns.label}`").cast("string") != F.col(cfg.columns.label))
     spellings = folded.groupBy(
         F.col(f"{ORIGINAL}.`{cfg.columns.label}`").alias("was"), F.col(cfg.columns.label).alias("now")

@@ -57,13 +57,14 @@ def _validated(spark: SparkSession, lake: io.Lake, bronze_version: int) -> bool:
 
 
 def curate(rows: DataFrame, cfg: PipelineConfig, held: list[DataFrame] | None = None,
-           ) -> tuple[DataFrame, DataFrame, list[StageReport]]:  # fmt: skip
-    """(silver rows, rejected sample ids with reasons and stage, reports) for validated ``rows``.
+           label_issues: DataFrame | None = None) -> tuple[DataFrame, DataFrame, list[StageReport]]:  # fmt: skip
+    """(silver rows, rejected sample ids with reasons and stage, reports) for validated ``rows``
+    (``label_issues``: the audit's table, applied by clean as ``clean.label_issues`` says).
 
     Intermediate results read twice are persisted and appended to ``held``: the caller
     unpersists them once the outputs are written."""
     held = held if held is not None else []
-    cleaned = clean.clean(rows, cfg)
+    cleaned = clean.clean(rows, cfg, label_issues)
     kept = cleaned.kept.persist(StorageLevel.MEMORY_AND_DISK)
     held.append(kept)
     found = dedup.find(kept, cfg)
@@ -90,8 +91,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
             rows = probe_images(rows, cfg.images.path_column, cfg.resolve(cfg.images.root))
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         held = [rows]
+        issues = _label_issues(spark, cfg, lake, record)
         try:
-            silver, rejected, reports = curate(rows, cfg, held)
+            silver, rejected, reports = curate(rows, cfg, held, issues)
             silver = silver.persist(StorageLevel.MEMORY_AND_DISK)
             held.append(silver)
             _require_classes(silver, cfg)
@@ -121,6 +123,19 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     log.info("curate %s: %d rows in, %d to silver (v%d), quarantined %s in %.1fs", cfg.dataset, report.rows_in,
              report.rows_out, s_version, report.dropped or "nothing", report.seconds)  # fmt: skip
     return report
+
+
+def _label_issues(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake, record: runs.StageRun) -> DataFrame | None:
+    """The audit's label_issues table (an input of this run) when ``clean.label_issues`` acts on it."""
+    path = lake.path("label_issues")
+    if cfg.clean.label_issues == "report" or not io.exists(spark, path):
+        if cfg.clean.label_issues != "report":
+            log.warning("%s: clean.label_issues is %s but no audit has run yet (`fulcrum audit CONFIG`)",
+                        cfg.dataset, cfg.clean.label_issues)  # fmt: skip
+        return None
+    version = io.version(spark, path)
+    record.inputs.append(("label_issues", path, version))
+    return io.read(spark, path, version)
 
 
 def _require_classes(silver: DataFrame, cfg: PipelineConfig) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from jobs import curate, ingest, oversample, samples, train, validate
+from jobs import audit, curate, ingest, oversample, samples, train, validate
 from jobs.config import PipelineConfig, load_config
 from jobs.errors import ConfigError
 from jobs.runs import new_run_id
@@ -23,6 +23,7 @@ STAGES: dict[str, Callable[[SparkSession, PipelineConfig, str], StageReport]] = 
     "curate": curate.run,
     "oversample": oversample.run,
     "train": train.run,
+    "audit": audit.run,
 }
 
 

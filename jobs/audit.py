@@ -1,0 +1,289 @@
+"""Label audit: confident learning over the out-of-fold predictions, as Spark aggregations.
+
+Confident learning (Northcutt, Jiang & Chuang, "Confident Learning: Estimating
+Uncertainty in Dataset Labels", JAIR 70, 2021) finds likely label errors from
+out-of-sample predicted probabilities p̂ and the given labels alone:
+
+1. per-class thresholds ``t_j``: the mean of p̂_j over the rows labelled j;
+2. the confident joint ``C[i][j]``: rows labelled i whose confident class is j, the class
+   with the largest p̂_l among those with p̂_l ≥ t_l (a row with none is not counted);
+3. the calibrated joint ``Q``: each row of C rescaled to the number of rows labelled i,
+   then normalised to sum to 1, so Q[i][j] estimates P(given = i, true = j);
+4. the noise matrix P(given = i | true = j) = Q[i][j] / Σ_i Q[i][j];
+5. the rows flagged: ``prune_by_noise_rate`` (for each off-diagonal (i, j), the
+   round(n·Q[i][j]) rows labelled i with the largest margin p̂_j − p̂_i), ``prune_by_class``
+   (for each class i, the round(n·Σ_{j≠i} Q[i][j]) rows labelled i with the lowest p̂_i)
+   or ``confident_joint`` (the off-diagonal rows of C); at least one row of every class
+   is left unflagged;
+6. each flagged row scored by its self-confidence p̂_given or its normalised margin
+   p̂_given − max_{j≠given} p̂_j (lower: more likely wrong), with the suggested label
+   argmax_{j≠given} p̂_j.
+
+The per-row work (thresholds, argmax, margins, top-n per cell) runs on the executors;
+only K thresholds and the K×K confident joint reach the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from jobs import io, runs
+from jobs.config import AuditConfig, PipelineConfig
+from jobs.errors import ConfigError, DataFailedError
+from jobs.stage import StageReport, StageResult
+
+log = logging.getLogger(__name__)
+
+STAGE = "audit"
+TOLERANCE = 1e-6  # p̂ ≥ t − 1e-6 counts as above the threshold, so a mean equal to every value still counts
+
+
+@dataclass
+class Estimate:
+    """What confident learning estimates about a dataset's labels (lists, so it serialises as JSON)."""
+
+    classes: list[str]
+    counts: list[int]  # rows per given label
+    thresholds: list[float]
+    confident_joint: list[list[int]]
+    joint: list[list[float]]  # calibrated, sums to 1: P(given = i, true = j)
+    noise_matrix: list[list[float]]  # P(given = i | true = j), columns sum to 1
+    noise_rate: list[float]  # P(true != i | given = i), per given class
+    prune_counts: list[list[int]]  # rows to flag per (given i, suggested j) for prune_by_noise_rate
+
+
+def calibrate(confident: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The calibrated joint: each row of C scaled to that class's row count, the whole normalised to 1."""
+    totals = confident.sum(axis=1, keepdims=True)
+    scaled = np.divide(confident * counts[:, None], totals, out=np.zeros(confident.shape), where=totals > 0)
+    return scaled / scaled.sum() if scaled.sum() > 0 else scaled
+
+
+def noise_matrix(joint: np.ndarray) -> np.ndarray:
+    """P(given = i | true = j): the joint's columns normalised."""
+    col = joint.sum(axis=0, keepdims=True)
+    return np.divide(joint, col, out=np.zeros(joint.shape), where=col > 0)
+
+
+def prune_counts(joint: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """round(n·Q[i][j]) off the diagonal, cut so that every class keeps at least one row."""
+    n = counts.sum()
+    cells = np.rint(joint * n).astype(int)
+    np.fill_diagonal(cells, 0)
+    for i, total in enumerate(cells.sum(axis=1)):
+        room = max(int(counts[i]) - 1, 0)
+        if total > room:  # scale down, largest cells first, to keep one row of the class
+            cells[i] = np.floor(cells[i] * room / total).astype(int)
+    return cells
+
+
+def estimate(classes: list[str], counts: np.ndarray, thresholds: np.ndarray, confident: np.ndarray) -> Estimate:
+    joint = calibrate(confident, counts)
+    given = joint.sum(axis=1)
+    rate = np.divide(given - np.diag(joint), given, out=np.zeros(len(given)), where=given > 0)
+    return Estimate(classes=list(classes), counts=counts.astype(int).tolist(), thresholds=thresholds.tolist(),
+                    confident_joint=confident.astype(int).tolist(), joint=joint.tolist(),
+                    noise_matrix=noise_matrix(joint).tolist(), noise_rate=rate.tolist(),
+                    prune_counts=prune_counts(joint, counts).tolist())  # fmt: skip
+
+
+def _p(label: Column) -> Column:
+    """p̂ of the class index ``label`` (0-based) from the ``probabilities`` array."""
+    return F.element_at("probabilities", label + 1)
+
+
+def with_scores(preds: DataFrame) -> DataFrame:
+    """Adds self_confidence, normalized_margin and the suggested label (argmax of the other classes)."""
+    others = F.transform("probabilities", lambda p, i: F.when(i == F.col("label"), F.lit(-1.0)).otherwise(p))
+    best_other = F.array_max(others)
+    return (preds.withColumn("self_confidence", _p(F.col("label")))
+            .withColumn("normalized_margin", F.col("self_confidence") - best_other)
+            .withColumn("suggested_label", (F.array_position(others, best_other) - 1).cast("int")))  # fmt: skip
+
+
+def confident_labels(scored: DataFrame, thresholds: list[float]) -> DataFrame:
+    """Adds ``confident_label``: the largest p̂_j among the classes at or above their threshold (else null)."""
+    t = F.array(*[F.lit(float(x) - TOLERANCE) for x in thresholds])
+    above = F.transform("probabilities", lambda p, i: F.when(p >= F.element_at(t, i + 1), p).otherwise(F.lit(-1.0)))
+    best = F.array_max(above)
+    return scored.withColumn("confident_label", F.when(best >= 0, (F.array_position(above, best) - 1).cast("int")))
+
+
+def thresholds_and_counts(scored: DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class mean self-confidence and row count, in one aggregation."""
+    rows = scored.groupBy("label").agg(F.avg("self_confidence").alias("t"), F.count(F.lit(1)).alias("n")).collect()
+    thresholds, counts = np.full(k, np.inf), np.zeros(k, dtype=int)  # a class with no row is never confident
+    for r in rows:
+        thresholds[r["label"]], counts[r["label"]] = r["t"], r["n"]
+    return thresholds, counts
+
+
+def count_joint(labelled: DataFrame, k: int) -> np.ndarray:
+    confident = np.zeros((k, k), dtype=int)
+    for r in labelled.where(F.col("confident_label").isNotNull()).groupBy("label", "confident_label").count().collect():
+        confident[r["label"], r["confident_label"]] = r["count"]
+    return confident
+
+
+def _top(df: DataFrame, keys: list[str], order: Column, limit: Column) -> DataFrame:
+    """The first ``limit`` rows of each ``keys`` group by ``order`` (ties by sample_id)."""
+    rank = F.row_number().over(Window.partitionBy(*keys).orderBy(order, F.col("sample_id")))
+    return df.withColumn("_rank", rank).where(F.col("_rank") <= limit).drop("_rank")
+
+
+def flag(labelled: DataFrame, est: Estimate, method: str) -> DataFrame:
+    """The sample ids flagged by ``method`` (see the module docstring)."""
+    k = len(est.classes)
+    cells = np.asarray(est.prune_counts)
+    if method == "confident_joint":
+        return labelled.where(F.col("confident_label").isNotNull() & (F.col("confident_label") != F.col("label")))
+    if method == "prune_by_class":
+        per_class = F.array(*[F.lit(int(x)) for x in cells.sum(axis=1)])
+        return _top(labelled, ["label"], F.col("self_confidence").asc(), F.element_at(per_class, F.col("label") + 1))
+    flat = F.array(*[F.lit(int(x)) for x in cells.reshape(-1)])  # prune_by_noise_rate
+    cell = F.col("label") * k + F.col("_class")
+    pairs = (labelled.select("sample_id", "label", "probabilities", F.posexplode("probabilities").alias("_class", "_p"))
+             .where((F.col("_class") != F.col("label")) & (F.element_at(flat, cell + 1) > 0))
+             .withColumn("_margin", F.col("_p") - _p(F.col("label"))))  # fmt: skip
+    chosen = _top(pairs, ["label", "_class"], F.col("_margin").desc(), F.element_at(flat, cell + 1))
+    return labelled.join(chosen.select("sample_id").distinct(), "sample_id", "left_semi")
+
+
+def audit(preds: DataFrame, classes: list[str], cfg: AuditConfig) -> StageResult:
+    """Out-of-fold predictions (sample_id, fold, label, probabilities) → the flagged rows and the estimate."""
+    start = time.perf_counter()
+    k = len(classes)
+    scored = with_scores(preds)
+    thresholds, counts = thresholds_and_counts(scored, k)
+    if (counts > 0).sum() < 2:
+        raise DataFailedError(f"the predictions hold {int(counts.sum())} rows of {(counts > 0).sum()} class(es); "
+                              "confident learning needs at least two classes",
+                              fix="train on a gold table with two or more classes (`fulcrum train CONFIG`)")  # fmt: skip
+    labelled = confident_labels(scored, thresholds.tolist())
+    est = estimate(classes, counts, thresholds, count_joint(labelled, k))
+    names = F.array(*[F.lit(c) for c in classes])
+    issues = flag(labelled, est, cfg.method).select(
+        "sample_id", "fold", "label", F.element_at(names, F.col("label") + 1).alias("given_class"),
+        "suggested_label", F.element_at(names, F.col("suggested_label") + 1).alias("suggested_class"),
+        "self_confidence", "normalized_margin", F.col(cfg.ranking).alias("score"),
+    ).withColumnRenamed("label", "given_label")  # fmt: skip
+    report = StageReport(stage=STAGE, rows_in=int(counts.sum()))
+    report.details.update({"method": cfg.method, "ranking": cfg.ranking, "estimate": asdict(est)})
+    report.seconds = time.perf_counter() - start
+    return StageResult(kept=issues, rejected=None, report=report)
+
+
+def merge_issues(previous: DataFrame | None, current: DataFrame, scored: DataFrame) -> DataFrame:
+    """The label_issues table after this audit (``scored``: sample_id and label of every row scored now).
+
+    A row flagged now takes this audit's verdict; ``given_*`` stays the label it had when first
+    flagged (the label its source still has), and a verdict that now suggests that same label is
+    withdrawn. An earlier verdict stays when the row was not scored now (dropped because of it) or
+    was scored under another label (relabelled because of it), so a drop or a relabel does not
+    undo itself on the next run; it is withdrawn when the row was scored under its original label
+    and not flagged.
+    """
+    if previous is None:
+        return current
+    first = previous.select("sample_id", F.col("given_label").alias("_gl"), F.col("given_class").alias("_gc"))
+    updated = (current.join(first, "sample_id", "left")
+               .withColumn("given_label", F.coalesce("_gl", "given_label"))
+               .withColumn("given_class", F.coalesce("_gc", "given_class")).drop("_gl", "_gc")
+               .where(F.col("given_label") != F.col("suggested_label")))  # fmt: skip
+    cleared = (previous.join(scored.select("sample_id", F.col("label").alias("_scored")), "sample_id")
+               .where(F.col("_scored") == F.col("given_label")).select("sample_id"))  # fmt: skip
+    kept = previous.join(current.select("sample_id"), "sample_id", "left_anti").join(cleared, "sample_id", "left_anti")
+    return updated.unionByName(kept.select(*updated.columns))
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = False) -> StageReport:
+    """Job: the latest out-of-fold predictions → label_issues (one overwrite commit), audit.json, audit.png.
+
+    ``reset`` starts the table afresh instead of keeping earlier verdicts (see ``merge_issues``)."""
+    lake = io.Lake(cfg.lake_dir)
+    with runs.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
+        start = time.perf_counter()
+        path, target = lake.path("predictions"), lake.path("label_issues")
+        version = io.version(spark, path)
+        if version is None:
+            raise ConfigError(f"{cfg.dataset}: no out-of-fold predictions at {path}",
+                              fix="run `fulcrum train CONFIG` first (it writes them)")  # fmt: skip
+        record.inputs.append(("predictions", path, version))
+        classes = json.loads(io.properties(spark, lake.path("gold")).get("fulcrum.classes", "[]"))
+        preds = io.read(spark, path, version).select("sample_id", "fold", "label", "probabilities").persist()
+        try:
+            width = preds.select(F.max(F.size("probabilities"))).first()[0]
+            if width != len(classes):
+                raise ConfigError(f"{cfg.dataset}: the predictions have {width} probabilities per row but gold has "
+                                  f"{len(classes)} classes", fix="re-run `fulcrum train CONFIG` on the current gold")  # fmt: skip
+            result = audit(preds, classes, cfg.audit)
+            previous = None if reset or not io.exists(spark, target) else io.read(spark, target)
+            issues = merge_issues(previous, result.kept.withColumn("audit_run_id", F.lit(run_id)), preds)
+            issues = issues.localCheckpoint()  # read the old table before the overwrite replaces it
+            props = {"fulcrum.run_id": run_id, "fulcrum.classes": json.dumps(classes),
+                     "fulcrum.predictions_version": version, "fulcrum.method": cfg.audit.method}  # fmt: skip
+            out_version = io.overwrite(issues, target, run_id, STAGE, props)
+        finally:
+            preds.unpersist()
+        report = result.report
+        report.details.update(_summarise(issues, run_id))
+        report.details["label_issues_version"] = out_version
+        report.rows_out = report.details["flagged"]
+        report.seconds = time.perf_counter() - start
+        record.outputs.append(("label_issues", target, out_version))
+        record.counts.update(report.counts())
+        _save(report, Path(cfg.reports_dir) / run_id)
+    log.info("audit %s: %d rows scored, %d flagged now, %d in label_issues (v%d) in %.1fs", cfg.dataset,
+             report.rows_in, report.rows_out, report.details["label_issues_rows"], out_version, report.seconds)  # fmt: skip
+    return report
+
+
+def _summarise(issues: DataFrame, run_id: str) -> dict:
+    """Counts (one aggregation) and the 20 lowest-scored rows of the written table."""
+    totals = issues.agg(F.count(F.lit(1)).alias("rows"),
+                        F.count_if(F.col("audit_run_id") == run_id).alias("flagged")).first()  # fmt: skip
+    pairs = issues.groupBy("given_class", "suggested_class").count().collect()
+    top = issues.orderBy("score", "sample_id").limit(20).collect()
+    return {"flagged": int(totals["flagged"]), "label_issues_rows": int(totals["rows"]),
+            "pairs": {f"{r['given_class']} -> {r['suggested_class']}": r["count"] for r in pairs},
+            "top": [{k: r[k] for k in ("sample_id", "fold", "given_class", "suggested_class", "score")} for r in top]}  # fmt: skip
+
+
+def _save(report: StageReport, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "audit.json").write_text(json.dumps({"rows_in": report.rows_in, **report.details}, indent=2,
+                                                  default=str))  # fmt: skip
+    plot_estimate(report.details["estimate"], folder / "audit.png")
+
+
+def plot_estimate(est: dict, path: Path) -> None:
+    """The confident joint (counts) beside the estimated noise matrix P(given | true)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(est["classes"])
+    fig, axes = plt.subplots(1, 2, figsize=(2.4 + 1.1 * k, 0.6 + 0.55 * k), squeeze=False)
+    for ax, key, title, fmt in ((axes[0][0], "confident_joint", "confident joint C (rows)", "d"),
+                                (axes[0][1], "noise_matrix", "noise matrix P(given | true)", ".2f")):  # fmt: skip
+        m = np.asarray(est[key])
+        ax.imshow(m if key == "noise_matrix" else np.log1p(m), cmap="Blues")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7 if k > 5 else 9)
+        ax.set_xticks(range(k), est["classes"], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), est["classes"], fontsize=8)
+        ax.set_xlabel("true (confident) class")
+        ax.set_ylabel("given label")
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

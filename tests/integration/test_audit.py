@@ -1,0 +1,152 @@
+"""Label audit on real Spark/Delta: confident learning on literal predictions computed by hand, and on the
+cancer sample trained on real Ray, against its injected label flips; clean.label_issues drop/relabel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import audit, io
+from jobs.config import AuditConfig
+
+pytestmark = pytest.mark.spark
+
+TWO = [  # (sample_id, label, p0): r4 and r8 look mislabelled
+    ("r1", 0, 0.9), ("r2", 0, 0.8), ("r3", 0, 0.7), ("r4", 0, 0.2),
+    ("r5", 1, 0.1), ("r6", 1, 0.3), ("r7", 1, 0.4), ("r8", 1, 0.95),
+]  # fmt: skip
+THREE = [  # a3 looks like c, b3 like a; c2 and c3 clear no threshold (t = 0.533, 0.6, 0.733)
+    ("a1", 0, [0.8, 0.1, 0.1]), ("a2", 0, [0.7, 0.2, 0.1]), ("a3", 0, [0.1, 0.1, 0.8]),
+    ("b1", 1, [0.1, 0.8, 0.1]), ("b2", 1, [0.2, 0.7, 0.1]), ("b3", 1, [0.6, 0.3, 0.1]),
+    ("c1", 2, [0.1, 0.1, 0.8]), ("c2", 2, [0.1, 0.2, 0.7]), ("c3", 2, [0.2, 0.1, 0.7]),
+]  # fmt: skip
+METHODS = ("prune_by_noise_rate", "prune_by_class", "confident_joint")
+
+
+def _preds(spark, rows):
+    return spark.createDataFrame([(s, 0, y, p) for s, y, p in rows],
+                                 "sample_id string, fold int, label int, probabilities array<double>")  # fmt: skip
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_classes_by_hand(spark, method):
+    result = audit.audit(_preds(spark, [(s, y, [p, 1 - p]) for s, y, p in TWO]), ["a", "b"], AuditConfig(method=method))
+    est = result.report.details["estimate"]
+    assert est["thresholds"] == pytest.approx([0.65, 0.5625])  # (.9+.8+.7+.2)/4, (.9+.7+.6+.05)/4
+    assert est["confident_joint"] == [[3, 1], [1, 3]]
+    assert np.asarray(est["noise_matrix"]) == pytest.approx(np.array([[0.75, 0.25], [0.25, 0.75]]))
+    assert est["prune_counts"] == [[0, 1], [1, 0]]
+    rows = {r["sample_id"]: r for r in result.kept.collect()}
+    assert sorted(rows) == ["r4", "r8"]
+    assert (rows["r4"]["suggested_class"], rows["r8"]["suggested_class"]) == ("b", "a")
+    assert rows["r4"]["score"] == pytest.approx(-0.6) and rows["r8"]["score"] == pytest.approx(-0.9)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_three_classes_by_hand(spark, method):
+    result = audit.audit(_preds(spark, THREE), ["a", "b", "c"], AuditConfig(method=method, ranking="self_confidence"))
+    est = result.report.details["estimate"]
+    assert est["thresholds"] == pytest.approx([1.6 / 3, 0.6, 2.2 / 3])
+    assert est["confident_joint"] == [[2, 0, 1], [1, 2, 0], [0, 0, 1]]  # c2, c3: no class above threshold
+    assert est["prune_counts"] == [[0, 0, 1], [1, 0, 0], [0, 0, 0]]  # row c calibrated to 3 rows
+    rows = {r["sample_id"]: (r["given_class"], r["suggested_class"], round(r["score"], 6)) for r in result.kept.collect()}
+    assert rows == {"a3": ("a", "c", 0.1), "b3": ("b", "a", 0.3)}
+
+
+def test_predictions_of_one_class_are_refused(spark):
+    from jobs.errors import DataFailedError
+
+    with pytest.raises(DataFailedError, match="at least two classes"):
+        audit.audit(_preds(spark, [("x", 0, [0.9, 0.1]), ("y", 0, [0.8, 0.2])]), ["a", "b"], AuditConfig())
+
+
+@pytest.fixture(scope="module")
+def audited(spark, ray_local, curated, cancer_gold, tmp_path_factory):
+    """The 2-fold cancer gold cross-validated on Ray (real OOF predictions), then audited once."""
+    from training.cv import Settings, cross_validate
+    from training.gold import Gold
+
+    root = tmp_path_factory.mktemp("audit-lake")
+    shutil.copytree(Path(cancer_gold).parent, root / "cancer")
+    cfg = curated["cancer"].model_copy(update={"lake_root": str(root),
+                                               "split": curated["cancer"].split.model_copy(update={"folds": 2})})  # fmt: skip
+    settings = Settings(epochs=12, batch_size=32, hidden=(64, 32), patience=4, warmup_steps=5, tensorboard=False)
+    cross_validate(Gold.open(io.Lake(cfg.lake_dir).path("gold")), settings, root / "cv")
+    report = audit.run(spark, cfg, "a-1")
+    return cfg, report
+
+
+def _injected_flips(spark, cfg) -> tuple[set[str], set[str]]:
+    """Sample ids of the injected label flips, and of every row the predictions scored."""
+    log = [json.loads(line) for line in (Path(cfg.base_dir) / "injections.jsonl").read_text().splitlines()]
+    flipped = {e["record_id"] for e in log if e["kind"] == "label_flip"}
+    lake = io.Lake(cfg.lake_dir)
+    ids = io.read(spark, lake.path("bronze")).select("sample_id", "record_id")
+    scored = {r[0] for r in io.read(spark, lake.path("predictions")).select("sample_id").collect()}
+    return {r["sample_id"] for r in ids.collect() if r["record_id"] in flipped} & scored, scored
+
+
+def test_the_audit_finds_most_injected_flips_on_the_sample(spark, audited):
+    cfg, report = audited
+    flips, scored = _injected_flips(spark, cfg)
+    issues = io.read(spark, io.Lake(cfg.lake_dir).path("label_issues"))
+    flagged = {r["sample_id"] for r in issues.collect()}
+    assert len(flips) >= 8 and flagged <= scored
+    hits = len(flagged & flips)
+    assert hits / max(len(flagged), 1) > 0.5, (hits, len(flagged), len(flips))  # precision
+    assert hits / len(flips) > 0.5, (hits, len(flagged), len(flips))  # recall: a majority of the flips
+    assert report.rows_out == len(flagged) and report.details["label_issues_rows"] == len(flagged)
+    folder = Path(cfg.reports_dir) / "a-1"
+    assert (folder / "audit.png").stat().st_size > 0 and json.loads((folder / "audit.json").read_text())["flagged"]
+
+
+def test_a_re_audit_is_idempotent_and_keeps_verdicts_of_rows_it_no_longer_scores(spark, audited):
+    cfg, _ = audited
+    path = io.Lake(cfg.lake_dir).path("label_issues")
+    before = {r["sample_id"]: r["suggested_class"] for r in io.read(spark, path).collect()}
+    audit.run(spark, cfg, "a-2")
+    after = {r["sample_id"]: r["suggested_class"] for r in io.read(spark, path).collect()}
+    assert after == before
+    # A flagged row that the next training no longer scores (it was dropped) keeps its verdict.
+    preds = io.Lake(cfg.lake_dir).path("predictions")
+    gone = sorted(before)[0]
+    kept_preds = io.read(spark, preds).where(F.col("sample_id") != gone)
+    io.overwrite(kept_preds.localCheckpoint(), preds, "t-1", "test")
+    audit.run(spark, cfg, "a-3")
+    assert gone in {r["sample_id"] for r in io.read(spark, path).collect()}
+    audit.run(spark, cfg, "a-4", reset=True)
+    assert gone not in {r["sample_id"] for r in io.read(spark, path).collect()}
+
+
+@pytest.mark.parametrize("policy", ["drop", "relabel"])
+def test_curate_drops_or_relabels_the_audited_rows(spark, audited, lake_copy, policy):
+    from jobs import curate
+
+    cfg, _ = audited
+    cfg = lake_copy(cfg)
+    cfg = cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"label_issues": policy})})
+    lake = io.Lake(cfg.lake_dir)
+    issues = {r["sample_id"]: r for r in io.read(spark, lake.path("label_issues")).collect()}
+    assert issues
+    report = curate.run(spark, cfg, f"c-{policy}")
+    silver = {r["sample_id"]: r[cfg.columns.label] for r in io.read(spark, lake.path("silver")).collect()}
+    clean_report = report.details["stages"]["clean"]
+    if policy == "drop":
+        quarantined = io.read(spark, lake.path("quarantine")).where("stage = 'clean' AND reason = 'label_issue'")
+        assert {r["sample_id"] for r in quarantined.collect()} == set(issues)
+        assert not set(issues) & set(silver) and report.dropped["label_issue"] == len(issues)
+    else:
+        assert all(silver[s] == r["suggested_class"] for s, r in issues.items() if s in silver)
+        assert clean_report["labels"]["label_issues"]["relabelled"] == len(issues)
+    assert any(i["name"] == "label_issues" for i in _inputs(spark, lake, f"c-{policy}"))
+
+
+def _inputs(spark, lake, run_id):
+    from jobs.runs import history
+
+    return history(spark, lake, run_id).first()["inputs"]

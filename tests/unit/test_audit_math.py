@@ -1,0 +1,32 @@
+"""Confident learning's driver-side maths on small matrices computed by hand."""
+
+import numpy as np
+import pytest
+
+from jobs.audit import calibrate, estimate, noise_matrix, prune_counts
+
+
+def test_calibration_scales_each_row_to_its_class_count_then_normalises():
+    confident = np.array([[6, 2], [1, 1]])  # row sums 8 and 2; 10 and 5 rows are labelled 0 and 1
+    joint = calibrate(confident, np.array([10, 5]))
+    # [[6*10/8, 2*10/8], [1*5/2, 1*5/2]] = [[7.5, 2.5], [2.5, 2.5]], over 15
+    assert joint == pytest.approx(np.array([[0.5, 1 / 6], [1 / 6, 1 / 6]]))
+    assert noise_matrix(joint) == pytest.approx(np.array([[0.75, 0.5], [0.25, 0.5]]))  # columns sum to 1
+
+
+def test_estimate_noise_rates_and_prune_counts():
+    est = estimate(["a", "b"], np.array([10, 5]), np.array([0.7, 0.6]), np.array([[6, 2], [1, 1]]))
+    assert est.noise_rate == pytest.approx([0.25, 0.5])  # 1 - Q[i][i] / sum_j Q[i][j]
+    assert est.prune_counts == [[0, 2], [2, 0]]  # rint(15 * 1/6) = rint(2.5) = 2 off the diagonal
+
+
+def test_prune_counts_leave_one_row_of_every_class():
+    joint = calibrate(np.array([[0, 5], [0, 5]]), np.array([2, 8]))  # every row labelled 0 looks like a 1
+    assert joint == pytest.approx(np.array([[0, 0.2], [0, 0.8]]))
+    assert prune_counts(joint, np.array([2, 8])).tolist() == [[0, 1], [0, 0]]  # 2 wanted, 1 allowed
+
+
+def test_a_class_without_confident_rows_calibrates_to_zero():
+    joint = calibrate(np.array([[3, 0], [0, 0]]), np.array([3, 2]))
+    assert joint == pytest.approx(np.array([[1.0, 0], [0, 0]]))
+    assert noise_matrix(joint)[:, 1].tolist() == [0, 0]
