@@ -232,9 +232,59 @@ def train(config: ConfigArg, set_: SetOpt = None, version: Annotated[int | None,
     out.print(f"report: {report.details['report_dir']}/cv.json (plots beside it)")
 
 
+def print_audit(report: StageReport) -> None:
+    """Per class: rows, threshold, estimated noise rate, rows flagged; then the lowest-scored rows."""
+    est = report.details["estimate"]
+    flagged: dict[str, int] = {}
+    for pair, n in report.details["pairs"].items():
+        flagged[pair.split(" -> ")[0]] = flagged.get(pair.split(" -> ")[0], 0) + n
+    table = Table(title=f"label audit ({report.details['method']}): confident learning over out-of-fold "
+                  "predictions", title_justify="left")  # fmt: skip
+    for col in ("given label", "rows", "threshold", "est. noise rate", "in label_issues"):
+        table.add_column(col, justify="left" if col == "given label" else "right", no_wrap=True)
+    for i, cls in enumerate(est["classes"]):
+        table.add_row(cls, f"{est['counts'][i]:,}", f"{est['thresholds'][i]:.3f}", f"{est['noise_rate'][i]:.1%}",
+                      f"{flagged.get(cls, 0):,}")  # fmt: skip
+    out.print(table)
+    top = report.details["top"]
+    if top:
+        table = Table(title=f"most likely label errors (lowest {report.details['ranking']})", title_justify="left")
+        for col in ("sample_id", "fold", "given", "suggested", "score"):
+            table.add_column(col, justify="right" if col in ("fold", "score") else "left", no_wrap=True)
+        for r in top[:10]:
+            table.add_row(r["sample_id"], str(r["fold"]), r["given_class"], r["suggested_class"], f"{r['score']:.3f}")
+        out.print(table)
+
+
+@app.command()
+def audit(
+    config: ConfigArg,
+    reset: Annotated[bool, typer.Option(help="forget earlier verdicts (rows dropped or relabelled because of them)")] = False,
+    set_: SetOpt = None,
+    spark_master: MasterOpt = None,
+) -> None:
+    """Find likely label errors in the out-of-fold predictions (confident learning); write label_issues.
+
+    The next `fulcrum run` (curate) drops, relabels or only reports them, as clean.label_issues says.
+
+    Example: fulcrum audit samples/cancer/cancer.yaml --set audit.method=prune_by_class
+    """
+    from jobs import audit as stage
+    from jobs.runs import new_run_id
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, spark_master)
+    run_id = new_run_id()
+    report = stage.run(build_spark(cfg.spark), cfg, run_id, reset)
+    print_audit(report)
+    print_reports(cfg.dataset, [report])
+    out.print(f"report: {cfg.reports_dir}/{run_id}/audit.json (audit.png beside it)")
+
+
 def print_stage(report: StageReport) -> None:
-    """A stage's own tables (expectations, curate steps and folds, class balance), where it has them."""
-    printer = {"validate": print_validation, "curate": print_curate, "oversample": print_balance}.get(report.stage)
+    """A stage's own tables (expectations, curate steps and folds, class balance, audit), where it has them."""
+    printer = {"validate": print_validation, "curate": print_curate, "oversample": print_balance,
+               "audit": print_audit}.get(report.stage)  # fmt: skip
     if printer:
         printer(report)
 
@@ -243,12 +293,12 @@ def print_stage(report: StageReport) -> None:
 def run_(
     config: ConfigArg,
     from_: Annotated[str | None, typer.Option("--from", help="first stage (default: ingest)")] = None,
-    until: Annotated[str | None, typer.Option(help="last stage (default: train)")] = None,
+    until: Annotated[str | None, typer.Option(help="last stage (default: audit)")] = None,
     run_id: Annotated[str | None, typer.Option(help="id for this run (default: new); a scheduler passes its own")] = None,
     set_: SetOpt = None,
     spark_master: MasterOpt = None,
 ) -> None:
-    """The whole pipeline, ingest -> validate -> curate -> oversample -> train, or the stages --from/--until.
+    """The whole pipeline, ingest -> validate -> curate -> oversample -> train -> audit, or the stages --from/--until.
 
     Re-running after a crash finishes the work without duplicating rows; `fulcrum runs` shows every
     attempt. Ends with a summary table and the HTML run report.
