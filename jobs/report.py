@@ -50,6 +50,7 @@ def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = 
         "clusters": _clusters(spark, lake, cfg, run_id),
         "curate": _json(folder / "curate.json"),
         "cv": _json(folder / "train" / "cv.json"),
+        "audit": _json(folder / "audit.json"),
         "metrics": METRICS,
         "tensorboard": str(folder / "train" / "tensorboard") if (folder / "train" / "tensorboard").exists() else None,
         "plots": {name: _png(path) for name, path in (
@@ -58,6 +59,7 @@ def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = 
             ("CV metrics per fold", folder / "train" / "fold_metrics.png"),
             ("learning curves", folder / "train" / "learning_curves.png"),
             ("confusion matrix (final model on the test rows)", folder / "train" / "confusion.png"),
+            ("label audit: confident joint and noise matrix", folder / "audit.png"),
         ) if path.exists()},
     }  # fmt: skip
     env = Environment(autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
@@ -235,5 +237,28 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}.failed{color:#b00;font-weight:b
 {% endfor %}
 {% if tensorboard %}<p>Per-epoch metrics for TensorBoard: <code>tensorboard --logdir {{ tensorboard }}</code></p>{% endif %}
 {% else %}<p>Training did not run in this run.</p>{% endif %}
+
+<h2 id="audit">Label audit</h2>
+{% if audit %}
+{% set est = audit.estimate %}
+<p>Confident learning ({{ audit.method }}, ranked by {{ audit.ranking }}) over {{ audit.rows_in|num }} out-of-fold
+predictions: {{ audit.flagged|num }} rows flagged by this run, {{ audit.label_issues_rows|num }} in
+<code>label_issues</code> v{{ audit.label_issues_version }}.</p>
+<table id="audit-classes"><tr><th>given label</th><th>rows</th><th>threshold</th><th>est. noise rate</th></tr>
+{% for c in est.classes %}
+<tr><td class="l">{{ c }}</td><td>{{ est.counts[loop.index0]|num }}</td><td>{{ '%.3f'|format(est.thresholds[loop.index0]) }}</td>
+<td>{{ '%.1f'|format(100 * est.noise_rate[loop.index0]) }} %</td></tr>
+{% endfor %}</table>
+{% if audit.top %}
+<table id="audit-rows"><tr><th>sample_id</th><th>fold</th><th>given</th><th>suggested</th><th>score</th></tr>
+{% for r in audit.top %}
+<tr><td class="l"><code>{{ r.sample_id }}</code></td><td>{{ r.fold }}</td><td class="l">{{ r.given_class }}</td>
+<td class="l">{{ r.suggested_class }}</td><td>{{ '%.3f'|format(r.score) }}</td></tr>
+{% endfor %}</table>
+{% endif %}
+{% for title, uri in plots.items() if 'audit' in title %}
+<figure><img class="plot" src="{{ uri }}" alt="{{ title }}"><figcaption>{{ title }}</figcaption></figure>
+{% endfor %}
+{% else %}<p>The label audit did not run in this run.</p>{% endif %}
 </body></html>
 """

@@ -103,8 +103,13 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
         (html,) = (tmp_path / "demo" / "lake" / dataset / "reports").glob("*/report.html")
         page = parse(html)
         assert "mean ± std" in page.text and "Training did not run in this run." not in page.text
-        for plot in ("CV metrics per fold", "learning curves", "confusion matrix (final model on the test rows)"):
+        for plot in ("CV metrics per fold", "learning curves", "confusion matrix (final model on the test rows)",
+                     "label audit: confident joint and noise matrix"):
             assert [decode(src) for alt, src in page.images if alt == plot]
+        # The label audit ran last: its table beside gold and its section in the report.
+        assert (tmp_path / "demo" / "lake" / dataset / "label_issues" / "_delta_log").is_dir()
+        assert "audit" in page.sections and "The label audit did not run in this run." not in page.text
+    assert result.stdout.count("label audit (prune_by_noise_rate)") == 2
 
 
 @pytest.mark.spark
