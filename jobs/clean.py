@@ -37,8 +37,11 @@ def _fold(text: str) -> str:
 
 
 def _add_reason(df: DataFrame, name: str | Column, when: Column) -> DataFrame:
+    """Append ``name`` to the row's reasons where ``when`` holds. REASONS is referenced once, so the
+    expression Spark collapses the chained projections into grows linearly with the checks (a
+    when/otherwise naming it twice doubles it per check: 2^n with n per-column checks)."""
     tag = name if isinstance(name, Column) else F.lit(name)
-    return df.withColumn(REASONS, F.when(when, F.array_append(REASONS, tag)).otherwise(F.col(REASONS)))
+    return df.withColumn(REASONS, F.concat(F.col(REASONS), F.when(when, F.array(tag)).otherwise(F.array().cast("array<string>"))))
 
 
 def normalise_labels(df: DataFrame, cfg: PipelineConfig) -> tuple[DataFrame, dict[str, Any]]:
