@@ -1,4 +1,4 @@
-"""Airflow DAG: the Spark stages through spark-submit, then cross-validation as a Ray job, then the report.
+"""Airflow DAG: the Spark stages through spark-submit, cross-validation as a Ray job, the label audit, the report.
 
 Copy to the DAGs folder; the workers need the project installed (the image from infra/Dockerfile) and
 these Variables: ``fulcrum_config`` (the pipeline YAML), ``fulcrum_gold`` (its gold table,
@@ -27,11 +27,16 @@ TRAIN = (
     "ray job submit --address {{ var.value.ray_address }} --submission-id " + RUN_ID + "-train -- "
     "python -m training --table {{ var.value.fulcrum_gold }} --out {{ var.value.fulcrum_reports }}/" + RUN_ID
 )
+# The label audit of the job's out-of-fold predictions (written beside gold): Spark again.
+AUDIT = (
+    "spark-submit --master {{ var.value.spark_master }} --deploy-mode client "
+    "$(python -m jobs.spark submit-args) run " + CONFIG + " --from audit --run-id " + RUN_ID
+)
 REPORT = "fulcrum report " + CONFIG + " " + RUN_ID
 
 with DAG(
     dag_id="fulcrum",
-    description="validate, curate and oversample on Spark; cross-validate on Ray",
+    description="validate, curate and oversample on Spark; cross-validate on Ray; audit the labels on Spark",
     schedule="0 2 * * *",
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -41,5 +46,6 @@ with DAG(
 ) as dag:
     spark_stages = BashOperator(task_id="spark_stages", bash_command=SPARK_STAGES)
     train = BashOperator(task_id="train", bash_command=TRAIN)
+    audit = BashOperator(task_id="audit", bash_command=AUDIT)
     report = BashOperator(task_id="report", bash_command=REPORT, trigger_rule="all_done")
-    spark_stages >> train >> report
+    spark_stages >> train >> audit >> report

@@ -61,18 +61,19 @@ def test_airflow_dag_tasks_call_real_commands():
     names = {"CONFIG": "C", "RUN_ID": "R"}  # the DAG's string constants, with its two templated values
     consts = {t.id: eval(compile(ast.Expression(n.value), "dag", "eval"), {"__builtins__": {}}, names)  # noqa: S307
               for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
-              if isinstance(t, ast.Name) and t.id in ("SPARK_STAGES", "TRAIN", "REPORT")}  # fmt: skip
+              if isinstance(t, ast.Name) and t.id in ("SPARK_STAGES", "TRAIN", "AUDIT", "REPORT")}  # fmt: skip
     assert "$(python -m jobs.spark submit-args) run C --until oversample" in consts["SPARK_STAGES"]
     train = shlex.split(re.sub(r"\{\{.*?\}\}", "x", consts["TRAIN"].split(" -- ", 1)[1]))  # Jinja -> a value
     assert train[:3] == ["python", "-m", "training"]
     training_parser().parse_args(train[3:])
+    assert "$(python -m jobs.spark submit-args) run C --from audit --run-id R" in consts["AUDIT"]
     assert shlex.split(consts["REPORT"])[:2] == ["fulcrum", "report"]
     if importlib.util.find_spec("airflow") is None:
         pytest.skip("Airflow is not installed: the DAG was parsed, not imported")
     spec = importlib.util.spec_from_file_location("fulcrum_dag", INFRA / "airflow" / "fulcrum_dag.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert [t.task_id for t in module.dag.topological_sort()] == ["spark_stages", "train", "report"]
+    assert [t.task_id for t in module.dag.topological_sort()] == ["spark_stages", "train", "audit", "report"]
 
 
 def test_dockerfile_installs_pyprojects_dependency_set_with_java_17():
