@@ -174,6 +174,24 @@ def test_split_is_deterministic_stratified_and_holds_out_a_test_part(spark):
     assert other_seed != first
 
 
+def test_fold_ranks_by_hash_ranges_equal_one_window_over_each_class(spark):
+    """The split ranks each class in 1,024 hash ranges (so no task holds a whole class); the folds must be
+    exactly those of the single window over the class that it replaces."""
+    from pyspark.sql import Window
+
+    groups = spark.range(5000).select(F.format_string("g%05d", "id").alias("dup_group"),
+                                      F.when(F.col("id") % 10 < 7, "a").when(F.col("id") % 10 < 9, "b")
+                                      .otherwise("c").alias("_class"))  # fmt: skip
+    got = {r[0]: r[1] for r in split.assign_folds(groups, seed=3, k=5, test=0.15).collect()}
+    order = Window.partitionBy("_class").orderBy(F.xxhash64(F.lit(3), "dup_group"), "dup_group")
+    ref = (groups.withColumn("rank", F.row_number().over(order) - 1)
+           .withColumn("test", F.round(F.count(F.lit(1)).over(Window.partitionBy("_class")) * 0.15).cast("int")))  # fmt: skip
+    expected = {r["dup_group"]: -1 if r["rank"] < r["test"] else (r["rank"] - r["test"]) % 5 for r in ref.collect()}
+    assert got == expected
+    ranges = groups.select(F.shiftright(F.xxhash64(F.lit(3), "dup_group"), split.RANGE_SHIFT)).distinct().count()
+    assert ranges > 900  # the ranges really cut the classes up
+
+
 # ---------------------------------------------------------------- the job
 
 
