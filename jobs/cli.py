@@ -281,10 +281,57 @@ def audit(
     out.print(f"report: {cfg.reports_dir}/{run_id}/audit.json (audit.png beside it)")
 
 
+
+def print_tradeoff(report: StageReport) -> None:
+    """The learning curves as a table (metric mean ± std per level and fraction), then the conclusion."""
+    from jobs.tradeoff import NAMES
+
+    curves = report.details["curves"]
+    metric = report.details["conclusion"]["metric"]
+    table = Table(title=f"quality vs quantity: validation {metric} (mean ± std over folds)", title_justify="left")
+    fractions = sorted({p["fraction"] for pts in curves.values() for p in pts})
+    table.add_column("level", no_wrap=True)
+    for f in fractions:
+        table.add_column(f"{f:.0%} of rows", justify="right", no_wrap=True)
+    for level, pts in curves.items():
+        by = {p["fraction"]: p for p in pts}
+        table.add_row(NAMES[level], *[f"{by[f]['mean']:.3f} ± {by[f]['std']:.3f} ({by[f]['rows']:,.0f})"
+                                      if f in by else "" for f in fractions])  # fmt: skip
+    out.print(table)
+    for line in report.details["conclusion"]["text"]:
+        out.print(escape(line))
+    for level, why in report.details["left_out"].items():
+        out.print(f"[yellow]{level} left out:[/] {escape(why)}")
+
+
+@app.command()
+def tradeoff(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    spark_master: MasterOpt = None,
+) -> None:
+    """Cross-validate over data fractions × quality levels on the same folds; draw the learning curves.
+
+    Levels: raw (validated only), clean (+ cleaning and dedup), audited (+ label audit),
+    oversampled (+ oversampling). Needs a finished run (gold; label_issues for audited).
+    Writes <reports>/<run_id>/tradeoff.html, tradeoff.png and tradeoff.json.
+
+    Example: fulcrum tradeoff samples/cancer/cancer.yaml --set tradeoff.fractions=[0.25,0.5,1]
+    """
+    from jobs import tradeoff as stage
+    from jobs.runs import new_run_id
+    from jobs.spark import build_spark
+
+    cfg = _load(config, set_, spark_master)
+    report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+    print_tradeoff(report)
+    print_reports(cfg.dataset, [report])
+    out.print(f"report: {report.details['html']} (tradeoff.png and tradeoff.json beside it)")
+
 def print_stage(report: StageReport) -> None:
     """A stage's own tables (expectations, curate steps and folds, class balance, audit), where it has them."""
     printer = {"validate": print_validation, "curate": print_curate, "oversample": print_balance,
-               "audit": print_audit}.get(report.stage)  # fmt: skip
+               "audit": print_audit, "tradeoff": print_tradeoff}.get(report.stage)  # fmt: skip
     if printer:
         printer(report)
 

@@ -210,6 +210,34 @@ class TrainConfig(Strict):
         return out
 
 
+
+class TradeoffConfig(Strict):
+    """`fulcrum tradeoff`: cross-validation over data fractions × quality levels, on the same folds."""
+
+    levels: list[Literal["raw", "clean", "audited", "oversampled"]] = Field(
+        default_factory=lambda: ["raw", "clean", "audited", "oversampled"],
+        description="quality levels to compare (see the README: how each level's training rows are chosen)")
+    fractions: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0],
+                                   description="fractions of each fold's training rows, sampled by duplicate group")
+    folds: int | None = Field(default=None, ge=2, description="train the first N folds of the split (default: all)")
+    epochs: int | None = Field(default=None, ge=1, description="epochs per training (default: train.epochs)")
+    metric: Literal["macro_f1", "accuracy", "roc_auc"] = Field(default="macro_f1", description="the curves' metric")
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"levels must be distinct and not empty, got {v}")
+        return [lv for lv in ("raw", "clean", "audited", "oversampled") if lv in v]  # the order of the pipeline
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if len(set(v)) < 2 or any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"fractions need at least two distinct values in (0, 1], got {v}")
+        return sorted(set(v))
+
+
 class SparkConfig(Strict):
     master: str = "local[*]"
     app_name: str = "fulcrum"
@@ -242,6 +270,7 @@ class PipelineConfig(Strict):
     oversample: OversampleConfig = OversampleConfig()
     train: TrainConfig = TrainConfig()
     audit: AuditConfig = AuditConfig()
+    tradeoff: TradeoffConfig = TradeoffConfig()
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
     base_dir: str = Field(default=".", exclude=True, description="set by the loader")

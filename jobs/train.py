@@ -44,7 +44,7 @@ def out_dir(cfg: PipelineConfig, run_id: str) -> str:
     return str(Path(cfg.reports_dir) / run_id / "train")
 
 
-def _call(cmd: list[str]) -> int:
+def run_foreground(cmd: list[str]) -> int:
     """Run the Ray side in the foreground; it ends with this process (see ``training.runtime``)."""
     sys.stdout.flush()
     proc = subprocess.Popen(cmd, env={**os.environ, "FULCRUM_PARENT_PID": str(os.getpid())})
@@ -71,7 +71,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | No
         record.inputs.append(("gold", lake.path("gold"), version))
         cmd = command(cfg, run_id, version)
         log.info("train %s: %s", cfg.dataset, " ".join(cmd[1:]))
-        code = _call(cmd)
+        code = run_foreground(cmd)
         if code:
             raise FulcrumError(f"{cfg.dataset}: training exited with code {code} (its error is printed above)",
                                fix="see the message above; `python -m training --help` lists the flags")  # fmt: skip

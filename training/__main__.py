@@ -16,8 +16,8 @@ from dataclasses import fields
 from training.cv import Settings
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0],
+def parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0], add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--table", required=True, help="gold Delta table (path or URI)")
     p.add_argument("--version", type=int, default=None, help="Delta version to read (default: latest)")

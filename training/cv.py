@@ -146,29 +146,8 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, progress=None) -
         path.write_text(json.dumps({k: v for k, v in result.items() if k != "weights"}))
         return {"done": True, **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}}
 
-    class Progress(tune.Callback):
-        """One line per finished fold, in the driver (Tune's own console tables are turned off)."""
-
-        done = 0
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            Progress.done += 1
-            r = trial.last_result or {}
-            log.info("fold %s done (%d/%d, %.0f s since start): val accuracy %.3f, macro-F1 %.3f",
-                     trial.config["fold"], Progress.done, gold.folds, time.perf_counter() - start,
-                     r.get("val_accuracy", float("nan")), r.get("val_macro_f1", float("nan")))  # fmt: skip
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment tables on stdout
-    tuner = tune.Tuner(
-        tune.with_resources(trial, {"cpu": TRIAL_CPU}),
-        param_space={"fold": tune.grid_search(list(range(gold.folds)))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=slots),
-        run_config=tune.RunConfig(name="cv", storage_path=str(out / "tune"), verbose=0, callbacks=[Progress()]),
-    )
-    grid = tuner.fit()
-    errors = [str(r.error) for r in grid if r.error]
-    if errors:
-        raise RuntimeError(f"{len(errors)} fold(s) failed: {errors[0]}")
+    run_grid(trial, {"fold": tune.grid_search(list(range(gold.folds)))}, slots, out / "tune", "cv",
+             lambda c: f"fold {c['fold']}", gold.folds, start)  # fmt: skip
     folds = [json.loads((out / f"fold-{f}.json").read_text()) for f in range(gold.folds)]
     cv_seconds = time.perf_counter() - start
     epochs = max(1, round(float(np.mean([f["metrics"]["epoch"] for f in folds])) + 1))
@@ -198,6 +177,36 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, progress=None) -
     plots.confusion(np.sum([np.asarray(f["confusion"]) for f in folds], axis=0), list(gold.classes),
                     out / "confusion.png")  # fmt: skip
     return summary
+
+
+def run_grid(trial, param_space: dict, slots: int, storage: Path, name: str, describe, total: int,
+             start: float) -> None:  # fmt: skip
+    """Run ``trial`` over a Tune grid, ``slots`` at once; one log line per finished trial; raise if any failed."""
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per finished trial, in the driver (Tune's own console tables are turned off)."""
+
+        done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            Progress.done += 1
+            r = trial.last_result or {}
+            log.info("%s done (%d/%d, %.0f s since start): val accuracy %.3f, macro-F1 %.3f", describe(trial.config),
+                     Progress.done, total, time.perf_counter() - start, r.get("val_accuracy", float("nan")),
+                     r.get("val_macro_f1", float("nan")))  # fmt: skip
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment tables on stdout
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"cpu": TRIAL_CPU}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=slots),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=[Progress()]),
+    )
+    grid = tuner.fit()
+    errors = [str(r.error) for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {total} trial(s) failed: {errors[0]}")
 
 
 def write_predictions(gold: Gold, folds: list[dict], out: Path) -> dict:

@@ -31,14 +31,20 @@ def read(gold: Gold, **kwargs):
     return ray.data.read_delta(gold.path, version=gold.version, columns=gold.columns, **kwargs)
 
 
-def _select(batch: pa.Table, fold: int, folds: int, part: str) -> pa.Table:
+def _select(batch: pa.Table, fold: int, folds: int, part: str, level: str | None = None,
+            fraction: float = 1.0) -> pa.Table:  # fmt: skip
+    if level is not None:  # the trade-off table: this quality level's rows only
+        batch = batch.filter(pc.equal(batch.column("level"), level))
     mask = training_mask(batch, fold, folds) if part == "train" else validation_mask(batch, fold, folds)
+    if part == "train" and fraction < 1.0:
+        mask &= batch.column("u").to_numpy(zero_copy_only=False) < fraction
     return batch.filter(pa.array(mask))
 
 
 def rows_of(ds, gold: Gold, fold: int, part: str):
     """The rows of fold ``fold``'s training (``part='train'``) or validation set, still as gold columns."""
-    return ds.map_batches(_select, fn_kwargs={"fold": fold, "folds": gold.folds, "part": part},
+    return ds.map_batches(_select, fn_kwargs={"fold": fold, "folds": gold.folds, "part": part, "level": gold.level,
+                                              "fraction": gold.fraction},
                           batch_format="pyarrow", zero_copy_batch=True)  # fmt: skip
 
 

@@ -38,6 +38,11 @@ class Gold:
     image_column: str | None = None
     image_root: str | None = None
     image_embedded: bool = False
+    # The trade-off table (``fulcrum tradeoff``) holds one gold-contract copy per quality level:
+    # a Gold with ``level`` reads that level's rows, and with ``fraction`` < 1 keeps the training
+    # rows whose group draws ``u`` < fraction (nested samples; validation rows are never cut).
+    level: str | None = None
+    fraction: float = 1.0
 
     @classmethod
     def open(cls, path: str, version: int | None = None, storage_options: dict | None = None) -> Gold:
@@ -82,6 +87,8 @@ class Gold:
     def columns(self) -> list[str]:
         """Columns training reads: the contract's, then the features or the image."""
         base = ["sample_id", "label", "fold", "synthetic_for", "dropped_for", "augment"]
+        if self.level is not None:
+            base += ["level", "u"]
         if self.kind == "images":
             return base + (["image"] if self.image_embedded else [self.image_column])
         return base + [n for n, _ in self.features]

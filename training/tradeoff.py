@@ -1,0 +1,127 @@
+"""The trade-off grid on Ray: cross-validation folds × data fractions × quality levels.
+
+``python -m training.tradeoff --table PATH --levels raw,clean --fractions 0.25,1 ...``
+reads the trade-off table that ``fulcrum tradeoff`` writes (one gold-contract copy of the
+data per quality level, a ``level`` column, and ``u``: a uniform draw per duplicate
+group), and trains one fold per (level, fraction, fold) with the same ``run_fold`` as
+cross-validation, all of them as one Ray Tune grid so that they run concurrently as the
+cluster's resources allow. Every level is scored on the same validation rows of each fold;
+a fraction keeps the training rows whose group draws ``u`` < fraction, so the samples are
+nested (the 25 % sample holds the 10 % one). No final model is trained.
+
+Output: ``tradeoff.json`` under ``--out``: one entry per trial (level, fraction, fold,
+training rows, validation metrics). Exit codes: 0 ok, 2 usage or not a trade-off table,
+3 runtime error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from training import runtime
+from training.cv import METRICS, Settings, plan_concurrency, run_fold, run_grid
+from training.gold import Gold, GoldError
+
+log = logging.getLogger(__name__)
+
+
+def grid(table: Gold, s: Settings, levels: list[str], fractions: list[float], folds: list[int],
+         out: str | Path) -> dict:  # fmt: skip
+    """Train every (level, fraction, fold) of the grid; returns and writes ``tradeoff.json``."""
+    import ray
+    from ray import tune
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    use_gpu = s.use_gpu if s.use_gpu is not None else gpus > 0
+    per_worker = s.cpus_per_worker or (1.0 if use_gpu else runtime.worker_cpus(s.workers, cpus) / 2)
+    total = len(levels) * len(fractions) * len(folds)
+    slots = plan_concurrency(total, s.workers, per_worker, cpus, gpus, use_gpu, s.concurrency)
+    log.info("trade-off grid: %d level(s) × %d fraction(s) × %d fold(s) = %d trainings, %d at once", len(levels),
+             len(fractions), len(folds), total, slots)  # fmt: skip
+    start = time.perf_counter()
+
+    def trial(config: dict) -> dict:
+        level, fraction, fold = config["level"], config["fraction"], config["fold"]
+        where = out / "trials" / f"{level}-{fraction:g}"
+        where.mkdir(parents=True, exist_ok=True)
+        view = dataclasses.replace(table, level=level, fraction=fraction)
+        result = run_fold(view, s, fold, where, use_gpu=use_gpu, cpus_per_worker=per_worker)
+        entry = {"level": level, "fraction": fraction, "fold": fold, "train_rows": result["train_rows"],
+                 "val_rows": len(result["ids"]), "metrics": result["metrics"]}  # fmt: skip
+        (where / f"fold-{fold}.json").write_text(json.dumps(entry, default=float))
+        return {"done": True, **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}}
+
+    space = {"level": tune.grid_search(levels), "fraction": tune.grid_search(fractions),
+             "fold": tune.grid_search(folds)}  # fmt: skip
+    run_grid(trial, space, slots, out / "tune", "tradeoff",
+             lambda c: f"{c['level']} at {c['fraction']:.0%}, fold {c['fold']}", total, start)  # fmt: skip
+    trials = [json.loads((out / "trials" / f"{lv}-{fr:g}" / f"fold-{f}.json").read_text())
+              for lv in levels for fr in fractions for f in folds]  # fmt: skip
+    summary = {"table": table.path, "delta_version": table.version, "levels": levels, "fractions": fractions,
+               "folds": folds, "metrics": list(METRICS), "concurrent": slots, "use_gpu": use_gpu,
+               "seconds": round(time.perf_counter() - start, 2), "settings": {**dataclasses.asdict(s),
+                                                                              "hidden": list(s.hidden)},
+               "trials": trials}  # fmt: skip
+    (out / "tradeoff.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    from training.__main__ import parser as train_parser
+
+    p = argparse.ArgumentParser(prog="python -m training.tradeoff", description=__doc__.split("\n\n")[0],
+                                parents=[train_parser(add_help=False)], conflict_handler="resolve")  # fmt: skip
+    p.add_argument("--levels", required=True, type=lambda v: v.split(","), help="comma-separated quality levels")
+    p.add_argument("--fractions", required=True, type=lambda v: [float(x) for x in v.split(",")],
+                   help="comma-separated fractions of the training rows, each in (0, 1]")  # fmt: skip
+    p.add_argument("--folds", required=True, type=lambda v: [int(x) for x in v.split(",")],
+                   help="comma-separated folds to train")  # fmt: skip
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    if os.environ.get("FULCRUM_PARENT_PID"):  # started by `fulcrum tradeoff`: end with it
+        runtime.die_with_parent(int(os.environ["FULCRUM_PARENT_PID"]))
+    try:
+        table = Gold.open(args.table, args.version)
+    except GoldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bad = [f for f in args.fractions if not 0 < f <= 1]
+    if bad or "fulcrum.tradeoff_levels" not in _properties(args.table, table.version):
+        print(f"error: {args.table} is not a trade-off table written by `fulcrum tradeoff`"
+              if not bad else f"error: fractions must be in (0, 1], got {bad}", file=sys.stderr)  # fmt: skip
+        return 2
+    runtime.init_ray(address=args.address, num_cpus=args.num_cpus)
+    try:
+        grid(table, settings, args.levels, args.fractions, args.folds, args.out)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        runtime.shutdown()
+    return 0
+
+
+def _properties(path: str, version: int) -> dict:
+    from deltalake import DeltaTable
+
+    return DeltaTable(path, version=version).metadata().configuration
+
+
+if __name__ == "__main__":
+    sys.exit(main())
