@@ -307,10 +307,10 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:
 <h1>Quality vs quantity: {{ dataset }}</h1>
 <p class="note">run {{ run_id }} · gold v{{ gold_version }} · {{ folds|length }} fold(s) · {{ trials }} trainings in
 {{ seconds }} s · {{ metric }} on the same validation rows of every fold for every level</p>
-<section id="conclusion"><h2>Conclusion</h2>
+<section><h2 id="conclusion">Conclusion</h2>
 {% for line in conclusion.text %}<p>{{ line }}</p>
 {% endfor %}</section>
-<section id="curves"><h2>Learning curves</h2>
+<section><h2 id="curves">Learning curves</h2>
 <img alt="learning curves per quality level" src="{{ plot }}">
 <table><tr><th>level</th><th>fraction</th><th>real training rows</th><th>with synthetic</th>
 <th>{{ metric }} mean</th><th>± std</th></tr>
@@ -318,7 +318,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:
 <td>{{ "{:,.0f}".format(p.rows) }}</td><td>{{ "{:,.0f}".format(p.rows_with_synthetic) }}</td>
 <td>{{ "%.3f"|format(p.mean) }}</td><td>{{ "%.3f"|format(p.std) }}</td></tr>
 {% endfor %}{% endfor %}</table></section>
-<section id="levels"><h2>How each level was built</h2><ul>
+<section><h2 id="levels">How each level was built</h2><ul>
 <li>raw: {{ raw }}</li>{% if flagged is not none %}<li>label audit: {{ flagged }} rows flagged in label_issues train in no fold</li>{% endif %}
 {% for level, why in left_out.items() %}<li>{{ level }} left out: {{ why }}</li>{% endfor %}
 </ul></section>

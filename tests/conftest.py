@@ -86,3 +86,22 @@ def cancer_gold(spark, curated, tmp_path_factory):
     curate.run(spark, cfg, "c-2")
     oversample.run(spark, cfg, "o-2")
     return io.Lake(cfg.lake_dir).path("gold")
+
+
+@pytest.fixture(scope="session")
+def audited(spark, ray_local, curated, cancer_gold, tmp_path_factory):
+    """The 2-fold cancer gold cross-validated on Ray (real OOF predictions), then audited once."""
+    import shutil
+
+    from jobs import audit, io
+    from training.cv import Settings, cross_validate
+    from training.gold import Gold
+
+    root = tmp_path_factory.mktemp("audit-lake")
+    shutil.copytree(Path(cancer_gold).parent, root / "cancer")
+    cfg = curated["cancer"].model_copy(update={"lake_root": str(root),
+                                               "split": curated["cancer"].split.model_copy(update={"folds": 2})})  # fmt: skip
+    settings = Settings(epochs=12, batch_size=32, hidden=(64, 32), patience=4, warmup_steps=5, tensorboard=False)
+    cross_validate(Gold.open(io.Lake(cfg.lake_dir).path("gold")), settings, root / "cv")
+    report = audit.run(spark, cfg, "a-1")
+    return cfg, report

@@ -4,7 +4,6 @@ cancer sample trained on real Ray, against its injected label flips; clean.label
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,22 +62,6 @@ def test_predictions_of_one_class_are_refused(spark):
 
     with pytest.raises(DataFailedError, match="at least two classes"):
         audit.audit(_preds(spark, [("x", 0, [0.9, 0.1]), ("y", 0, [0.8, 0.2])]), ["a", "b"], AuditConfig())
-
-
-@pytest.fixture(scope="module")
-def audited(spark, ray_local, curated, cancer_gold, tmp_path_factory):
-    """The 2-fold cancer gold cross-validated on Ray (real OOF predictions), then audited once."""
-    from training.cv import Settings, cross_validate
-    from training.gold import Gold
-
-    root = tmp_path_factory.mktemp("audit-lake")
-    shutil.copytree(Path(cancer_gold).parent, root / "cancer")
-    cfg = curated["cancer"].model_copy(update={"lake_root": str(root),
-                                               "split": curated["cancer"].split.model_copy(update={"folds": 2})})  # fmt: skip
-    settings = Settings(epochs=12, batch_size=32, hidden=(64, 32), patience=4, warmup_steps=5, tensorboard=False)
-    cross_validate(Gold.open(io.Lake(cfg.lake_dir).path("gold")), settings, root / "cv")
-    report = audit.run(spark, cfg, "a-1")
-    return cfg, report
 
 
 def _injected_flips(spark, cfg) -> tuple[set[str], set[str]]:
