@@ -23,10 +23,12 @@ def fulcrum(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Co
 def test_help_lists_commands_with_examples(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("samples", "ingest", "validate", "curate", "oversample", "train", "runs", "demo"):
+    for command in ("samples", "ingest", "validate", "curate", "oversample", "train", "runs", "demo", "audit", "tradeoff"):
         assert command in text
     assert main(["ingest", "--help"]) == 0
     assert "Example: fulcrum ingest" in capsys.readouterr().out
+    assert main(["tradeoff", "--help"]) == 0
+    assert "Example: fulcrum tradeoff" in capsys.readouterr().out
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
