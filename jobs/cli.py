@@ -281,7 +281,6 @@ def audit(
     out.print(f"report: {cfg.reports_dir}/{run_id}/audit.json (audit.png beside it)")
 
 
-
 def print_tradeoff(report: StageReport) -> None:
     """The learning curves as a table (metric mean ± std per level and fraction), then the conclusion."""
     from jobs.tradeoff import NAMES
@@ -327,6 +326,7 @@ def tradeoff(
     print_tradeoff(report)
     print_reports(cfg.dataset, [report])
     out.print(f"report: {report.details['html']} (tradeoff.png and tradeoff.json beside it)")
+
 
 def print_stage(report: StageReport) -> None:
     """A stage's own tables (expectations, curate steps and folds, class balance, audit), where it has them."""

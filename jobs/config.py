@@ -210,7 +210,6 @@ class TrainConfig(Strict):
         return out
 
 
-
 class TradeoffConfig(Strict):
     """`fulcrum tradeoff`: cross-validation over data fractions × quality levels, on the same folds."""
 

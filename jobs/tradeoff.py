@@ -119,15 +119,17 @@ def build_table(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake) -> tupl
 
 def _flagged(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake, real: DataFrame, info: dict) -> DataFrame | None:
     """sample_id, _flagged of the audit's rows still in gold; None (and why, in ``info``) when there are none."""
-    wanted = {"audited", "oversampled"} & set(cfg.tradeoff.levels)
-    if not wanted:
+    if not {"audited", "oversampled"} & set(cfg.tradeoff.levels):
         return None
+    why = None
     if not io.exists(spark, lake.path("label_issues")):
-        info["left_out"]["audited"] = "no label audit has run yet (`fulcrum audit CONFIG`)"
-        return None
-    if cfg.clean.label_issues != "report":
-        info["left_out"]["audited"] = (f"clean.label_issues is {cfg.clean.label_issues}: silver already holds the "
-                                       "audit's effect, so `clean` includes it; set it to report to measure it apart")  # fmt: skip
+        why = "no label audit has run yet (`fulcrum audit CONFIG`)"
+    elif cfg.clean.label_issues != "report":
+        why = (f"clean.label_issues is {cfg.clean.label_issues}: silver already holds the "
+               "audit's effect, so `clean` includes it; set it to report to measure it apart")  # fmt: skip
+    if why is not None:
+        if "audited" in cfg.tradeoff.levels:
+            info["left_out"]["audited"] = why
         return None
     issues = io.read(spark, lake.path("label_issues")).select("sample_id").distinct()
     flagged = real.select("sample_id").join(issues, "sample_id").withColumn("_flagged", F.lit(True))
@@ -347,16 +349,14 @@ def write_page(folder: Path, cfg: PipelineConfig, run_id: str, result: dict) -> 
 
 def command(cfg: PipelineConfig, table: str, version: int, levels: list[str], folds: list[int], out: str) -> list[str]:
     """The ``python -m training.tradeoff`` command line: the train section's flags, the grid's."""
+    from jobs.train import ray_flags
+
     t = cfg.tradeoff
     train = cfg.train.model_copy(update={"tensorboard": False, **({"epochs": t.epochs} if t.epochs else {})})
     cmd = [sys.executable, "-m", "training.tradeoff", "--table", table, "--version", str(version), "--out", out,
            "--seed", str(cfg.seed), *train.flags(), "--levels", ",".join(levels),
            "--fractions", ",".join(f"{f:g}" for f in t.fractions), "--folds", ",".join(map(str, folds))]  # fmt: skip
-    if cfg.ray.address:
-        cmd += ["--address", cfg.ray.address]
-    if cfg.ray.num_cpus:
-        cmd += ["--num-cpus", str(cfg.ray.num_cpus)]
-    return cmd
+    return cmd + ray_flags(cfg)
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
@@ -391,8 +391,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
                   "trials": grid["trials"], "seconds": grid["seconds"], "concurrent": grid["concurrent"]}  # fmt: skip
         plot(curve, metric, folder / "tradeoff.png")
         page = write_page(folder, cfg, run_id, result)
-        (folder / "tradeoff.json").write_text(json.dumps({k: v for k, v in result.items() if k != "trials"} |
-                                                         {"trials": grid["trials"]}, indent=2, default=float))  # fmt: skip
+        (folder / "tradeoff.json").write_text(json.dumps(result, indent=2, default=float))
         report = StageReport(stage=STAGE, rows_in=written.count(), rows_out=len(grid["trials"]))
         report.details.update({"tradeoff_version": version, "levels": info["levels"], "curves": curve,
                                "conclusion": result["conclusion"], "html": str(page), "left_out": info["left_out"],

@@ -33,11 +33,13 @@ def command(cfg: PipelineConfig, run_id: str, version: int | None = None) -> lis
            "--out", out_dir(cfg, run_id), "--seed", str(cfg.seed), *cfg.train.flags()]  # fmt: skip
     if version is not None:
         cmd += ["--version", str(version)]
-    if cfg.ray.address:
-        cmd += ["--address", cfg.ray.address]
-    if cfg.ray.num_cpus:
-        cmd += ["--num-cpus", str(cfg.ray.num_cpus)]
-    return cmd
+    return cmd + ray_flags(cfg)
+
+
+def ray_flags(cfg: PipelineConfig) -> list[str]:
+    """The config's ``ray`` section as flags of the Ray side's entry points."""
+    flags = ["--address", cfg.ray.address] if cfg.ray.address else []
+    return flags + (["--num-cpus", str(cfg.ray.num_cpus)] if cfg.ray.num_cpus else [])
 
 
 def out_dir(cfg: PipelineConfig, run_id: str) -> str:

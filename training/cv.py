@@ -75,6 +75,17 @@ def plan_concurrency(folds: int, workers: int, cpus_per_worker: float, cluster_c
     return max(1, min(folds, fit, wanted or folds))
 
 
+def plan_resources(s: Settings, trials: int) -> tuple[bool, float, int]:
+    """(use GPUs, CPUs per worker, trainings at once) for ``trials`` trainings on the connected Ray cluster."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    use_gpu = s.use_gpu if s.use_gpu is not None else gpus > 0
+    per_worker = s.cpus_per_worker or (1.0 if use_gpu else runtime.worker_cpus(s.workers, cpus) / 2)
+    return use_gpu, per_worker, plan_concurrency(trials, s.workers, per_worker, cpus, gpus, use_gpu, s.concurrency)
+
+
 def _fold_config(gold: Gold, s: Settings, fold: int, inputs: int, train_rows: int, final: bool,
                  epochs: int, out: Path) -> dict:  # fmt: skip
     return {**asdict(s), "hidden": list(s.hidden), "fold": fold, "final": final, "epochs": epochs,
@@ -126,16 +137,11 @@ def run_fold(gold: Gold, s: Settings, fold: int, out: Path, *, final: bool = Fal
 
 def cross_validate(gold: Gold, s: Settings, out: str | Path, *, progress=None) -> dict:
     """All folds (concurrently as resources allow), then the final model; writes the outputs."""
-    import ray
     from ray import tune
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    use_gpu = s.use_gpu if s.use_gpu is not None else gpus > 0
-    per_worker = s.cpus_per_worker or (1.0 if use_gpu else runtime.worker_cpus(s.workers, cpus) / 2)
-    slots = plan_concurrency(gold.folds, s.workers, per_worker, cpus, gpus, use_gpu, s.concurrency)
+    use_gpu, per_worker, slots = plan_resources(s, gold.folds)
     log.info("cross-validation: %d folds, %d at once (%g CPUs/worker, %d worker(s)/fold, GPU: %s)", gold.folds,
              slots, per_worker, s.workers, use_gpu)  # fmt: skip
     start = time.perf_counter()

@@ -27,7 +27,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from training import runtime
-from training.cv import METRICS, Settings, plan_concurrency, run_fold, run_grid
+from training.cv import METRICS, Settings, plan_resources, run_fold, run_grid
 from training.gold import Gold, GoldError
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,12 @@ log = logging.getLogger(__name__)
 def grid(table: Gold, s: Settings, levels: list[str], fractions: list[float], folds: list[int],
          out: str | Path) -> dict:  # fmt: skip
     """Train every (level, fraction, fold) of the grid; returns and writes ``tradeoff.json``."""
-    import ray
     from ray import tune
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    use_gpu = s.use_gpu if s.use_gpu is not None else gpus > 0
-    per_worker = s.cpus_per_worker or (1.0 if use_gpu else runtime.worker_cpus(s.workers, cpus) / 2)
     total = len(levels) * len(fractions) * len(folds)
-    slots = plan_concurrency(total, s.workers, per_worker, cpus, gpus, use_gpu, s.concurrency)
+    use_gpu, per_worker, slots = plan_resources(s, total)
     log.info("trade-off grid: %d level(s) × %d fraction(s) × %d fold(s) = %d trainings, %d at once", len(levels),
              len(fractions), len(folds), total, slots)  # fmt: skip
     start = time.perf_counter()

@@ -123,6 +123,11 @@ def test_train_before_gold_exists_is_a_usage_error_and_is_recorded(spark, tmp_pa
     assert main(["train", cfg]) == 2
     err = capsys.readouterr().err
     assert "gold does not exist yet" in err and "fulcrum oversample" in err
+    assert main(["tradeoff", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "gold does not exist yet" in err and "fulcrum run" in err
+    assert main(["tradeoff", cfg, "--set", "tradeoff.fractions=[1]"]) == 2
+    assert "at least two distinct values" in capsys.readouterr().err
     assert main(["runs", cfg]) == 0
     out = capsys.readouterr().out
-    assert "train" in out and "failed" in out
+    assert "train" in out and "failed" in out and "tradeoff" in out
