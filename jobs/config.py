@@ -174,6 +174,35 @@ class OversampleConfig(Strict):
         return 1.0 if self.method == "undersample" and self.undersample is None else self.undersample
 
 
+class SearchConfig(Strict):
+    """`train.search`: a Ray Tune search scored by mean CV metric, ASHA stopping bad trials between folds."""
+
+    trials: int = Field(default=8, ge=2, description="configurations to try")
+    algorithm: Literal["random", "bayesian"] = Field(default="random", description="bayesian: Optuna's TPE")
+    folds: int | None = Field(default=None, ge=1, description="score trials on the first N folds (default: all)")
+    epochs: int | None = Field(default=None, ge=1, description="epochs per fold of a trial (default: train.epochs)")
+    metric: Literal["macro_f1", "accuracy", "roc_auc"] = "macro_f1"
+    asha: bool = Field(default=True, description="stop bad trials early with ASHA (false: every trial, every fold)")
+    grace: int = Field(default=1, ge=1, description="folds every trial trains before ASHA may stop it")
+    reduction: int = Field(default=2, ge=2, description="ASHA keeps the best 1/reduction at each rung")
+    lr: list[float] = Field(default_factory=lambda: [1e-4, 1e-2], description="low, high (log-uniform)")
+    weight_decay: list[float] = Field(default_factory=lambda: [1e-6, 1e-2], description="low, high (log-uniform)")
+    dropout: list[float] = Field(default_factory=lambda: [0.0, 0.5], description="low, high (uniform)")
+    batch_size: list[int] = Field(default_factory=lambda: [32, 64, 128], description="sizes to choose from")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SearchConfig:
+        for name in ("lr", "weight_decay", "dropout"):
+            lo_hi = getattr(self, name)
+            floor = 0 if name == "dropout" else 1e-12
+            if len(lo_hi) != 2 or not floor <= lo_hi[0] <= lo_hi[1] or (name == "dropout" and lo_hi[1] >= 1):
+                raise ValueError(f"search.{name} must be [low, high] with "
+                                 f"{'0 <= low <= high < 1' if name == 'dropout' else '0 < low <= high'}, got {lo_hi}")  # fmt: skip
+        if not self.batch_size or min(self.batch_size) < 1:
+            raise ValueError(f"search.batch_size must list sizes >= 1, got {self.batch_size}")
+        return self
+
+
 class TrainConfig(Strict):
     """Passed to ``python -m training`` as flags (the Ray side reads no YAML: gold is its interface)."""
 
@@ -197,11 +226,15 @@ class TrainConfig(Strict):
                                  "the first epoch when it fits (0: stream every epoch)")  # fmt: skip
     tensorboard: bool = Field(default=True, description="write per-epoch metrics as TensorBoard event files "
                               "under <reports>/<run_id>/train/tensorboard/")  # fmt: skip
+    search: SearchConfig | None = Field(default=None, description="hyperparameter search before the CV (off)")
 
     def flags(self) -> list[str]:
-        """This section as ``python -m training`` flags."""
+        """This section as ``python -m training`` flags (``search`` as ``--search-*``)."""
+        values = self.model_dump(exclude={"search"})
+        if self.search is not None:
+            values.update({f"search_{k}": v for k, v in self.search.model_dump().items()})
         out = []
-        for key, value in self.model_dump().items():
+        for key, value in values.items():
             if value is None:
                 continue
             if isinstance(value, list):
@@ -282,6 +315,9 @@ class PipelineConfig(Strict):
             raise ValueError("an images section is only valid with kind: images")
         if self.kind == "tabular" and not self.columns.features:
             raise ValueError("kind: tabular needs columns.features")
+        if self.train.search and self.train.search.folds and self.train.search.folds > self.split.folds:
+            raise ValueError(f"train.search.folds ({self.train.search.folds}) is more than split.folds "
+                             f"({self.split.folds})")  # fmt: skip
         method = self.oversample.method
         kinds = {f.kind for f in self.columns.features}
         if self.kind == "images" and self.oversample.interpolates:

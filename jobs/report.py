@@ -59,6 +59,7 @@ def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = 
             ("CV metrics per fold", folder / "train" / "fold_metrics.png"),
             ("learning curves", folder / "train" / "learning_curves.png"),
             ("confusion matrix (final model on the test rows)", folder / "train" / "confusion.png"),
+            ("hyperparameter search: running mean CV metric per trial", folder / "train" / "search" / "search.png"),
             ("label audit: confident joint and noise matrix", folder / "audit.png"),
         ) if path.exists()},
     }  # fmt: skip
@@ -220,6 +221,15 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}.failed{color:#b00;font-weight:b
 
 <h2 id="cv">Cross-validation</h2>
 {% if cv %}
+{% if cv.search %}{% set sr = cv.search %}{% set b = sr.best.config %}
+<p id="search">Hyperparameter search first: {{ sr.trials }} {{ sr.algorithm }} trials on {{ sr.folds }} fold(s),
+{{ sr.stopped_early }} stopped early by ASHA. Chosen: learning rate {{ '%.2e'|format(b.lr) }}, weight decay
+{{ '%.2e'|format(b.weight_decay) }}, dropout {{ '%.2f'|format(b.dropout) }}, batch size {{ b.batch_size }}
+(mean {{ sr.metric }} {{ '%.3f'|format(sr.best.score) }} in the search); the folds below use it.</p>
+{% for title, uri in plots.items() if 'search' in title %}
+<figure><img class="plot" src="{{ uri }}" alt="{{ title }}"><figcaption>{{ title }}</figcaption></figure>
+{% endfor %}
+{% endif %}
 <p>Gold <code>{{ cv.table }}</code> v{{ cv.delta_version }}, {{ cv.folds }} folds ({{ cv.concurrent_folds }} at once).</p>
 <table id="cv-table"><tr><th>fold</th><th>train rows</th><th>val rows</th><th>best epoch</th>
 {% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr>

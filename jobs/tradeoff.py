@@ -348,11 +348,12 @@ def write_page(folder: Path, cfg: PipelineConfig, run_id: str, result: dict) -> 
 
 
 def command(cfg: PipelineConfig, table: str, version: int, levels: list[str], folds: list[int], out: str) -> list[str]:
-    """The ``python -m training.tradeoff`` command line: the train section's flags, the grid's."""
+    """The ``python -m training.tradeoff`` command line: the train section's flags, the grid's. Every cell of
+    the grid trains with the train section's hyperparameters as written (``train.search`` is not run)."""
     from jobs.train import ray_flags
 
     t = cfg.tradeoff
-    train = cfg.train.model_copy(update={"tensorboard": False, **({"epochs": t.epochs} if t.epochs else {})})
+    train = cfg.train.model_copy(update={"tensorboard": False, "search": None, **({"epochs": t.epochs} if t.epochs else {})})
     cmd = [sys.executable, "-m", "training.tradeoff", "--table", table, "--version", str(version), "--out", out,
            "--seed", str(cfg.seed), *train.flags(), "--levels", ",".join(levels),
            "--fractions", ",".join(f"{f:g}" for f in t.fractions), "--folds", ",".join(map(str, folds))]  # fmt: skip

@@ -87,6 +87,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | No
             "gold_version": version, "folds": summary["folds"], "concurrent_folds": summary["concurrent_folds"],
             **{f"cv_{m}": f"{summary['mean'][m]:.3f}±{summary['std'][m]:.3f}" for m in ("accuracy", "macro_f1")},
             "test_accuracy": f"{summary['final']['test_accuracy']:.3f}", "summary": summary,
+            **({"search_best": "lr={lr:.2g} weight_decay={weight_decay:.2g} dropout={dropout:.2f} batch_size={batch_size}"
+                .format(**summary["search"]["best"]["config"])} if summary.get("search") else {}),
             "report_dir": out_dir(cfg, run_id),
         })  # fmt: skip
         report.seconds = time.perf_counter() - start

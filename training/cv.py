@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,8 +136,9 @@ def run_fold(gold: Gold, s: Settings, fold: int, out: Path, *, final: bool = Fal
             "weights": weights, "resumed": any(h.get("resumed_from") is not None for h in history)}  # fmt: skip
 
 
-def cross_validate(gold: Gold, s: Settings, out: str | Path, *, progress=None) -> dict:
-    """All folds (concurrently as resources allow), then the final model; writes the outputs."""
+def cross_validate(gold: Gold, s: Settings, out: str | Path, *, search: dict | None = None) -> dict:
+    """All folds (concurrently as resources allow), then the final model; writes the outputs. ``search``:
+    the summary of the hyperparameter search that chose ``s``, kept in ``cv.json``."""
     from ray import tune
 
     out = Path(out).resolve()
@@ -148,12 +150,13 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, progress=None) -
 
     def trial(config: dict) -> dict:
         result = run_fold(gold, s, config["fold"], out, use_gpu=use_gpu, cpus_per_worker=per_worker)
-        path = out / f"fold-{config['fold']}.json"
-        path.write_text(json.dumps({k: v for k, v in result.items() if k != "weights"}))
+        save_fold(result, out / f"fold-{config['fold']}.json")
         return {"done": True, **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}}
 
-    run_grid(trial, {"fold": tune.grid_search(list(range(gold.folds)))}, slots, out / "tune", "cv",
-             lambda c: f"fold {c['fold']}", gold.folds, start)  # fmt: skip
+    reused = reuse_search_folds(search, gold, s, out)
+    if not reused:
+        run_grid(trial, {"fold": tune.grid_search(list(range(gold.folds)))}, slots, out / "tune", "cv",
+                 lambda c: f"fold {c['fold']}", gold.folds, start)  # fmt: skip
     folds = [json.loads((out / f"fold-{f}.json").read_text()) for f in range(gold.folds)]
     cv_seconds = time.perf_counter() - start
     epochs = max(1, round(float(np.mean([f["metrics"]["epoch"] for f in folds])) + 1))
@@ -165,6 +168,7 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, progress=None) -
     summary = {
         "table": gold.path, "delta_version": gold.version, "gold_run_id": gold.run_id, "kind": gold.kind,
         "classes": list(gold.classes), "folds": gold.folds, "concurrent_folds": slots, "use_gpu": use_gpu,
+        "folds_from_search": reused,
         "settings": {**asdict(s), "hidden": list(s.hidden)}, "cv_seconds": round(cv_seconds, 2),
         "per_fold": [{"fold": f["fold"], "train_rows": f["train_rows"], "val_rows": len(f["ids"]),
                       "resumed": f["resumed"], **{m: f["metrics"][m] for m in METRICS}, "best_epoch": f["metrics"]["epoch"]}
@@ -174,6 +178,8 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, progress=None) -
         "final": {"epochs": epochs, "train_rows": final["train_rows"], "test_rows": len(final["ids"]),
                   **{f"test_{m}": final["metrics"][m] for m in METRICS}},
     }  # fmt: skip
+    if search is not None:
+        summary["search"] = {k: v for k, v in search.items() if k != "results"}
     summary["predictions"] = write_predictions(gold, folds, out)
     (out / "cv.json").write_text(json.dumps(summary, indent=2, default=float))
     from training import plots
@@ -185,34 +191,65 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, progress=None) -
     return summary
 
 
-def run_grid(trial, param_space: dict, slots: int, storage: Path, name: str, describe, total: int,
-             start: float) -> None:  # fmt: skip
-    """Run ``trial`` over a Tune grid, ``slots`` at once; one log line per finished trial; raise if any failed."""
+def save_fold(result: dict, path: Path) -> None:
+    """A fold's result as ``fold-<f>.json`` (everything but the weights)."""
+    path.write_text(json.dumps({k: v for k, v in result.items() if k != "weights"}))
+
+
+def reuse_search_folds(search: dict | None, gold: Gold, s: Settings, out: Path) -> bool:
+    """When the search's best trial trained every fold with exactly these settings, its folds are this
+    cross-validation's: copy their results (and TensorBoard files) instead of training them again."""
+    if not search or search["folds"] != gold.folds or search["epochs"] != s.epochs:
+        return False
+    source = Path(search["best"]["dir"])
+    if not all((source / f"fold-{f}.json").is_file() for f in range(gold.folds)):
+        return False
+    for f in range(gold.folds):
+        shutil.copyfile(source / f"fold-{f}.json", out / f"fold-{f}.json")
+        if (source / "tensorboard" / f"fold-{f}").is_dir() and s.tensorboard:
+            shutil.copytree(source / "tensorboard" / f"fold-{f}", out / "tensorboard" / f"fold-{f}", dirs_exist_ok=True)
+    log.info("the search's best trial trained all %d folds with these settings: its folds are the CV's (not retrained)",
+             gold.folds)  # fmt: skip
+    return True
+
+
+def run_grid(trial, param_space: dict, slots: int, storage: Path, name: str, describe, total: int, start: float,
+             *, strict: bool = True, outcome=None, progress=None, **tune_config):  # fmt: skip
+    """Run ``trial`` over a Tune param space, ``slots`` at once; one log line per finished trial. With
+    ``strict``, raise if any trial failed. ``tune_config`` goes to ``TuneConfig`` (a searcher, a scheduler,
+    ``num_samples``); ``outcome(last_result)`` words a finished trial's result, ``progress(result)`` each
+    intermediate one (logged when given). Returns the ``ResultGrid``."""
     from ray import tune
+
+    def words(r: dict) -> str:
+        return f"val accuracy {r.get('val_accuracy', float('nan')):.3f}, macro-F1 {r.get('val_macro_f1', float('nan')):.3f}"
 
     class Progress(tune.Callback):
         """One line per finished trial, in the driver (Tune's own console tables are turned off)."""
 
         done = 0
 
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if progress is not None:
+                log.info("%s: %s", describe(trial.config), progress(result))
+
         def on_trial_complete(self, iteration, trials, trial, **info):
             Progress.done += 1
-            r = trial.last_result or {}
-            log.info("%s done (%d/%d, %.0f s since start): val accuracy %.3f, macro-F1 %.3f", describe(trial.config),
-                     Progress.done, total, time.perf_counter() - start, r.get("val_accuracy", float("nan")),
-                     r.get("val_macro_f1", float("nan")))  # fmt: skip
+            log.info("%s done (%d/%d, %.0f s since start): %s", describe(trial.config), Progress.done, total,
+                     time.perf_counter() - start, (outcome or words)(trial.last_result or {}))  # fmt: skip
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment tables on stdout
     tuner = tune.Tuner(
         tune.with_resources(trial, {"cpu": TRIAL_CPU}),
         param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=slots),
+        tune_config=tune.TuneConfig(max_concurrent_trials=slots, **tune_config),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=[Progress()]),
     )
     grid = tuner.fit()
     errors = [str(r.error) for r in grid if r.error]
-    if errors:
+    if errors and strict:
         raise RuntimeError(f"{len(errors)} of {total} trial(s) failed: {errors[0]}")
+    return grid
 
 
 def write_predictions(gold: Gold, folds: list[dict], out: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Plots of a cross-validation run: metrics per fold, learning curves, the confusion matrix."""
+"""Plots of a cross-validation run: metrics per fold, learning curves, the confusion matrix, the search."""
 
 from __future__ import annotations
 
@@ -66,6 +66,38 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("out-of-fold confusion")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def search(summary: dict, path: Path) -> None:
+    """Left: each trial's running mean against folds trained (stopped trials dashed, the best bold, ASHA's
+    rungs dotted, a cross where a trial was stopped). Right: each trial's last running mean against its learning rate."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for t in summary["results"]:
+        if not t["running"]:
+            continue
+        x = np.arange(1, len(t["running"]) + 1)
+        style = {"lw": 2.5, "color": "black", "zorder": 3} if t["best"] else {"lw": 1, "alpha": 0.7}
+        line = axes[0].plot(x, t["running"], "--" if t["stopped_early"] else "-", marker="o", ms=3, **style)[0]
+        if t["stopped_early"]:  # where ASHA stopped it
+            axes[0].plot(x[-1], t["running"][-1], "x", ms=8, color=line.get_color())
+        axes[1].scatter(t["config"]["lr"], t["running"][-1], s=40 if t["best"] else 20,
+                        facecolors="black" if t["best"] else ("none" if t["stopped_early"] else "C0"),
+                        edgecolors="black" if t["best"] else "C0")  # fmt: skip
+    for rung in summary["rungs"]:
+        axes[0].axvline(rung, color="grey", ls=":", lw=1)
+    metric = summary["metric"].replace("_", "-")
+    axes[0].set_xlabel("folds trained")
+    axes[0].set_ylabel(f"running mean {metric}")
+    axes[0].set_xticks(range(1, summary["folds"] + 1))
+    axes[0].set_title(f"{summary['trials']} trials, {summary['stopped_early']} stopped early by ASHA")
+    axes[1].set_xscale("log")
+    axes[1].xaxis.set_minor_formatter(plt.NullFormatter())
+    axes[1].set_xlabel("learning rate")
+    axes[1].set_title("last running mean (hollow: stopped, black: best)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

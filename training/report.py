@@ -12,6 +12,8 @@ METRICS = ("accuracy", "macro_f1", "roc_auc", "log_loss")
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 160)
+    if summary.get("search"):
+        print_search(summary["search"], console)
     table = Table(title=f"cross-validation: {summary['table']} v{summary['delta_version']} "
                         f"({summary['folds']} folds, {summary['concurrent_folds']} at once)", title_justify="left")  # fmt: skip
     for col in ("fold", "train rows", "val rows", "best epoch", *METRICS):
@@ -26,3 +28,21 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
                   *[f"{fin['test_' + m]:.3f}" for m in METRICS])  # fmt: skip
     console.print(table)
     console.print(f"out-of-fold predictions: {summary['predictions']['path']} ({summary['predictions']['rows']:,} rows)")
+
+
+def print_search(search: dict, console: Console) -> None:
+    """The search in one table: the space, what ASHA stopped, and the configuration chosen."""
+    table = Table(title=f"hyperparameter search: {search['trials']} {search['algorithm']} trials over "
+                        f"{search['folds']} fold(s), {search['stopped_early']} stopped early by ASHA "
+                        f"(after fold(s) {', '.join(map(str, search['rungs'])) or '-'}), {search['seconds']:.0f} s",
+                  title_justify="left")  # fmt: skip
+    for col in ("", "lr", "weight decay", "dropout", "batch size", f"mean {search['metric']}"):
+        table.add_column(col, justify="right", no_wrap=True)
+    space = search["space"]
+    table.add_row("space", "{:.1e} – {:.1e} (log)".format(*space["lr"]),
+                  "{:.1e} – {:.1e} (log)".format(*space["weight_decay"]), "{:.2f} – {:.2f}".format(*space["dropout"]),
+                  "/".join(map(str, space["batch_size"])), "")  # fmt: skip
+    best = search["best"]["config"]
+    table.add_row("best", f"{best['lr']:.2e}", f"{best['weight_decay']:.2e}", f"{best['dropout']:.2f}",
+                  str(best["batch_size"]), f"{search['best']['score']:.3f}", style="bold")  # fmt: skip
+    console.print(table)

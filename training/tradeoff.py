@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
     from training.__main__ import parser as train_parser
 
     p = argparse.ArgumentParser(prog="python -m training.tradeoff", description=__doc__.split("\n\n")[0],
-                                parents=[train_parser(add_help=False)], conflict_handler="resolve")  # fmt: skip
+                                parents=[train_parser(add_help=False, search=False)], conflict_handler="resolve")  # fmt: skip
     p.add_argument("--levels", required=True, type=lambda v: v.split(","), help="comma-separated quality levels")
     p.add_argument("--fractions", required=True, type=lambda v: [float(x) for x in v.split(",")],
                    help="comma-separated fractions of the training rows, each in (0, 1]")  # fmt: skip

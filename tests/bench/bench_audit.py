@@ -44,7 +44,7 @@ def sample_quality(spark, tmp: Path, epochs: int) -> list[list]:
 
     rows = []
     for path in make_samples(tmp / "samples", seed=7):
-        overrides = {"train.epochs": epochs, "train.patience": epochs}
+        overrides = {"train.epochs": epochs, "train.patience": epochs, "train.search": None}  # fixed hyperparameters
         if "digits" in path.name:  # an MLP on the 16×16 pixels: a CPU learns it in minutes, ResNet-18 does not
             overrides.update({"train.model": "mlp", "train.hidden": [128, 64]})
         cfg = load_config(path, overrides)

@@ -94,3 +94,12 @@ def test_concurrency_is_planned_before_starting():
 def test_a_table_that_is_not_gold_is_refused(tmp_path):
     with pytest.raises(GoldError, match="no Delta table"):
         Gold.open(str(tmp_path / "nothing"))
+
+
+def test_a_search_that_cannot_run_is_refused_before_ray_starts(cancer_gold, capsys):
+    from training.__main__ import main
+
+    assert main(["--table", cancer_gold, "--search-trials", "3", "--search-folds", "3"]) == 2
+    assert "search folds must be between 1 and the table's 2 folds" in capsys.readouterr().err
+    assert main(["--table", cancer_gold, "--search-trials", "3", "--search-lr", "0.1,0.001"]) == 2
+    assert "search lr must be a range" in capsys.readouterr().err

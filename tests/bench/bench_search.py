@@ -1,0 +1,77 @@
+"""Hyperparameter search: ASHA against training every trial on every fold (its peer, FIFO).
+
+The cancer sample goes through the Spark stages to gold once; then the same random search
+(same seed, so the same configurations in the same order) runs twice on local Ray: with
+ASHA stopping trials between folds, and without (Tune's FIFO scheduler: every trial trains
+every fold). Printed side by side: wall seconds, fold trainings, the best configuration's
+mean CV metric, and whether both chose the same configuration.
+
+    python tests/bench/bench_search.py [--trials 8] [--folds 3] [--epochs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.bench.common import report  # noqa: E402
+
+
+def gold_table(tmp: Path, folds: int) -> str:
+    from jobs import io, pipeline
+    from jobs.config import SparkConfig, load_config
+    from jobs.samples import make_samples
+    from jobs.spark import build_spark
+
+    path = make_samples(tmp / "samples", seed=7)[0]  # cancer
+    cfg = load_config(path, {"split.folds": folds})
+    spark = build_spark(SparkConfig(master="local[2]", shuffle_partitions=4))
+    try:
+        pipeline.run_pipeline(spark, cfg, "bench", pipeline.select_stages(until="oversample"))
+    finally:
+        spark.stop()
+    return io.Lake(cfg.lake_dir).path("gold")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
+    args = p.parse_args()
+    from training import runtime
+    from training.cv import Settings
+    from training.gold import Gold
+    from training.search import Search, run
+
+    rows, runs = [], {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        gold = Gold.open(gold_table(tmp, args.folds))
+        runtime.init_ray()
+        try:
+            settings = Settings(epochs=args.epochs, hidden=(64, 32), patience=args.epochs, tensorboard=False)
+            for asha in (True, False):
+                search = Search(trials=args.trials, folds=args.folds, asha=asha)
+                start = time.perf_counter()
+                _, summary = run(gold, settings, search, tmp / f"search-{asha}")
+                runs[asha] = {**summary, "wall_seconds": round(time.perf_counter() - start, 2)}
+        finally:
+            runtime.shutdown()
+    for asha, name in ((True, "ASHA (fulcrum's default)"), (False, "FIFO: every trial, every fold (peer)")):
+        r = runs[asha]
+        rows.append([name, r["wall_seconds"], r["trainings"], r["stopped_early"], round(r["best"]["score"], 3),
+                     "yes" if r["best"]["config"] == runs[not asha]["best"]["config"] else "no"])  # fmt: skip
+    report("search", f"hyperparameter search on the cancer sample: {args.trials} random trials × {args.folds} folds, "
+           f"{args.epochs} epochs, {runs[True]['concurrent']} at once",
+           ["scheduler", "seconds", "fold trainings", "stopped early", "best mean macro-F1", "same best config"], rows,
+           {"trials": args.trials, "folds": args.folds, "epochs": args.epochs,
+            "runs": {str(k): {x: v for x, v in r.items() if x != "results"} for k, r in runs.items()}})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

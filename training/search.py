@@ -1,0 +1,211 @@
+"""Hyperparameter search on Ray Tune, scored by the mean cross-validation metric, with ASHA.
+
+A trial is one configuration (learning rate, weight decay, dropout, batch size) drawn at
+random or by Optuna's TPE (``bayesian``). It trains the split's folds one after the other
+with the same ``run_fold`` as cross-validation and reports, after each fold, the running
+mean of the fold metric; ASHA treats a fold as its unit of time, so after ``grace`` folds
+(then ``grace × reduction``, ...) a trial whose running mean is below the top
+``1/reduction`` of the trials that got that far is stopped and its CPUs go to the next
+one. Trials run concurrently as the cluster's resources allow (the CV driver's plan).
+
+The best trial is the one with the highest mean over every fold among the trials that
+finished them all; its configuration is what the final cross-validation and model use.
+Its score was picked on the same folds, so it is optimistic (nested CV is not done). When
+the search scored every fold with the training's epochs, the best trial's folds are the
+cross-validation's and are not trained again; otherwise the CV trains them.
+
+Output under ``out``: ``search.json`` (every trial: configuration, per-fold metric,
+running mean, stopped early or not) and ``search.png`` (running mean against folds trained,
+one line per trial).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.cv import Settings, plan_resources, run_fold, run_grid, save_fold
+from training.gold import Gold
+
+log = logging.getLogger(__name__)
+ALGORITHMS = ("random", "bayesian")
+SCORED = ("macro_f1", "accuracy", "roc_auc")  # higher is better
+PARAMS = ("lr", "weight_decay", "dropout", "batch_size")
+
+
+@dataclass
+class Search:
+    """``train.search``: how many trials, how they are drawn and stopped, and the space."""
+
+    trials: int = 0  # 0: no search
+    algorithm: str = "random"
+    folds: int | None = None  # the first N folds of the split (default: all)
+    epochs: int | None = None  # per fold of a trial (default: the training's epochs)
+    metric: str = "macro_f1"
+    asha: bool = True  # stop bad trials early (else every trial trains every fold)
+    grace: int = 1  # folds every trial trains before ASHA may stop it
+    reduction: int = 2  # ASHA keeps the top 1/reduction at each rung
+    lr: tuple[float, ...] = (1e-4, 1e-2)  # log-uniform
+    weight_decay: tuple[float, ...] = (1e-6, 1e-2)  # log-uniform
+    dropout: tuple[float, ...] = (0.0, 0.5)  # uniform
+    batch_size: tuple[int, ...] = (32, 64, 128)  # one of
+
+    def check(self, folds: int) -> None:
+        """Raise ValueError naming what is wrong (the YAML side validates the same in ``jobs.config``)."""
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"search algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.metric not in SCORED:
+            raise ValueError(f"search metric must be one of {', '.join(SCORED)}, got {self.metric!r}")
+        for name in ("lr", "weight_decay", "dropout"):
+            lo, hi = _range(self, name)
+            if not (lo <= hi and (lo > 0 or name == "dropout") and (hi < 1 or name != "dropout")):
+                raise ValueError(f"search {name} must be a range low,high with 0 < low <= high "
+                                 f"(dropout: 0 <= low <= high < 1), got {getattr(self, name)}")  # fmt: skip
+        if not self.batch_size or min(self.batch_size) < 1:
+            raise ValueError(f"search batch_size must list batch sizes >= 1, got {self.batch_size}")
+        if self.grace < 1 or self.reduction < 2:
+            raise ValueError("search grace must be >= 1 and reduction >= 2")
+        if self.folds is not None and not 1 <= self.folds <= folds:
+            raise ValueError(f"search folds must be between 1 and the table's {folds} folds, got {self.folds}")
+
+
+def _range(search: Search, name: str) -> tuple[float, float]:
+    value = tuple(getattr(search, name))
+    if len(value) != 2:
+        raise ValueError(f"search {name} must be two numbers low,high, got {value}")
+    return float(value[0]), float(value[1])
+
+
+def space(search: Search) -> dict:
+    """The Tune search space: log-uniform learning rate and weight decay, uniform dropout, a batch size."""
+    from ray import tune
+
+    def between(name: str, draw):
+        lo, hi = _range(search, name)
+        return lo if lo == hi else draw(lo, hi)
+
+    return {"lr": between("lr", tune.loguniform), "weight_decay": between("weight_decay", tune.loguniform),
+            "dropout": between("dropout", tune.uniform),
+            "batch_size": tune.choice(sorted(set(int(b) for b in search.batch_size)))}  # fmt: skip
+
+
+def rungs(folds: int, grace: int, reduction: int) -> list[int]:
+    """The folds after which ASHA compares trials (``grace × reduction^k`` below the last fold)."""
+    out, t = [], grace
+    while t < folds:
+        out.append(t)
+        t *= reduction
+    return out
+
+
+def best_trial(trials: list[dict], folds: int) -> dict | None:
+    """The trial with the highest mean over all ``folds`` among those that trained them all (first on ties)."""
+    done = [t for t in trials if len(t["scores"]) == folds and not t.get("error") and not math.isnan(t["score"])]
+    return max(done, key=lambda t: t["score"]) if done else None
+
+
+def apply(s: Settings, config: dict) -> Settings:
+    """Settings with a trial's hyperparameters."""
+    return dataclasses.replace(s, lr=float(config["lr"]), weight_decay=float(config["weight_decay"]),
+                               dropout=float(config["dropout"]), batch_size=int(config["batch_size"]))  # fmt: skip
+
+
+def run(gold: Gold, s: Settings, search: Search, out: str | Path) -> tuple[Settings, dict]:
+    """Run the search; returns the settings of the best trial and the summary written to ``search.json``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    search.check(gold.folds)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    folds = search.folds or gold.folds
+    base = dataclasses.replace(s, epochs=search.epochs or s.epochs)
+    use_gpu, per_worker, slots = plan_resources(base, search.trials)
+    key = f"mean_{search.metric}"
+    steps = rungs(folds, search.grace, search.reduction) if search.asha else []
+    log.info("hyperparameter search: %d %s trial(s) × up to %d fold(s), %d at once; ASHA compares after fold(s) %s",
+             search.trials, search.algorithm, folds, slots, steps or "none")  # fmt: skip
+    start = time.perf_counter()
+
+    def trial(config: dict) -> None:
+        where = out / "trials" / tune.get_context().get_trial_id()
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "config.json").write_text(json.dumps(config))
+        settings, scores = apply(base, config), []
+        for fold in range(folds):
+            result = run_fold(gold, settings, fold, where, use_gpu=use_gpu, cpus_per_worker=per_worker)
+            save_fold(result, where / f"fold-{fold}.json")
+            scores.append(float(result["metrics"][search.metric]))
+            tune.report({key: float(np.nanmean(scores)) if not all(map(math.isnan, scores)) else float("nan"),
+                         "fold": fold, "folds_done": len(scores), "fold_score": scores[-1],
+                         **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}})  # fmt: skip
+
+    if search.algorithm == "bayesian":
+        from ray.tune.search.optuna import OptunaSearch
+
+        algorithm = OptunaSearch(metric=key, mode="max", seed=s.seed)
+    else:
+        algorithm = tune.search.BasicVariantGenerator(random_state=s.seed)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=key, mode="max", max_t=folds,
+                               grace_period=min(search.grace, folds), reduction_factor=search.reduction)
+                 if search.asha else tune.schedulers.FIFOScheduler())  # fmt: skip
+    metric = search.metric.replace("_", "-")
+
+    def progress(r: dict) -> str:
+        return f"fold {r['fold']} {metric} {r['fold_score']:.3f}, running mean {r[key]:.3f}"
+
+    def outcome(r: dict) -> str:
+        done = r.get("folds_done", 0)
+        return (f"mean {metric} {r.get(key, float('nan')):.3f} over {done} fold(s)"
+                + (", stopped early by ASHA" if done < folds else ""))  # fmt: skip
+
+    grid = run_grid(trial, space(search), slots, out / "tune", "search", _describe, search.trials, start,
+                    strict=False, outcome=outcome, progress=progress, search_alg=algorithm, scheduler=scheduler,
+                    num_samples=search.trials)  # fmt: skip
+    trials = []
+    for r in grid:
+        history = r.metrics_dataframe
+        scores = [] if history is None or "fold_score" not in history else history["fold_score"].tolist()
+        trials.append({
+            "trial": (r.metrics or {}).get("trial_id"),
+            "config": {p: r.config[p] for p in PARAMS}, "scores": scores,
+            "running": [] if not scores else history[key].tolist(),
+            "score": float(np.nanmean(scores)) if scores and not all(map(math.isnan, scores)) else float("nan"),
+            "stopped_early": bool(not r.error and len(scores) < folds), "error": str(r.error) if r.error else None,
+        })  # fmt: skip
+    best = best_trial(trials, folds)
+    if best is None:
+        errors = [t["error"] for t in trials if t["error"]]
+        raise RuntimeError(f"no search trial trained all {folds} folds"
+                           + (f"; {len(errors)} failed, the first with: {errors[0]}" if errors else ""))  # fmt: skip
+    for t in trials:
+        t["best"] = t is best
+    summary = {
+        "algorithm": search.algorithm, "metric": search.metric, "trials": len(trials), "folds": folds,
+        "epochs": base.epochs, "grace": search.grace, "reduction": search.reduction,
+        "asha": search.asha, "rungs": steps, "concurrent": slots, "trainings": sum(len(t["scores"]) for t in trials),
+        "stopped_early": sum(t["stopped_early"] for t in trials), "failed": sum(bool(t["error"]) for t in trials),
+        "seconds": round(time.perf_counter() - start, 2),
+        "best": {"config": best["config"], "score": best["score"], "dir": str(out / "trials" / best["trial"])},
+        "space": {p: list(getattr(search, p)) for p in PARAMS}, "results": trials,
+    }  # fmt: skip
+    (out / "search.json").write_text(json.dumps(summary, indent=2, default=float))
+    from training import plots
+
+    plots.search(summary, out / "search.png")
+    log.info("search done in %.0f s: best %s, mean %s %.3f over %d folds (%d of %d trials stopped early)",
+             summary["seconds"], _describe(best["config"]), search.metric, best["score"], folds,
+             summary["stopped_early"], len(trials))  # fmt: skip
+    return apply(s, best["config"]), summary
+
+
+def _describe(config: dict) -> str:
+    return (f"lr {config['lr']:.2g}, weight decay {config['weight_decay']:.2g}, dropout {config['dropout']:.2f}, "
+            f"batch {config['batch_size']}")  # fmt: skip
