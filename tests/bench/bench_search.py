@@ -6,12 +6,13 @@ ASHA stopping trials between folds, and without (Tune's FIFO scheduler: every tr
 every fold). Printed side by side: wall seconds, fold trainings, the best configuration's
 mean CV metric, and whether both chose the same configuration.
 
-    python tests/bench/bench_search.py [--trials 8] [--folds 3] [--epochs 5]
+    python tests/bench/bench_search.py [--trials 8] [--folds 3] [--epochs 5] [--concurrency N]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -42,7 +43,10 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--concurrency", type=int, default=None, help="trials at once (default: what fits)")
     args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("training").setLevel(logging.INFO)  # one line per fold of a trial and per trial
     from training import runtime
     from training.cv import Settings
     from training.gold import Gold
@@ -54,7 +58,8 @@ def main() -> None:
         gold = Gold.open(gold_table(tmp, args.folds))
         runtime.init_ray()
         try:
-            settings = Settings(epochs=args.epochs, hidden=(64, 32), patience=args.epochs, tensorboard=False)
+            settings = Settings(epochs=args.epochs, hidden=(64, 32), patience=args.epochs, tensorboard=False,
+                                concurrency=args.concurrency)  # fmt: skip
             for asha in (True, False):
                 search = Search(trials=args.trials, folds=args.folds, asha=asha)
                 start = time.perf_counter()
@@ -66,7 +71,8 @@ def main() -> None:
         r = runs[asha]
         rows.append([name, r["wall_seconds"], r["trainings"], r["stopped_early"], round(r["best"]["score"], 3),
                      "yes" if r["best"]["config"] == runs[not asha]["best"]["config"] else "no"])  # fmt: skip
-    report("search", f"hyperparameter search on the cancer sample: {args.trials} random trials × {args.folds} folds, "
+    name = "search" if args.concurrency is None else f"search-concurrency-{args.concurrency}"
+    report(name, f"hyperparameter search on the cancer sample: {args.trials} random trials × {args.folds} folds, "
            f"{args.epochs} epochs, {runs[True]['concurrent']} at once",
            ["scheduler", "seconds", "fold trainings", "stopped early", "best mean macro-F1", "same best config"], rows,
            {"trials": args.trials, "folds": args.folds, "epochs": args.epochs,
