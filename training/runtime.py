@@ -36,6 +36,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
         # each a process importing torch) can take more than Ray Train's 60 s to start a worker, and every
         # timeout restarts the worker group, adding to the load. A local instance waits longer.
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+        # A one-node instance cannot lose a node to preemption: no watcher actor (one process per training).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         cpus = num_cpus or local_logical_cpus()
         ctx = ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, **kwargs)
         log.info("started local Ray with %d logical CPUs", cpus)

@@ -105,6 +105,11 @@ def rungs(folds: int, grace: int, reduction: int) -> list[int]:
     return out
 
 
+def startup_trials(trials: int) -> int:
+    """Random trials before TPE models the results: a third of the search, at least 2, at most 10."""
+    return max(2, min(10, trials // 3))
+
+
 def best_trial(trials: list[dict], folds: int) -> dict | None:
     """The trial with the highest mean over all ``folds`` among those that trained them all (first on ties)."""
     done = [t for t in trials if len(t["scores"]) == folds and not t.get("error") and not math.isnan(t["score"])]
@@ -148,9 +153,13 @@ def run(gold: Gold, s: Settings, search: Search, out: str | Path) -> tuple[Setti
                          **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}})  # fmt: skip
 
     if search.algorithm == "bayesian":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        algorithm = OptunaSearch(metric=key, mode="max", seed=s.seed)
+        # TPE's default of 10 random start-up trials would make a search of ≤ 10 trials random;
+        # a third of the trials (2 to 10) start it, the rest are drawn from the model.
+        sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(search.trials))
+        algorithm = OptunaSearch(metric=key, mode="max", sampler=sampler)
     else:
         algorithm = tune.search.BasicVariantGenerator(random_state=s.seed)
     scheduler = (ASHAScheduler(time_attr="training_iteration", metric=key, mode="max", max_t=folds,

@@ -10,7 +10,7 @@ import pytest
 from jobs.config import parse_config
 from jobs.errors import ConfigError
 from training.cv import Settings
-from training.search import Search, apply, best_trial, rungs, space
+from training.search import Search, apply, best_trial, rungs, space, startup_trials
 
 
 def _cfg(tmp_path, train: dict, folds: int = 5):
@@ -24,6 +24,10 @@ def test_asha_compares_trials_after_grace_times_powers_of_the_reduction():
     assert rungs(10, 2, 3) == [2, 6]
     assert rungs(2, 1, 2) == [1]
     assert rungs(3, 3, 2) == []  # grace reaches the last fold: nothing is stopped
+
+
+def test_tpe_starts_from_a_third_of_the_trials_at_random_between_2_and_10():
+    assert [startup_trials(n) for n in (1, 3, 6, 9, 12, 30, 100)] == [2, 2, 2, 3, 4, 10, 10]
 
 
 def test_the_best_trial_trained_every_fold():
