@@ -7,6 +7,11 @@ every fold). Printed side by side: wall seconds, fold trainings, the best config
 mean CV metric, and whether both chose the same configuration.
 
     python tests/bench/bench_search.py [--trials 8] [--folds 3] [--epochs 5] [--concurrency N]
+                                       [--algorithm random|bayesian]
+
+With ``--algorithm bayesian`` both runs draw with TPE, which adapts to what it has seen, so
+the two runs no longer try the same configurations; the pair then shows what ASHA's
+stopping costs TPE (it sees fewer complete trials).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=None, help="trials at once (default: what fits)")
+    p.add_argument("--algorithm", choices=("random", "bayesian"), default="random",
+                   help="how both runs draw trials (bayesian: TPE, which adapts to the results it sees)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("training").setLevel(logging.INFO)  # one line per fold of a trial and per trial
@@ -61,7 +68,7 @@ def main() -> None:
             settings = Settings(epochs=args.epochs, hidden=(64, 32), patience=args.epochs, tensorboard=False,
                                 concurrency=args.concurrency)  # fmt: skip
             for asha in (True, False):
-                search = Search(trials=args.trials, folds=args.folds, asha=asha)
+                search = Search(trials=args.trials, folds=args.folds, asha=asha, algorithm=args.algorithm)
                 start = time.perf_counter()
                 _, summary = run(gold, settings, search, tmp / f"search-{asha}")
                 runs[asha] = {**summary, "wall_seconds": round(time.perf_counter() - start, 2)}
@@ -71,11 +78,12 @@ def main() -> None:
         r = runs[asha]
         rows.append([name, r["wall_seconds"], r["trainings"], r["stopped_early"], round(r["best"]["score"], 3),
                      "yes" if r["best"]["config"] == runs[not asha]["best"]["config"] else "no"])  # fmt: skip
-    name = "search" if args.concurrency is None else f"search-concurrency-{args.concurrency}"
-    report(name, f"hyperparameter search on the cancer sample: {args.trials} random trials × {args.folds} folds, "
+    name = "search" + ("" if args.concurrency is None else f"-concurrency-{args.concurrency}") + (
+        "" if args.algorithm == "random" else f"-{args.algorithm}")
+    report(name, f"hyperparameter search on the cancer sample: {args.trials} {args.algorithm} trials × {args.folds} folds, "
            f"{args.epochs} epochs, {runs[True]['concurrent']} at once",
            ["scheduler", "seconds", "fold trainings", "stopped early", "best mean macro-F1", "same best config"], rows,
-           {"trials": args.trials, "folds": args.folds, "epochs": args.epochs,
+           {"trials": args.trials, "folds": args.folds, "epochs": args.epochs, "algorithm": args.algorithm,
             "runs": {str(k): {x: v for x, v in r.items() if x != "results"} for k, r in runs.items()}})  # fmt: skip
 
 
