@@ -110,6 +110,20 @@ def startup_trials(trials: int) -> int:
     return max(2, min(10, trials // 3))
 
 
+def searcher(search: Search, metric: str, seed: int):
+    """Tune's search algorithm: seeded random draws, or Optuna's TPE seeded and started by ``startup_trials``
+    (Optuna's default of 10 random start-up trials would leave a search of 10 or fewer random)."""
+    from ray import tune
+
+    if search.algorithm == "bayesian":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(search.trials))
+        return OptunaSearch(metric=metric, mode="max", sampler=sampler)
+    return tune.search.BasicVariantGenerator(random_state=seed)
+
+
 def best_trial(trials: list[dict], folds: int) -> dict | None:
     """The trial with the highest mean over all ``folds`` among those that trained them all (first on ties)."""
     done = [t for t in trials if len(t["scores"]) == folds and not t.get("error") and not math.isnan(t["score"])]
@@ -152,16 +166,7 @@ def run(gold: Gold, s: Settings, search: Search, out: str | Path) -> tuple[Setti
                          "fold": fold, "folds_done": len(scores), "fold_score": scores[-1],
                          **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}})  # fmt: skip
 
-    if search.algorithm == "bayesian":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        # TPE's default of 10 random start-up trials would make a search of ≤ 10 trials random;
-        # a third of the trials (2 to 10) start it, the rest are drawn from the model.
-        sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(search.trials))
-        algorithm = OptunaSearch(metric=key, mode="max", sampler=sampler)
-    else:
-        algorithm = tune.search.BasicVariantGenerator(random_state=s.seed)
+    algorithm = searcher(search, key, s.seed)
     scheduler = (ASHAScheduler(time_attr="training_iteration", metric=key, mode="max", max_t=folds,
                                grace_period=min(search.grace, folds), reduction_factor=search.reduction)
                  if search.asha else tune.schedulers.FIFOScheduler())  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 from jobs.config import parse_config
 from jobs.errors import ConfigError
 from training.cv import Settings
-from training.search import Search, apply, best_trial, rungs, space, startup_trials
+from training.search import Search, apply, best_trial, rungs, searcher, space, startup_trials
 
 
 def _cfg(tmp_path, train: dict, folds: int = 5):
@@ -28,6 +28,28 @@ def test_asha_compares_trials_after_grace_times_powers_of_the_reduction():
 
 def test_tpe_starts_from_a_third_of_the_trials_at_random_between_2_and_10():
     assert [startup_trials(n) for n in (1, 3, 6, 9, 12, 30, 100)] == [2, 2, 2, 3, 4, 10, 10]
+
+
+def test_bayesian_draws_come_from_a_seeded_tpe_started_by_a_third_of_the_trials():
+    import optuna
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = Search(trials=9, algorithm="bayesian")
+    first = []
+    for _ in range(2):  # the same seed: the same configurations, in order, after results are told
+        algorithm = searcher(search, "mean_macro_f1", seed=7)
+        assert isinstance(algorithm, OptunaSearch)
+        assert isinstance(algorithm._sampler, optuna.samplers.TPESampler) and algorithm._sampler._n_startup_trials == 3
+        algorithm.set_search_properties("mean_macro_f1", "max", space(search))
+        drawn = []
+        for i in range(5):
+            config = algorithm.suggest(f"t{i}")
+            drawn.append(config)
+            algorithm.on_trial_complete(f"t{i}", {"mean_macro_f1": config["lr"] * 100})
+        first.append(drawn)
+    assert first[0] == first[1] and len({d["lr"] for d in first[0]}) == 5
+    assert isinstance(searcher(Search(trials=9), "mean_macro_f1", seed=7), BasicVariantGenerator)
 
 
 def test_the_best_trial_trained_every_fold():
