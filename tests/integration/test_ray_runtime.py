@@ -26,3 +26,17 @@ def test_ray_data_runs_while_workers_hold_their_cpus(ray_local):
     assert ds.sum("id") == 2 * sum(range(1000))
     for h in holders:
         ray.kill(h)
+
+
+def test_a_local_instance_gives_ray_train_its_one_node_defaults_in_every_worker(ray_local):
+    import ray
+
+    @ray.remote(num_cpus=0.1)
+    def env(name):
+        import os
+
+        return os.environ.get(name)
+
+    # Its processes (Ray Train's controller among them) inherit them: no preemption watcher, 300 s to start.
+    assert ray.get(env.remote("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"), timeout=60) == "0"
+    assert ray.get(env.remote("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"), timeout=60) == "300"
