@@ -1,8 +1,9 @@
 """Ingest: read the source as it is, give each row a deterministic ``sample_id``, write bronze.
 
-``sample_id`` is the first 128 bits of a SHA-256 over the configured id column (else over
-the whole row), plus the row's occurrence number among rows with the same key, so
-repeated rows keep distinct, stable ids. Rows whose id bronze already holds are not
+``sample_id`` is the first 128 bits of a SHA-256 over the row (its configured id column and
+its content, or its content alone) and the row's occurrence number among identical rows, so
+repeated rows keep distinct ids, and an id depends only on the row and its count: a source
+that grows (even by rows that share an existing row's id column) keeps every old id. Rows whose id bronze already holds are not
 inserted again: ingesting the same source twice adds nothing.
 """
 
@@ -44,8 +45,27 @@ def read_source(spark: SparkSession, cfg: PipelineConfig) -> DataFrame:
     try:
         df = reader.load(path)
     except Exception as exc:
-        raise SourceError(f"cannot read {path} as {src.format}: {str(exc).splitlines()[0]}") from exc
+        raise SourceError(f"cannot read {path} as {src.format}: {_reason(exc)}",
+                          fix="check source.format and source.options against the file") from exc  # fmt: skip
     return df.withColumn("source_file", F.col("_metadata.file_path"))
+
+
+def _reason(exc: Exception) -> str:
+    """The first informative line of a reader's error (Py4J's own first line names only the Java call)."""
+    java = getattr(exc, "java_exception", None)
+    text = str(java) if java is not None else (getattr(exc, "desc", None) or str(exc))
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("An error occurred while calling")]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _repeated_header(missing: list[str], fields: dict) -> str:
+    """Spark names the copies of a repeated header ``a`` as ``a<position>``: say so."""
+    import re
+
+    hits = {c: [f for f in fields if re.fullmatch(re.escape(c) + r"\d+", f)] for c in missing}
+    hits = {c: found for c, found in hits.items() if len(found) > 1}
+    return "".join(f"; the header repeats {c!r} (Spark renamed the copies {', '.join(found)})"
+                   for c, found in hits.items())  # fmt: skip
 
 
 def check_schema(df: DataFrame, cfg: PipelineConfig) -> None:
@@ -54,7 +74,7 @@ def check_schema(df: DataFrame, cfg: PipelineConfig) -> None:
     missing = [c for c in cfg.source_columns if c not in fields]
     if missing:
         raise SchemaMismatchError(
-            f"source lacks configured columns {missing}; it has {sorted(fields)}",
+            f"source lacks configured columns {missing}; it has {sorted(fields)}{_repeated_header(missing, fields)}",
             fix="rename the columns in the source or correct columns.* in the config",
         )
     clash = [c for c in LINEAGE_COLUMNS if c in fields]
@@ -84,12 +104,15 @@ def assign_sample_ids(df: DataFrame, id_column: str | None, run_id: str) -> Data
     key = row_hash if id_column is None else F.coalesce(
         F.concat(F.lit("id:"), F.col(f"`{id_column}`").cast("string")), F.concat(F.lit("row:"), row_hash)
     )  # fmt: skip
-    window = Window.partitionBy("_key").orderBy("_row_hash", "source_file")
+    # Occurrences are numbered among *identical* rows only: a grown source then keeps every old id
+    # (its identical rows only gain higher numbers), whatever new rows share an old row's id column.
+    window = Window.partitionBy("_key", "_row_hash").orderBy("source_file")
+    ident = F.col("_key") if id_column is None else F.concat_ws("#", "_key", "_row_hash")
     return (
         df.withColumn("_row_hash", row_hash)
         .withColumn("_key", key)
         .withColumn("_occurrence", F.row_number().over(window) - 1)
-        .withColumn("sample_id", F.substring(F.sha2(F.concat_ws("#", "_key", "_occurrence"), 256), 1, 32))
+        .withColumn("sample_id", F.substring(F.sha2(F.concat_ws("#", ident, "_occurrence"), 256), 1, 32))
         .withColumn("ingest_run_id", F.lit(run_id))
         .drop("_row_hash", "_key", "_occurrence")
     )

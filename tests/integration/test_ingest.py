@@ -63,9 +63,31 @@ def test_id_column_drives_the_sample_id(spark, tmp_path):
                    {"id": "rid", "label": "y", "features": ["a", "b"]})  # fmt: skip
     ingest.run(spark, cfg, "r1")
     first = bronze(spark, cfg).set_index("rid")["sample_id"]
-    df.assign(a=[9.0, 9.0, 9.0, 9.0]).to_parquet(tmp_path / "toy.parquet")  # same ids, other values
-    assert ingest.run(spark, cfg, "r2").rows_out == 0
-    assert first.is_unique and len(first) == 4
+    assert first.is_unique and len(first) == 4  # rows 1 and 2 are identical but for their ids
+    # The same rows, reordered, under ids renamed: the ids follow the id column, not the position.
+    df.iloc[::-1].assign(rid=["q4", "q3", "q2", "q1"]).to_parquet(tmp_path / "toy.parquet")
+    assert ingest.run(spark, cfg, "r2").rows_out == 4
+    assert not set(bronze(spark, cfg).query("rid.str.startswith('q')")["sample_id"]) & set(first)
+
+
+def test_a_grown_source_with_repeated_ids_inserts_exactly_the_new_rows(spark, tmp_path):
+    """4 rows, then 29 more rows that reuse existing ids: bronze holds 33 distinct rows, old ids unchanged."""
+    df = TOY.assign(rid=["r1", "r2", "r3", "r4"])
+    df.to_parquet(tmp_path / "toy.parquet")
+    cfg = pipeline(tmp_path, {"path": "toy.parquet", "format": "parquet"},
+                   {"id": "rid", "label": "y", "features": ["a", "b"]})  # fmt: skip
+    ingest.run(spark, cfg, "r1")
+    first = bronze(spark, cfg).set_index("rid")["sample_id"]
+    grown = pd.DataFrame({"a": [float(10 + i) for i in range(29)], "b": [0.5] * 29, "y": ["x"] * 29,
+                          "rid": [f"r{1 + i % 4}" for i in range(29)]})  # fmt: skip
+    pd.concat([df, grown], ignore_index=True).to_parquet(tmp_path / "toy.parquet")
+    assert ingest.run(spark, cfg, "r2").rows_out == 29
+    b = bronze(spark, cfg)
+    assert len(b) == 33 and b["sample_id"].is_unique
+    assert len(b.drop_duplicates(["rid", "a", "b", "y"])) == 33  # every source row once, none twice
+    old = b[b["ingest_run_id"] == "r1"].set_index("rid")["sample_id"]
+    assert old.sort_index().equals(first.sort_index())
+    assert ingest.run(spark, cfg, "r3").rows_out == 0  # and the grown source again adds nothing
 
 
 def test_json_and_delta_sources(spark, tmp_path):
