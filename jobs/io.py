@@ -2,7 +2,9 @@
 
 Every write is one Delta commit whose commit info carries the run id and the stage
 (``userMetadata`` = ``{"run_id": ..., "stage": ...}``), so `DESCRIBE HISTORY`
-tells which run made each version.
+tells which run made each version. The stamp travels with each write (the writer's
+``userMetadata`` option, or a session of the MERGE's own), never through the shared
+session's conf, so two writes from two threads cannot swap their run ids.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from delta import exceptions as delta_errors
@@ -21,7 +24,7 @@ from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.errors import ConcurrentWriteError
+from jobs.errors import ConcurrentWriteError, ConfigError
 
 log = logging.getLogger(__name__)
 # Delta's optimistic concurrency: the loser of a race to commit gets one of these, and its commit is not made.
@@ -49,11 +52,21 @@ class Lake:
         return f"{self.root.rstrip('/')}/{name}"
 
 
-@contextmanager
-def commit_info(spark: SparkSession, run_id: str, stage: str) -> Iterator[None]:
-    """Stamp every Delta commit made inside the block with the run id and stage."""
-    with _conf(spark, USER_METADATA, json.dumps({"run_id": run_id, "stage": stage}, sort_keys=True)):
-        yield
+def user_metadata(run_id: str, stage: str) -> str:
+    """The commit's ``userMetadata``: which run and stage made it."""
+    return json.dumps({"run_id": run_id, "stage": stage}, sort_keys=True)
+
+
+def _stamped(session: SparkSession, run_id: str, stage: str) -> SparkSession:
+    """A session of its own for one MERGE, with the run's commit metadata in its conf.
+
+    A MERGE takes no writer options, and a conf set on the shared session would stamp any
+    other thread's commit made meanwhile. ``newSession`` shares the SparkContext and caches
+    but not the conf, so the stamp reaches this commit only.
+    """
+    own = session.newSession()
+    own.conf.set(USER_METADATA, user_metadata(run_id, stage))
+    return own
 
 
 @contextmanager
@@ -71,6 +84,19 @@ def _conf(spark: SparkSession, key: str, value: str | None) -> Iterator[None]:
             spark.conf.unset(key)
         else:
             spark.conf.set(key, previous)
+
+
+def check_local_root(root: str) -> None:
+    """Fail early, naming the path, when a local lake root (or a folder above it) is a file."""
+    if "://" in root and not root.startswith("file:"):
+        return
+    path = Path(root.removeprefix("file:"))
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"the lake folder {root} cannot be created: {folder} is a file",
+                                  fix="set lake_root to a folder (or a path that does not exist yet)")  # fmt: skip
+            return
 
 
 @contextmanager
@@ -126,10 +152,10 @@ def properties(spark: SparkSession, path: str) -> dict[str, str]:
 def overwrite(df: DataFrame, path: str, run_id: str, stage: str, props: dict[str, str] | None = None) -> int:
     """Replace the table's rows (and schema) in one commit, with table properties."""
     spark = df.sparkSession
-    writer = df.writeTo(f"delta.`{path}`").using("delta")
+    writer = df.writeTo(f"delta.`{path}`").using("delta").option("userMetadata", user_metadata(run_id, stage))
     for key, value in {"delta.enableDeletionVectors": "false", **(props or {})}.items():
         writer = writer.tableProperty(key, str(value))
-    with commit_info(spark, run_id, stage), conflicts(path):
+    with conflicts(path):
         writer.createOrReplace()
     return version(spark, path)
 
@@ -137,8 +163,9 @@ def overwrite(df: DataFrame, path: str, run_id: str, stage: str, props: dict[str
 def append(df: DataFrame, path: str, run_id: str, stage: str) -> int:
     """Append rows in one commit (blind appends never conflict with each other)."""
     spark = df.sparkSession
-    with commit_info(spark, run_id, stage), conflicts(path):
-        df.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
+    with conflicts(path):
+        (df.write.format("delta").mode("append").option("mergeSchema", "true")
+         .option("userMetadata", user_metadata(run_id, stage)).save(path))  # fmt: skip
     return version(spark, path)
 
 
@@ -153,14 +180,12 @@ def replace_where(df: DataFrame, path: str, condition: str, run_id: str, stage: 
     row matches the condition (a second pass over ``df``) is skipped.
     """
     spark = df.sparkSession
-    with (commit_info(spark, run_id, stage), _conf(spark, CONSTRAINT_CHECK, "false" if partition_by else None),
-          conflicts(path)):  # fmt: skip
+    writer = df.write.format("delta").option("userMetadata", user_metadata(run_id, stage))
+    with _conf(spark, CONSTRAINT_CHECK, "false" if partition_by else None), conflicts(path):
         if not exists(spark, path):
-            writer = df.write.format("delta")
             (writer.partitionBy(partition_by) if partition_by else writer).save(path)
         else:
-            (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
-             .option("mergeSchema", "true").save(path))  # fmt: skip
+            writer.mode("overwrite").option("replaceWhere", condition).option("mergeSchema", "true").save(path)
     return version(spark, path)
 
 
@@ -173,14 +198,14 @@ def insert_new(df: DataFrame, path: str, key: str, run_id: str, stage: str) -> d
     since Delta only records that figure in a commit's metrics).
     """
     spark = df.sparkSession
-    with commit_info(spark, run_id, stage), conflicts(path):
+    with conflicts(path):
         if not exists(spark, path):
-            df.write.format("delta").mode("errorifexists").save(path)
+            df.write.format("delta").mode("errorifexists").option("userMetadata", user_metadata(run_id, stage)).save(path)
             commit = last_commit(spark, path)
             rows = commit["metrics"].get("numOutputRows", 0)
             return {"version": commit["version"], "inserted": rows, "source_rows": rows}
         before = version(spark, path)
-        _merge_with_retry(df, path, key)
+        _merge_with_retry(df, path, key, _stamped(spark, run_id, stage))
     commit = last_commit(spark, path)
     if commit["version"] == before:  # Delta skips the commit of a merge that changes nothing
         return {"version": before, "inserted": 0, "source_rows": None}
@@ -189,9 +214,9 @@ def insert_new(df: DataFrame, path: str, key: str, run_id: str, stage: str) -> d
             "source_rows": metrics.get("numSourceRows")}  # fmt: skip
 
 
-def _merge_with_retry(df: DataFrame, path: str, key: str) -> None:
+def _merge_with_retry(df: DataFrame, path: str, key: str, session: SparkSession) -> None:
     for attempt in range(1, MERGE_RETRIES + 1):
-        target = DeltaTable.forPath(df.sparkSession, path)
+        target = DeltaTable.forPath(session, path)
         try:
             (target.alias("t").merge(df.alias("s"), f"t.`{key}` = s.`{key}`").whenNotMatchedInsertAll().execute())
             return

@@ -85,6 +85,7 @@ class StageRun:
 @contextmanager
 def track(spark: SparkSession, lake: io.Lake, run_id: str, dataset: str, stage: str) -> Iterator[StageRun]:
     """Time a stage and append its outcome (succeeded or failed, with the error) to ``runs``."""
+    io.check_local_root(lake.root)  # before anything: a lake that cannot exist cannot record the attempt either
     run = StageRun(run_id=run_id, dataset=dataset, stage=stage)
     start = time.perf_counter()
     try:

@@ -1,6 +1,7 @@
 """Fault tolerance of the lake: a Spark driver killed mid-write leaves no partial version and the
 re-run writes exactly the expected rows; writers racing on one table never leave a mixed table."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from jobs import io
@@ -113,17 +115,26 @@ def test_racing_overwrites_leave_one_writers_complete_table(spark, tmp_path):
         table = io.read(spark, path)
         writers = {r[0] for r in table.select("writer").distinct().collect()}
         assert len(writers) == 1, writers  # never a mixed table
+        assert io.last_commit(spark, path)["user_metadata"]["run_id"] == next(iter(writers))  # its own stamp
         assert table.count() == {"a": 3000, "b": 7000}[writers.pop()]
 
 
 def test_racing_ingests_insert_each_row_once(spark, tmp_path):
     path = str(tmp_path / "bronze")
-    io.insert_new(spark.range(100).withColumn("sample_id", F.col("id").cast("string")), path, "sample_id", "r0",
-                  "ingest")  # fmt: skip
+    io.insert_new(spark.range(100).withColumn("sample_id", F.col("id").cast("string")).withColumn("writer", F.lit("r0")),
+                  path, "sample_id", "r0", "ingest")  # fmt: skip
     new = spark.range(50, 400).withColumn("sample_id", F.col("id").cast("string"))
-    outcome = _race(lambda: io.insert_new(new, path, "sample_id", "r1", "ingest"),
-                    lambda: io.insert_new(new, path, "sample_id", "r2", "ingest"))  # fmt: skip
+    outcome = _race(*[lambda run=run: io.insert_new(new.withColumn("writer", F.lit(run)), path, "sample_id", run,
+                                                    "ingest") for run in ("r1", "r2")])  # fmt: skip
     for exc in outcome:
         assert exc is None or isinstance(exc, ConcurrentWriteError), repr(exc)
     table = io.read(spark, path)
     assert table.count() == table.select("sample_id").distinct().count() == 400
+    # Each commit carries the run id of the writer whose rows it added (the stamp is per write, not per session).
+    history = DeltaTable.forPath(spark, path).history().select("version", "userMetadata").collect()
+    for commit in history:
+        if commit["version"] == 0:
+            continue
+        added = io.read(spark, path, commit["version"]).exceptAll(io.read(spark, path, commit["version"] - 1))
+        writers = {r[0] for r in added.select("writer").distinct().collect()}
+        assert writers == {json.loads(commit["userMetadata"])["run_id"]}, (commit, writers)
