@@ -32,12 +32,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import io, runs
 from jobs.config import AuditConfig, PipelineConfig
 from jobs.errors import ConfigError, DataFailedError
+from jobs.ranks import rank_within
 from jobs.stage import StageReport, StageResult
 
 log = logging.getLogger(__name__)
@@ -133,10 +134,12 @@ def count_joint(labelled: DataFrame, k: int) -> np.ndarray:
     return confident
 
 
-def _top(df: DataFrame, keys: list[str], order: Column, limit: Column) -> DataFrame:
-    """The first ``limit`` rows of each ``keys`` group by ``order`` (ties by sample_id)."""
-    rank = F.row_number().over(Window.partitionBy(*keys).orderBy(order, F.col("sample_id")))
-    return df.withColumn("_rank", rank).where(F.col("_rank") <= limit).drop("_rank")
+def _top(df: DataFrame, keys: list[str], order: Column, ascending_unit: Column, limit: Column) -> DataFrame:
+    """The first ``limit`` rows of each ``keys`` group by ``order`` (ties by sample_id). ``ascending_unit``
+    grows along ``order`` within [0, 1]: its 1,024 steps cut each group into ranges that are ranked on
+    their own (``rank_within``), so no task holds a whole class."""
+    bucket = F.least(F.greatest(F.floor(ascending_unit * 1024), F.lit(0)), F.lit(1023)).cast("long")
+    return rank_within(df, keys, bucket, [order, F.col("sample_id")], limit=limit).drop("_rank")
 
 
 def flag(labelled: DataFrame, est: Estimate, method: str) -> DataFrame:
@@ -147,13 +150,15 @@ def flag(labelled: DataFrame, est: Estimate, method: str) -> DataFrame:
         return labelled.where(F.col("confident_label").isNotNull() & (F.col("confident_label") != F.col("label")))
     if method == "prune_by_class":
         per_class = F.array(*[F.lit(int(x)) for x in cells.sum(axis=1)])
-        return _top(labelled, ["label"], F.col("self_confidence").asc(), F.element_at(per_class, F.col("label") + 1))
+        return _top(labelled, ["label"], F.col("self_confidence").asc(), F.col("self_confidence"),
+                    F.element_at(per_class, F.col("label") + 1))  # fmt: skip
     flat = F.array(*[F.lit(int(x)) for x in cells.reshape(-1)])  # prune_by_noise_rate
     cell = F.col("label") * k + F.col("_class")
     pairs = (labelled.select("sample_id", "label", "probabilities", F.posexplode("probabilities").alias("_class", "_p"))
              .where((F.col("_class") != F.col("label")) & (F.element_at(flat, cell + 1) > 0))
              .withColumn("_margin", F.col("_p") - _p(F.col("label"))))  # fmt: skip
-    chosen = _top(pairs, ["label", "_class"], F.col("_margin").desc(), F.element_at(flat, cell + 1))
+    chosen = _top(pairs, ["label", "_class"], F.col("_margin").desc(), (1 - F.col("_margin")) / 2,
+                  F.element_at(flat, cell + 1))  # fmt: skip
     return labelled.join(chosen.select("sample_id").distinct(), "sample_id", "left_semi")
 
 

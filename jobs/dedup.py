@@ -11,8 +11,8 @@ content (images). Near duplicates are found without comparing all pairs:
   threshold above 7 bits); pairs sharing a band are candidates (by pigeonhole, every
   pair within the threshold shares one), confirmed by their Hamming distance.
 
-Pairs become groups by connected components, computed in Spark by min-label
-propagation (no pair list is collected to the driver); a group's id is its smallest
+Pairs become groups by connected components, computed in Spark by alternating
+Large-Star / Small-Star rounds (no pair list is collected to the driver); a group's id is its smallest
 ``sample_id``. A group whose labels disagree is quarantined whole as ``label_conflict``;
 otherwise the survivor is the smallest ``sample_id``.
 """
@@ -30,7 +30,7 @@ from jobs.stage import StageReport, StageResult
 
 STAGE = "dedup"
 ID = "sample_id"
-MAX_ITERATIONS = 64
+MAX_ITERATIONS = 200  # O(log² n) rounds: never reached by a real group
 
 
 def exact_key(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
@@ -117,25 +117,47 @@ def image_near_edges(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
     return cand.where(bits <= h).select("src", "dst")
 
 
+def _large_star(edges: DataFrame) -> DataFrame:
+    """Each node links its larger neighbours to the smallest node of its neighbourhood (itself included)."""
+    both = edges.union(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
+    least = both.groupBy("src").agg(F.least(F.min("dst"), F.first("src")).alias("m"))
+    return (both.join(least, "src").where(F.col("dst") > F.col("src"))
+            .select(F.col("dst").alias("src"), F.col("m").alias("dst")).distinct())  # fmt: skip
+
+
+def _small_star(edges: DataFrame) -> DataFrame:
+    """Each node links itself and its smaller neighbours to the smallest of them (edges point large → small)."""
+    least = edges.groupBy("src").agg(F.min("dst").alias("m"))
+    moved = edges.join(least, "src").select(F.greatest("dst", "m").alias("src"), F.least("dst", "m").alias("dst"))
+    return moved.where(F.col("src") != F.col("dst")).union(least.select("src", F.col("m").alias("dst"))).distinct()
+
+
+def _stars(edges: DataFrame) -> bool:
+    """Is every group a star around its smallest node (edges large → small): each node has at most one edge
+    out, and no edge ends at a node that has one? Then each edge names its node's component."""
+    outs = edges.groupBy("src").agg(F.count(F.lit(1)).alias("n"))
+    forked = outs.where(F.col("n") > 1).select("src")
+    chained = edges.join(outs.select(F.col("src").alias("dst")), "dst", "left_semi").select(F.col("dst").alias("src"))
+    return forked.union(chained).isEmpty()
+
+
 def connected_components(edges: DataFrame) -> DataFrame:
     """(node, component) for every node of ``edges`` (src, dst); component = the smallest node id.
 
-    Min-label propagation: each node takes the smallest label among itself and its
-    neighbours until nothing changes (as many rounds as the widest group's diameter).
+    Alternating Large-Star and Small-Star (Kiveris et al., 2014, "Connected Components in
+    MapReduce and Beyond"): each round is a few joins and aggregations, every group ends as
+    a star around its smallest id, and the number of rounds grows with the logarithm of the
+    widest group's size (a chain of 10,000 near duplicates takes about 15), where min-label
+    propagation needed as many rounds as the group's diameter.
     """
-    both = edges.select("src", "dst").union(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
-    both = both.distinct().localCheckpoint()
-    labels = both.groupBy("src").agg(F.least(F.min("dst"), F.first("src")).alias("label"))
-    labels = labels.withColumnRenamed("src", "node").localCheckpoint()
+    current = (edges.select(F.greatest("src", "dst").alias("src"), F.least("src", "dst").alias("dst"))
+               .where(F.col("src") != F.col("dst")).distinct().localCheckpoint())  # fmt: skip
     for _ in range(MAX_ITERATIONS):
-        spread = both.join(labels, both["dst"] == labels["node"]).groupBy("src").agg(F.min("label").alias("seen"))
-        nxt = labels.join(spread, labels["node"] == spread["src"], "left").select(
-            "node", F.least("label", F.coalesce("seen", "label")).alias("label"), F.col("label").alias("was")
-        )
-        nxt = nxt.localCheckpoint()
-        if nxt.where(F.col("label") != F.col("was")).limit(1).count() == 0:
-            return nxt.select("node", F.col("label").alias("component"))
-        labels = nxt.select("node", "label")
+        if _stars(current):  # exact-duplicate edges arrive as stars already: no round at all
+            roots = current.select(F.col("dst").alias("node")).distinct()
+            return current.select(F.col("src").alias("node"), F.col("dst").alias("component")).union(
+                roots.select("node", F.col("node").alias("component")))  # fmt: skip
+        current = _small_star(_large_star(current)).localCheckpoint()
     raise RuntimeError(f"connected components did not converge in {MAX_ITERATIONS} rounds")
 
 

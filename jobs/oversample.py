@@ -36,12 +36,13 @@ import math
 import time
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import io, knn, runs
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
+from jobs.ranks import hash_bucket, rank_within
 from jobs.stage import StageReport
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,9 @@ def _hash(seed: int, *cols) -> Column:
 def undersampled(pools: DataFrame, plan_df: DataFrame, label: str, seed: int) -> DataFrame:
     """``sample_id`` → ``dropped_for``: the pools a real row is cut from."""
     cut = pools.join(F.broadcast(plan_df.where("_keep < _n")), ["pool", label])
-    order = Window.partitionBy("pool", label).orderBy(_hash(seed, F.lit("under"), "pool", "sample_id"), "sample_id")
-    cut = cut.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") > F.col("_keep"))
+    cut = cut.withColumn("_h", _hash(seed, F.lit("under"), "pool", "sample_id"))
+    cut = rank_within(cut, ["pool", label], hash_bucket(F.col("_h")), [F.col("_h"), F.col("sample_id")])
+    cut = cut.where(F.col("_rank") > F.col("_keep"))
     return cut.groupBy("sample_id").agg(F.array_sort(F.collect_list("pool")).alias("dropped_for"))
 
 
@@ -125,6 +127,22 @@ def _mode(values: Column) -> Column:
     counted = F.transform(F.array_distinct(values),
                           lambda v: F.struct((-F.size(F.filter(values, lambda x: x == v))).alias("c"), v.alias("v")))  # fmt: skip
     return F.element_at(F.array_sort(counted), 1)["v"]
+
+
+def exact_copies(src: DataFrame, keys: list[str], seed: int) -> DataFrame:
+    """``_copies`` per source row: the floor of its weighted share of ``_make``, and one more for the
+    rows with the largest remainders (remainders in 64 steps, then a seeded hash), so each group
+    makes exactly ``_make`` rows. Aggregations and ``rank_within``, not a window over the group."""
+    totals = src.groupBy(*keys).agg(F.sum("_w").alias("_wsum"), F.count(F.lit(1)).alias("_rows"))
+    src = src.join(totals, keys).withColumn("_w", F.when(F.col("_wsum") > 0, F.col("_w")).otherwise(1.0))
+    total = F.when(F.col("_wsum") > 0, F.col("_wsum")).otherwise(F.col("_rows"))
+    src = src.withColumn("_share", F.col("_w") / total * F.col("_make")).withColumn("_base", F.floor("_share"))
+    short = src.groupBy(*keys).agg((F.first("_make") - F.sum("_base")).alias("_short"))
+    src = src.join(short, keys).withColumn("_h", _hash(seed, "pool", "sample_id"))
+    step = (63 - F.least(F.floor((F.col("_share") - F.col("_base")) * 64), F.lit(63))).cast("long")
+    src = rank_within(src, keys, step * 1024 + hash_bucket(F.col("_h")), [F.col("_h"), F.col("sample_id")])
+    copies = F.col("_base") + F.when(F.col("_rank") <= F.col("_short"), 1).otherwise(0)
+    return src.withColumn("_copies", copies.cast("int")).drop("_wsum", "_rows", "_short", "_h", "_rank")
 
 
 def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -> DataFrame | None:
@@ -153,15 +171,7 @@ def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -
         hard = near.select("pool", "sample_id", (other / F.greatest(F.size("neighbours"), F.lit(1))).alias("_hard"))
         src = src.join(hard, ["pool", "sample_id"], "left")
         weight = F.when(F.col("_method") == "adasyn", F.coalesce("_hard", F.lit(0.0))).otherwise(1.0)
-    # Exact counts: floor of each row's share, the largest remainders one more.
-    group = Window.partitionBy("pool", label)
-    src = src.withColumn("_w", weight).withColumn("_wsum", F.sum("_w").over(group))
-    src = src.withColumn("_w", F.when(F.col("_wsum") > 0, F.col("_w")).otherwise(1.0)).drop("_wsum")
-    src = src.withColumn("_share", F.col("_w") / F.sum("_w").over(group) * F.col("_make"))
-    src = src.withColumn("_base", F.floor("_share")).withColumn("_short", F.col("_make") - F.sum("_base").over(group))
-    order = group.orderBy(F.desc(F.col("_share") - F.col("_base")), _hash(seed, "pool", "sample_id"), "sample_id")
-    src = src.withColumn("_copies", (F.col("_base") + F.when(F.row_number().over(order) <= F.col("_short"), 1)
-                                     .otherwise(0)).cast("int"))  # fmt: skip
+    src = exact_copies(src.withColumn("_w", weight), ["pool", label], seed)
     if interpolating:
         # Candidates: every row of a growing class in its pool; queries: the rows that make copies. The
         # counts are computed once (local checkpoint) and feed both the k-NN and the generation.

@@ -12,40 +12,30 @@ from __future__ import annotations
 
 import time
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.config import PipelineConfig
+from jobs.ranks import hash_bucket, rank_within
 from jobs.stage import StageReport, StageResult
 
 STAGE = "split"
 
 
-RANGE_SHIFT = 54  # the hash's top 10 bits: 1,024 ordered ranges per class
-
-
 def assign_folds(groups: DataFrame, seed: int, k: int, test: float) -> DataFrame:
     """(dup_group, _class) → (dup_group, fold): each class's groups ranked by a seeded hash.
 
-    The rank is that of one window over the whole class, computed without one: a window
-    partitioned by class alone is one task per class, which at a billion rows sorts the
-    majority class on one executor. The hash's top bits cut each class into 1,024 ranges
-    that keep the hash order; each range is ranked on its own (1,024 tasks per class), and
-    a range's offset comes from the counts of the ranges before it (a table of at most
-    classes × 1,024 rows). The result is exactly the single window's.
+    The rank is that of one window over the whole class, computed without one
+    (``jobs.ranks.rank_within`` on the hash's top bits), so a majority class of a billion
+    rows is not sorted on one executor.
     """
     h = F.xxhash64(F.lit(seed), "dup_group")
-    groups = groups.withColumn("_h", h).withColumn("_r", F.shiftright(h, RANGE_SHIFT))
-    local = Window.partitionBy("_class", "_r").orderBy("_h", "dup_group")
-    ranked = groups.withColumn("_local", F.row_number().over(local) - 1)
-    before = Window.partitionBy("_class").orderBy("_r").rowsBetween(Window.unboundedPreceding, -1)
-    offsets = (groups.groupBy("_class", "_r").agg(F.count(F.lit(1)).alias("_n"))
-               .withColumn("_offset", F.coalesce(F.sum("_n").over(before), F.lit(0)))
-               .withColumn("_test", F.round(F.sum("_n").over(Window.partitionBy("_class")) * F.lit(test)).cast("long"))
-               .drop("_n"))  # fmt: skip
-    ranked = ranked.join(F.broadcast(offsets), ["_class", "_r"]).withColumn("_rank", F.col("_offset") + F.col("_local"))
-    fold = F.when(F.col("_rank") < F.col("_test"), F.lit(-1)).otherwise((F.col("_rank") - F.col("_test")) % k)
-    return ranked.select("dup_group", fold.cast("int").alias("fold"))
+    ranked = rank_within(groups.withColumn("_h", h), ["_class"], hash_bucket(F.col("_h")),
+                         [F.col("_h"), F.col("dup_group")])  # fmt: skip
+    tests = groups.groupBy("_class").agg(F.round(F.count(F.lit(1)) * F.lit(test)).cast("long").alias("_test"))
+    rank = F.col("_rank") - 1
+    fold = F.when(rank < F.col("_test"), F.lit(-1)).otherwise((rank - F.col("_test")) % k)
+    return ranked.join(F.broadcast(tests), "_class").select("dup_group", fold.cast("int").alias("fold"))
 
 
 def split(df: DataFrame, cfg: PipelineConfig) -> StageResult:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
 from jobs import clean, curate, dedup, ingest, io, split, validate
 from jobs.config import load_config, parse_config
 from jobs.errors import ConfigError, DataFailedError
+from jobs.ranks import HASH_RANGE_SHIFT
 
 pytestmark = pytest.mark.spark
 
@@ -115,6 +117,31 @@ def test_connected_components_join_chains_without_collecting_pairs(spark):
     assert groups == {"a": "a", "b": "a", "c": "a", "d": "a", "x": "x", "y": "x"}
 
 
+def test_connected_components_of_a_10000_row_chain_and_a_random_graph_match_scipy(spark):
+    """A chain of near duplicates 10,000 long (min-label propagation needed 10,000 rounds) plus a random
+    sparse graph, in shuffled id order; the components are scipy's, each named by its smallest id."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_components
+
+    rng = np.random.default_rng(3)
+    n_chain, n_rand = 10_000, 3_000
+    names = [f"n{v:06d}" for v in rng.permutation(n_chain + n_rand)]  # the chain does not follow id order
+    pairs = [(i, i + 1) for i in range(n_chain - 1)]
+    pairs += [tuple(n_chain + rng.integers(0, n_rand, 2)) for _ in range(2_000)]
+    pairs = [(a, b) for a, b in pairs if a != b]
+    edges = spark.createDataFrame([(names[a], names[b]) for a, b in pairs], "src string, dst string")
+    got = {r["node"]: r["component"] for r in dedup.connected_components(edges).collect()}
+    a, b = np.array(pairs).T
+    _, label = scipy_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(names),) * 2), directed=False)
+    members: dict[int, list[str]] = {}
+    nodes = set(a) | set(b)
+    for i in nodes:
+        members.setdefault(label[i], []).append(names[i])
+    want = {names[i]: min(members[label[i]]) for i in nodes}
+    assert got == want
+    assert len(set(got[names[i]] for i in range(n_chain))) == 1
+
+
 DEDUP_ROWS = [
     ("s1", "1.0", 10.0, "x", "cat"),
     ("s2", "1.0", 10.0, "x", "cat"),  # exact copy of s1
@@ -188,7 +215,7 @@ def test_fold_ranks_by_hash_ranges_equal_one_window_over_each_class(spark):
            .withColumn("test", F.round(F.count(F.lit(1)).over(Window.partitionBy("_class")) * 0.15).cast("int")))  # fmt: skip
     expected = {r["dup_group"]: -1 if r["rank"] < r["test"] else (r["rank"] - r["test"]) % 5 for r in ref.collect()}
     assert got == expected
-    ranges = groups.select(F.shiftright(F.xxhash64(F.lit(3), "dup_group"), split.RANGE_SHIFT)).distinct().count()
+    ranges = groups.select(F.shiftright(F.xxhash64(F.lit(3), "dup_group"), HASH_RANGE_SHIFT)).distinct().count()
     assert ranges > 900  # the ranges really cut the classes up
 
 
