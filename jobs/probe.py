@@ -22,8 +22,11 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
+from jobs.errors import ConfigError
+from training.files import UnsafePath, as_mode, safe_join
+
 PROBE_FIELDS = [
-    ("image_exists", T.BooleanType()), ("image_inside_root", T.BooleanType()),
+    ("image_path_valid", T.BooleanType()), ("image_exists", T.BooleanType()), ("image_inside_root", T.BooleanType()),
     ("image_decodable", T.BooleanType()), ("image_ext_matches", T.BooleanType()),
     ("image_format", T.StringType()), ("image_width", T.IntegerType()), ("image_height", T.IntegerType()),
     ("image_channels", T.IntegerType()), ("image_bytes", T.LongType()), ("image_sha256", T.StringType()),
@@ -39,22 +42,25 @@ def phash(img) -> str:
     from PIL import Image
     from scipy.fft import dctn
 
-    pixels = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    pixels = np.asarray(as_mode(img, "L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
     low = dctn(pixels, norm="ortho")[:8, :8]
     bits = (low > np.median(low)).flatten()
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
 def probe_file(root: str, rel: str | None) -> dict:
-    """Facts about one manifest path; ``root`` must be a real (symlink-free) absolute path."""
+    """Facts about one manifest path under ``root`` (see ``training.files.safe_join``)."""
     from PIL import Image
 
     facts: dict = {name: None for name, _ in PROBE_FIELDS}
-    if not rel or os.path.isabs(rel) or ".." in PurePosixPath(rel).parts:
-        return {**facts, "image_inside_root": False, "image_error": "path_escape" if rel else "no_path"}
-    real = os.path.realpath(os.path.join(root, rel))
-    if os.path.commonpath([root, real]) != root:  # a symlink leading outside the root
-        return {**facts, "image_inside_root": False, "image_error": "path_escape"}
+    try:
+        real = safe_join(root, rel)
+    except UnsafePath as exc:  # never opened; quarantined by the suite's path expectations
+        valid = exc.reason != "path_invalid"
+        return {**facts, "image_path_valid": valid, "image_inside_root": False, "image_error": exc.reason}
+    facts["image_path_valid"] = True
+    if os.path.isdir(real):
+        return {**facts, "image_inside_root": True, "image_exists": False, "image_error": "is_a_folder"}
     facts.update(image_inside_root=True, image_exists=os.path.isfile(real), image_decodable=False)
     if not facts["image_exists"]:
         return {**facts, "image_error": "missing"}
@@ -84,6 +90,9 @@ def probe_file(root: str, rel: str | None) -> dict:
 
 def probe_images(df: DataFrame, path_column: str, root: str) -> DataFrame:
     """``df`` plus the probe columns, computed on the executors (root must be visible there)."""
+    if not os.path.isdir(root):  # every row would be `image_missing`: a wrong root, not missing images
+        raise ConfigError(f"the image root {root} is not a folder", fix="set images.root to the folder that holds "
+                          "the manifest's relative paths (relative to the YAML file)")  # fmt: skip
     root = os.path.realpath(root)
     schema = T.StructType(df.schema.fields + [T.StructField(n, t) for n, t in PROBE_FIELDS])
     names = [n for n, _ in PROBE_FIELDS]
@@ -100,11 +109,8 @@ def encode_at(root: str, rel: str, size: int, channels: int) -> bytes:
     """One image resized to ``size`` x ``size`` with ``channels`` channels, as PNG bytes."""
     from PIL import Image
 
-    real = os.path.realpath(os.path.join(root, rel))
-    if os.path.isabs(rel) or os.path.commonpath([root, real]) != root:
-        raise ValueError(f"image path escapes the image root: {rel}")
-    with Image.open(real) as img:
-        img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    with Image.open(safe_join(root, rel)) as img:
+        img = as_mode(img, "L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
         out = io.BytesIO()
         img.save(out, format="PNG")
     return out.getvalue()

@@ -88,6 +88,7 @@ def probe_expectations() -> list[dict[str, Any]]:
     """The image checks on the probe's columns, each a quarantine reason."""
     in_true = "expect_column_values_to_be_in_set"
     return [
+        _exp(in_true, {"column": "image_path_valid", "value_set": [True]}, "image_path_invalid", "drop"),
         _exp(in_true, {"column": "image_inside_root", "value_set": [True]}, "image_outside_root", "drop"),
         _exp(in_true, {"column": "image_exists", "value_set": [True]}, "image_missing", "drop"),
         _exp("expect_column_values_to_not_be_in_set",

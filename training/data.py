@@ -12,13 +12,13 @@ image root, as uint8 ``C×H×W``. Augmentation happens on the trainer (``augment
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from training.files import as_mode, safe_join
 from training.gold import Gold, training_mask, validation_mask
 
 
@@ -131,13 +131,9 @@ class ImageDecoder:
         if self.embedded:
             img = Image.open(io.BytesIO(value))
         else:
-            root = os.path.realpath(self.root)
-            real = os.path.realpath(os.path.join(root, value))
-            if os.path.isabs(value) or os.path.commonpath([root, real]) != root:
-                raise ValueError(f"image path escapes the image root {root}: {value}")
-            img = Image.open(real)
+            img = Image.open(safe_join(self.root, value))
         with img:
-            img = img.convert("L" if self.channels == 1 else "RGB")
+            img = as_mode(img, "L" if self.channels == 1 else "RGB")
             if img.size != (self.size, self.size):
                 img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)

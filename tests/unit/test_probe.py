@@ -2,12 +2,14 @@
 
 import io
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from jobs.probe import phash, probe_file
 from jobs.samples import _bomb_png
+from training.files import UnsafePath, safe_join
 
 
 @pytest.fixture
@@ -41,13 +43,30 @@ def test_good_image_facts(root):
     ("path", "error", "inside"),
     [("../secret.png", "path_escape", False), ("/etc/hosts", "path_escape", False), ("link.png", "path_escape", False),
      ("nope.png", "missing", True), ("trunc.png", "undecodable", True), ("bomb.png", "decompression_bomb", True),
-     ("", "no_path", False), (None, "no_path", False)],
+     ("", "no_path", False), (None, "no_path", False), ("ok\x00.png", "path_invalid", False),
+     ("sub", "is_a_folder", True), ("sub/../../secret.png", "path_escape", False)],
 )  # fmt: skip
 def test_defects_become_facts(root, path, error, inside):
+    (Path(root) / "sub").mkdir()
     facts = probe_file(root, path)
     assert facts["image_error"].startswith(error)
     assert facts["image_inside_root"] is inside
     assert not facts["image_decodable"]
+    assert facts["image_path_valid"] is (error != "path_invalid")
+
+
+def test_a_dotdot_that_stays_inside_the_root_resolves(root):
+    (Path(root) / "sub").mkdir()
+    assert probe_file(root, "sub/../ok.png")["image_decodable"]
+    assert safe_join(root, "sub/../ok.png") == os.path.join(root, "ok.png")
+
+
+@pytest.mark.parametrize(("path", "reason"), [("a\x00b.png", "path_invalid"), ("/etc/hosts", "path_escape"),
+                                              ("../x.png", "path_escape"), ("", "no_path"), (3, "no_path")])  # fmt: skip
+def test_safe_join_names_the_reason(root, path, reason):
+    with pytest.raises(UnsafePath) as err:
+        safe_join(root, path)
+    assert err.value.reason == reason and isinstance(err.value, ValueError)
 
 
 def test_extension_that_lies_is_flagged(root):
@@ -70,3 +89,21 @@ def test_phash_survives_small_changes_and_separates_different_images():
     assert max(dist(a, bright), dist(a, jpeg)) <= 6
     assert dist(a, other) > 12
     assert dist(a, shifted) < dist(a, other)
+
+
+def test_sixteen_bit_images_are_scaled_to_eight_bits_not_clipped(tmp_path):
+    """Pillow's own conversion clips 16-bit values at 255 (most of the image turns white): scale instead."""
+    import numpy as np
+
+    from training.files import as_mode
+
+    values = np.random.default_rng(0).integers(0, 65535, (16, 16), dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert np.asarray(img.convert("L")).mean() > 250  # what Pillow alone gives
+        eight = np.asarray(as_mode(img, "L"), dtype=np.float64)
+    assert np.abs(eight - values / 257.0).max() <= 1.0
+    other = np.random.default_rng(1).integers(0, 65535, (16, 16), dtype=np.uint16)
+    Image.fromarray(other).save(tmp_path / "other.png")
+    hashes = [probe_file(str(tmp_path), name)["image_phash"] for name in ("deep.png", "other.png")]
+    assert bin(int(hashes[0], 16) ^ int(hashes[1], 16)).count("1") > 12  # distinct images, distinct hashes
