@@ -31,12 +31,15 @@ class SuiteError(ConfigError):
 
 
 def _between(c: Column, kw: dict[str, Any]) -> Column:
+    bounds = [kw[k] for k in ("min_value", "max_value") if kw.get(k) is not None]
+    numeric = all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+    value = c.try_cast("double") if numeric else c  # numbers read as text compare as numbers, never as an error
     ok = F.lit(True)
     if kw.get("min_value") is not None:
-        ok = ok & ((c > kw["min_value"]) if kw.get("strict_min") else (c >= kw["min_value"]))
+        ok = ok & ((value > kw["min_value"]) if kw.get("strict_min") else (value >= kw["min_value"]))
     if kw.get("max_value") is not None:
-        ok = ok & ((c < kw["max_value"]) if kw.get("strict_max") else (c <= kw["max_value"]))
-    return ~ok
+        ok = ok & ((value < kw["max_value"]) if kw.get("strict_max") else (value <= kw["max_value"]))
+    return (value.isNull() | ~ok) if numeric else ~ok  # text that is no number is outside any numeric range
 
 
 # type -> function(column, kwargs) giving "the value is unexpected" for a non-null value
@@ -85,6 +88,17 @@ def default_name(exp_type: str, kwargs: dict[str, Any]) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", f"{subject}_{short}".lower()).strip("_")
 
 
+def bundled(name: str) -> Path:
+    """The suite fulcrum ships for a sample dataset kind (``expectations/<name>.json``, installed with the package)."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("expectations") / f"{name}.json") as path:  # a real file in any install but a zip
+        if not path.is_file():
+            raise SuiteError(f"fulcrum's bundled suite {name}.json is not installed beside the package",
+                             fix="reinstall fulcrum (pip install .), which ships expectations/*.json")  # fmt: skip
+        return Path(path)
+
+
 def load_suite(path: str | Path, overrides: dict[str, str] | None = None):
     """Read a GX suite JSON; return (GX ExpectationSuite, rules in suite order)."""
     from great_expectations.core.expectation_suite import ExpectationSuite
@@ -95,9 +109,11 @@ def load_suite(path: str | Path, overrides: dict[str, str] | None = None):
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SuiteError(f"{path} is not valid JSON: {exc}") from None
+        raise SuiteError(f"{path} is not valid JSON: {exc}",
+                         fix="correct the line and column it names (`fulcrum suite init` writes a valid one)") from None  # fmt: skip
     if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
-        raise SuiteError(f"{path} is not a GX suite: it needs a `name` and a list of `expectations`")
+        raise SuiteError(f"{path} is not a GX suite: it needs a `name` and a list of `expectations`",
+                         fix="start from `fulcrum suite init CONFIG` or a bundled suite (expectations/*.json)")  # fmt: skip
     rules = _rules(data["expectations"], path, overrides or {})
     for exp, rule in zip(data["expectations"], rules, strict=True):  # GX reports and Data Docs show both
         exp["meta"] = {**(exp.get("meta") or {}), "name": rule.name, "policy": rule.policy}
@@ -123,10 +139,12 @@ def _rules(expectations: list[dict], path: Path, overrides: dict[str, str]) -> l
                              fix="use a type from the Great Expectations gallery, e.g. expect_column_values_to_not_be_null") from None  # fmt: skip
         name = meta.get("name") or default_name(exp_type, kwargs)
         if not _NAME.match(name):
-            raise SuiteError(f"{where}: meta.name {name!r} must be snake_case (a-z, 0-9, _)")
+            raise SuiteError(f"{where}: meta.name {name!r} must be snake_case (a-z, 0-9, _)",
+                             fix="rename it: the name becomes a quarantine reason")  # fmt: skip
         policy = overrides.get(name, meta.get("policy", "warn"))
         if policy not in POLICIES:
-            raise SuiteError(f"{where} ({name}): policy {policy!r} is not one of {', '.join(POLICIES)}")
+            raise SuiteError(f"{where} ({name}): policy {policy!r} is not one of {', '.join(POLICIES)}",
+                             fix="set meta.policy (or validate.policies) to warn, drop or fail")  # fmt: skip
         rule = Rule(name=name, type=exp_type, kwargs=kwargs, policy=policy)
         if policy == "drop" and not rule.row_level:
             raise SuiteError(f"{where} ({name}): policy drop needs a row-level expectation; {exp_type} is not one",
@@ -138,5 +156,6 @@ def _rules(expectations: list[dict], path: Path, overrides: dict[str, str]) -> l
         raise SuiteError(f"{path}: expectation names repeat: {repeated}", fix="give each a distinct meta.name")
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise SuiteError(f"validate.policies names expectations the suite lacks: {unknown}; it has {names}")
+        raise SuiteError(f"validate.policies names expectations the suite lacks: {unknown}; it has {names}",
+                         fix="use the suite's meta.name values as the keys of validate.policies")  # fmt: skip
     return rules
