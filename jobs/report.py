@@ -22,6 +22,8 @@ from pyspark.sql import functions as F
 from jobs import io, runs
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
+from jobs.ranks import rank_within
+from training.files import UnsafePath, as_mode, safe_join
 
 log = logging.getLogger(__name__)
 METRICS = ("accuracy", "macro_f1", "roc_auc", "log_loss")
@@ -116,8 +118,12 @@ def _clusters(spark: SparkSession, lake: io.Lake, cfg: PipelineConfig, run_id: s
         return []
     survivors = [r["duplicate_of"] for r in top]
     path_col = cfg.images.path_column if cfg.images else None
+    # At most MAX_MEMBERS rows of each cluster reach the driver, however large the cluster (ids are hex: their
+    # first three digits cut a cluster into 4,096 ordered ranges, ranked on their own).
     members = q.where(F.col("duplicate_of").isin(survivors)).select("sample_id", "duplicate_of",
-                                                                    *([path_col] if path_col else [])).collect()
+                                                                    *([path_col] if path_col else []))  # fmt: skip
+    members = rank_within(members, ["duplicate_of"], F.conv(F.substring("sample_id", 1, 3), 16, 10).cast("long"),
+                          [F.col("sample_id")], limit=F.lit(MAX_MEMBERS)).collect()  # fmt: skip
     kept_paths = {}
     if path_col:
         bronze = io.read(spark, lake.path("bronze")).where(F.col("sample_id").isin(survivors))
@@ -125,7 +131,7 @@ def _clusters(spark: SparkSession, lake: io.Lake, cfg: PipelineConfig, run_id: s
     root = Path(cfg.resolve(cfg.images.root)) if cfg.images else None
     out = []
     for r in top:
-        rows = [m for m in members if m["duplicate_of"] == r["duplicate_of"]][:MAX_MEMBERS]
+        rows = sorted((m for m in members if m["duplicate_of"] == r["duplicate_of"]), key=lambda m: m["_rank"])
         out.append({
             "kept": r["duplicate_of"], "size": r["n"], "reason": r["reason"],
             "kept_thumb": _thumb(root, kept_paths.get(r["duplicate_of"])) if root else None,
@@ -138,16 +144,17 @@ def _thumb(root: Path, rel: str | None) -> str | None:
     """A small PNG data URI of an image under the root (None when it is missing, unreadable or outside)."""
     from PIL import Image
 
-    if not rel:
+    try:
+        path = safe_join(str(root), rel)
+    except UnsafePath:
         return None
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.is_file():
+    if not os.path.isfile(path):
         return None
     try:
         with Image.open(path) as im:
             im.thumbnail((THUMB, THUMB))
             buf = bytes_io.BytesIO()
-            im.convert("RGB").save(buf, format="PNG")
+            as_mode(im, "RGB").save(buf, format="PNG")
     except Exception:  # a corrupt file was quarantined for that reason; the page still renders
         return None
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
