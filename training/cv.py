@@ -93,6 +93,7 @@ def _fold_config(gold: Gold, s: Settings, fold: int, inputs: int, train_rows: in
             "kind": gold.kind, "inputs": inputs, "classes": len(gold.classes), "channels": gold.image_channels,
             "size": gold.image_size, "train_rows": train_rows, "delta_version": gold.version,
             "crash_marker": str(out / f"crashed-{fold}"),
+            "error_file": str(out / f"error-{'final' if final else f'fold-{fold}'}.json"),
             "tensorboard_dir": str(out / "tensorboard" / ("final" if final else f"fold-{fold}")) if s.tensorboard else None}  # fmt: skip
 
 
@@ -123,17 +124,36 @@ def run_fold(gold: Gold, s: Settings, fold: int, out: Path, *, final: bool = Fal
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),  # fmt: skip
     )
-    result = trainer.fit()
+    Path(config["error_file"]).unlink(missing_ok=True)  # left by an earlier run into this folder
+    try:
+        result = trainer.fit()
+    except Exception:
+        _raise_recorded(config, name)
+        raise
+    _raise_recorded(config, name)
     with result.checkpoint.as_directory() as d:
         history = json.loads((Path(d) / HISTORY).read_text())  # every epoch, across restarts
-        pred = dict(np.load(Path(d) / PREDICTIONS, allow_pickle=True))
+        pred = dict(np.load(Path(d) / PREDICTIONS, allow_pickle=False))
         best = Path(d) / BEST
         weights = best.read_bytes()
     best_metrics = json.loads(str(pred["metrics"]))
     return {"fold": fold, "final": final, "train_rows": train_rows, "metrics": best_metrics, "history": history,
-            "ids": pred["ids"].tolist(), "labels": pred["labels"].tolist(),
-            "probabilities": pred["probabilities"].tolist(), "confusion": pred["confusion"].tolist(),
+            "val_rows": len(pred["ids"]), "ids": pred["ids"], "labels": pred["labels"],
+            "probabilities": pred["probabilities"], "confusion": pred["confusion"].tolist(),
             "weights": weights, "resumed": any(h.get("resumed_from") is not None for h in history)}  # fmt: skip
+
+
+class TrainingError(RuntimeError):
+    """A fold's training function raised a deterministic error (recorded by the worker, not retried)."""
+
+
+def _raise_recorded(config: dict, name: str) -> None:
+    from training.worker import read_error
+
+    error = read_error(config["error_file"])
+    if error is not None:
+        raise TrainingError(f"{name}: training failed with {error['error']} (a deterministic error in the "
+                            f"training function: not retried; traceback in {config['error_file']})")  # fmt: skip
 
 
 def cross_validate(gold: Gold, s: Settings, out: str | Path, *, search: dict | None = None) -> dict:
@@ -157,7 +177,7 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, search: dict | N
     if not reused:
         run_grid(trial, {"fold": tune.grid_search(list(range(gold.folds)))}, slots, out / "tune", "cv",
                  lambda c: f"fold {c['fold']}", gold.folds, start)  # fmt: skip
-    folds = [json.loads((out / f"fold-{f}.json").read_text()) for f in range(gold.folds)]
+    folds = [load_fold(out / f"fold-{f}.json") for f in range(gold.folds)]
     cv_seconds = time.perf_counter() - start
     epochs = max(1, round(float(np.mean([f["metrics"]["epoch"] for f in folds])) + 1))
     log.info("folds done in %.0f s; final model: %d epoch(s) on every non-test row, scored on the test part",
@@ -170,7 +190,7 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, search: dict | N
         "classes": list(gold.classes), "folds": gold.folds, "concurrent_folds": slots, "use_gpu": use_gpu,
         "folds_from_search": reused,
         "settings": {**asdict(s), "hidden": list(s.hidden)}, "cv_seconds": round(cv_seconds, 2),
-        "per_fold": [{"fold": f["fold"], "train_rows": f["train_rows"], "val_rows": len(f["ids"]),
+        "per_fold": [{"fold": f["fold"], "train_rows": f["train_rows"], "val_rows": f["val_rows"],
                       "resumed": f["resumed"], **{m: f["metrics"][m] for m in METRICS}, "best_epoch": f["metrics"]["epoch"]}
                      for f in folds],
         "mean": {m: float(np.nanmean([f["metrics"][m] for f in folds])) for m in METRICS},
@@ -180,7 +200,7 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, search: dict | N
     }  # fmt: skip
     if search is not None:
         summary["search"] = {k: v for k, v in search.items() if k != "results"}
-    summary["predictions"] = write_predictions(gold, folds, out)
+    summary["predictions"] = write_predictions(gold, [out / f"fold-{f}.json" for f in range(gold.folds)])
     (out / "cv.json").write_text(json.dumps(summary, indent=2, default=float))
     from training import plots
 
@@ -191,9 +211,23 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, search: dict | N
     return summary
 
 
+PER_ROW = ("ids", "labels", "probabilities")
+
+
 def save_fold(result: dict, path: Path) -> None:
-    """A fold's result as ``fold-<f>.json`` (everything but the weights)."""
-    path.write_text(json.dumps({k: v for k, v in result.items() if k != "weights"}))
+    """A fold's result: ``fold-<f>.json`` (metrics, history, counts) and, beside it, ``fold-<f>.npz`` (its
+    validation rows' ids, labels and probabilities as arrays: per-row data never goes through JSON)."""
+    path.write_text(json.dumps({k: v for k, v in result.items() if k != "weights" and k not in PER_ROW}))
+    np.savez(path.with_suffix(".npz"), **{k: np.asarray(result[k]) for k in PER_ROW})
+
+
+def load_fold(path: Path, rows: bool = False) -> dict:
+    """A saved fold (with its per-row arrays when ``rows``)."""
+    fold = json.loads(path.read_text())
+    if rows:
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as arrays:
+            fold.update({k: arrays[k] for k in PER_ROW})
+    return fold
 
 
 def reuse_search_folds(search: dict | None, gold: Gold, s: Settings, out: Path) -> bool:
@@ -205,7 +239,8 @@ def reuse_search_folds(search: dict | None, gold: Gold, s: Settings, out: Path) 
     if not all((source / f"fold-{f}.json").is_file() for f in range(gold.folds)):
         return False
     for f in range(gold.folds):
-        shutil.copyfile(source / f"fold-{f}.json", out / f"fold-{f}.json")
+        for suffix in (".json", ".npz"):
+            shutil.copyfile(source / f"fold-{f}{suffix}", out / f"fold-{f}{suffix}")
         if (source / "tensorboard" / f"fold-{f}").is_dir() and s.tensorboard:
             shutil.copytree(source / "tensorboard" / f"fold-{f}", out / "tensorboard" / f"fold-{f}", dirs_exist_ok=True)
     log.info("the search's best trial trained all %d folds with these settings: its folds are the CV's (not retrained)",
@@ -252,24 +287,34 @@ def run_grid(trial, param_space: dict, slots: int, storage: Path, name: str, des
     return grid
 
 
-def write_predictions(gold: Gold, folds: list[dict], out: Path) -> dict:
-    """Out-of-fold probabilities of every real non-test row, one overwrite commit beside gold."""
+def write_predictions(gold: Gold, fold_files: list[Path]) -> dict:
+    """Out-of-fold probabilities of every real non-test row, one overwrite commit beside gold. The folds'
+    arrays stream into the write one fold at a time (no Python lists, no JSON, one fold in memory)."""
     import pyarrow as pa
     from deltalake import CommitProperties, write_deltalake
 
-    ids = [i for f in folds for i in f["ids"]]
-    if len(ids) != len(set(ids)):
-        raise RuntimeError("a row was scored in two folds: the gold table's folds overlap")
-    table = pa.table({
-        "sample_id": pa.array(ids, pa.string()),
-        "fold": pa.array([f["fold"] for f in folds for _ in f["ids"]], pa.int32()),
-        "label": pa.array([y for f in folds for y in f["labels"]], pa.int32()),
-        "probabilities": pa.array([p for f in folds for p in f["probabilities"]], pa.list_(pa.float64())),
-    })  # fmt: skip
+    k = len(gold.classes)
+    schema = pa.schema([("sample_id", pa.string()), ("fold", pa.int32()), ("label", pa.int32()),
+                        ("probabilities", pa.list_(pa.float64()))])  # fmt: skip
+    rows = 0
+
+    def batches():
+        nonlocal rows
+        for path in fold_files:
+            f = load_fold(path, rows=True)
+            ids = f["ids"].astype(str)
+            if len(np.unique(ids)) != len(ids):  # across folds rows cannot repeat: each has one `fold`
+                raise RuntimeError(f"a row was scored twice in fold {f['fold']}: the validation set repeats rows")
+            rows += len(ids)
+            p = np.asarray(f["probabilities"], dtype=np.float64).reshape(len(ids), k)
+            probabilities = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), k).cast(pa.list_(pa.float64()))
+            yield pa.record_batch([pa.array(ids, pa.string()), pa.array(np.full(len(ids), f["fold"], np.int32)),
+                                   pa.array(np.asarray(f["labels"], np.int32)), probabilities], schema=schema)  # fmt: skip
+
     path = gold.path.rstrip("/").rsplit("/", 1)[0] + "/predictions"
     # delta-rs accepts only delta.* table properties: the lineage goes into the commit's metadata.
     lineage = {"fulcrum.classes": json.dumps(list(gold.classes)), "fulcrum.gold_version": str(gold.version),
                "fulcrum.gold_table": gold.path}  # fmt: skip
-    write_deltalake(path, table, mode="overwrite", schema_mode="overwrite",
-                    commit_properties=CommitProperties(custom_metadata=lineage))  # fmt: skip
-    return {"path": path, "rows": table.num_rows}
+    write_deltalake(path, pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite",
+                    schema_mode="overwrite", commit_properties=CommitProperties(custom_metadata=lineage))  # fmt: skip
+    return {"path": path, "rows": rows}

@@ -38,6 +38,26 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
                              lr=lr)  # fmt: skip
 
 
+def without_single_rows(batches: Iterable) -> Iterable:
+    """``batches`` with no batch of one row: a last batch of one joins the batch before it.
+
+    Batch normalisation cannot normalise one row in training mode (PyTorch raises
+    ``Expected more than 1 value per channel``), and a training set of ``batch_size × n + 1``
+    rows ends with such a batch. A set of a single row is repeated once (its gradient is the
+    same), so every set size trains.
+    """
+    held = None
+    for batch in batches:
+        if held is not None and len(batch[1]) == 1:
+            held = tuple(torch.cat([a, b]) for a, b in zip(held, batch, strict=True))
+            continue
+        if held is not None:
+            yield held
+        held = tuple(batch)
+    if held is not None:
+        yield tuple(torch.cat([a, a]) for a in held) if len(held[1]) == 1 else held
+
+
 def train_epoch(
     model: nn.Module,
     batches: Iterable,
@@ -53,7 +73,7 @@ def train_epoch(
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     total, rows = 0.0, 0
-    for x, y in batches:
+    for x, y in without_single_rows(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if transform is not None:
             x = transform(x)

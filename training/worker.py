@@ -104,8 +104,56 @@ def tensorboard_writer(log_dir: str | None, start: int):
     return SummaryWriter(log_dir=log_dir, purge_step=start if start else None)
 
 
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors a retry can cure: a lost actor, node or object, I/O, a collective broken by a dead peer. An
+    exception raised by a task's own code (``RayTaskError``) or by the loop itself is deterministic."""
+    import ray.exceptions
+
+    kinds: list[type[BaseException]] = [ray.exceptions.ActorDiedError, ray.exceptions.ObjectLostError,
+                                        ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError,
+                                        ray.exceptions.RaySystemError, OSError]  # fmt: skip
+    if hasattr(torch.distributed, "DistBackendError"):
+        kinds.append(torch.distributed.DistBackendError)
+    return tuple(kinds)
+
+
+def read_error(path: str | Path) -> dict | None:
+    """The deterministic error a fold's training recorded, if any."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def train_fold(config: dict) -> None:
-    """The ``train_loop_per_worker`` of a fold's ``TorchTrainer``."""
+    """The ``train_loop_per_worker`` of a fold's ``TorchTrainer``.
+
+    A deterministic error in the loop (an exception from its own code, not a dead worker
+    or node) is written to ``config["error_file"]`` and the worker returns: Ray Train does
+    not retry it ``max_failures`` times. With several workers it is raised as well, so the
+    group is torn down rather than left waiting in a collective; the retried attempt finds
+    the file and returns at once.
+    """
+    import ray.train
+
+    error_file = Path(config["error_file"])
+    recorded = read_error(error_file)
+    if recorded is not None:  # an earlier attempt failed deterministically: do not train again
+        recorded["attempts"] += 1
+        error_file.write_text(json.dumps(recorded))
+        return
+    try:
+        _train_fold(config)
+    except transient_errors():
+        raise
+    except Exception as exc:
+        import traceback
+
+        error_file.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}", "attempts": 1,
+                                          "traceback": traceback.format_exc()}))  # fmt: skip
+        if ray.train.get_context().get_world_size() > 1:
+            raise
+
+
+def _train_fold(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
@@ -129,12 +177,12 @@ def train_fold(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE, map_location=device, weights_only=False)
+            state = torch.load(Path(d) / STATE, map_location=device, weights_only=True)
             start = resumed = loop.restore_state(state, model, optimizer, scheduler, stopper, scaler)
             history = json.loads((Path(d) / HISTORY).read_text())
             if (Path(d) / BEST).exists():
                 best_state = torch.load(Path(d) / BEST, map_location="cpu", weights_only=True)
-                best_pred = dict(np.load(Path(d) / PREDICTIONS, allow_pickle=True))
+                best_pred = dict(np.load(Path(d) / PREDICTIONS, allow_pickle=False))
     train_tf = augment.augmenter(config["size"], config["channels"], config["flip"]) if images else None
     val_tf = augment.normalise if images else None
     mix = augment.mixer(config.get("mix"), config["classes"]) if images else None
@@ -167,7 +215,7 @@ def train_fold(config: dict) -> None:
             if improved:
                 module = model.module if hasattr(model, "module") else model
                 best_state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-                best_pred = {"ids": np.asarray(ev.ids, dtype=object), "labels": ev.labels,
+                best_pred = {"ids": np.asarray(ev.ids, dtype=np.str_), "labels": ev.labels,
                              "probabilities": ev.probabilities, "confusion": np.asarray(ev.confusion),
                              "metrics": np.asarray(json.dumps({**ev.metrics, "loss": ev.loss, "epoch": epoch}))}  # fmt: skip
             with tempfile.TemporaryDirectory() as d:

@@ -81,6 +81,28 @@ def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, cancer_gold, tmp
     assert [round(e.value, 4) for e in losses] == [round(h["train_loss"], 4) for h in result["history"]]
 
 
+def test_a_training_set_that_ends_in_a_batch_of_one_row_trains(ray_local, cancer_gold, tmp_path):
+    """A fold of batch_size·k + 1 rows (the 64k+1 crash on real data): the last row joins the batch before it."""
+    gold = Gold.open(cancer_gold)
+    rows = data.fold_datasets(gold, 0)[0].count()
+    s = Settings(epochs=1, batch_size=rows - 1, patience=10, warmup_steps=1, tensorboard=False)
+    assert rows % s.batch_size == 1
+    result = run_fold(gold, s, 0, tmp_path, cpus_per_worker=0.5)
+    assert result["train_rows"] == rows and np.isfinite(result["history"][0]["train_loss"])
+
+
+def test_a_deterministic_error_in_the_training_function_is_not_retried(ray_local, cancer_gold, tmp_path):
+    from training.cv import TrainingError
+    from training.worker import read_error
+
+    gold = Gold.open(cancer_gold)
+    s = Settings(epochs=2, model="resnet18", max_failures=2, tensorboard=False)  # resnet18 on a tabular table
+    with pytest.raises(TrainingError, match="fold-0: training failed with ValueError: model resnet18 needs an image"):
+        run_fold(gold, s, 0, tmp_path, cpus_per_worker=0.5)
+    error = read_error(tmp_path / "error-fold-0.json")
+    assert error["attempts"] == 1 and "Traceback" in error["traceback"]  # one attempt of max_failures + 1
+
+
 def test_concurrency_is_planned_before_starting():
     assert plan_concurrency(5, 1, 0.5, 8, 0, False) == 5
     assert plan_concurrency(5, 2, 1.0, 8, 0, False) == 3
