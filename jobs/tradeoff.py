@@ -30,7 +30,6 @@ import base64
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -347,17 +346,18 @@ def write_page(folder: Path, cfg: PipelineConfig, run_id: str, result: dict) -> 
     return path
 
 
-def command(cfg: PipelineConfig, table: str, version: int, levels: list[str], folds: list[int], out: str) -> list[str]:
+def command(cfg: PipelineConfig, table: str, version: int, levels: list[str], folds: list[int], out: str,
+            run_id: str = "tradeoff") -> list[str]:  # fmt: skip
     """The ``python -m training.tradeoff`` command line: the train section's flags, the grid's. Every cell of
     the grid trains with the train section's hyperparameters as written (``train.search`` is not run)."""
-    from jobs.train import ray_flags
+    from jobs.train import ray_side
 
     t = cfg.tradeoff
     train = cfg.train.model_copy(update={"tensorboard": False, "search": None, **({"epochs": t.epochs} if t.epochs else {})})
-    cmd = [sys.executable, "-m", "training.tradeoff", "--table", table, "--version", str(version), "--out", out,
-           "--seed", str(cfg.seed), *train.flags(), "--levels", ",".join(levels),
-           "--fractions", ",".join(f"{f:g}" for f in t.fractions), "--folds", ",".join(map(str, folds))]  # fmt: skip
-    return cmd + ray_flags(cfg)
+    args = ["--table", table, "--version", str(version), "--out", out, "--seed", str(cfg.seed), *train.flags(),
+            "--levels", ",".join(levels), "--fractions", ",".join(f"{f:g}" for f in t.fractions),
+            "--folds", ",".join(map(str, folds))]  # fmt: skip
+    return ray_side(cfg, run_id, "training.tradeoff", args)
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
@@ -379,7 +379,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
             raise DataFailedError(f"{cfg.dataset}: no training rows for {', '.join(empty)}",
                                   fix="raise the smallest tradeoff.fractions")  # fmt: skip
         out = str(folder / "tradeoff")
-        cmd = command(cfg, lake.path("tradeoff"), version, info["levels"], info["folds"], out)
+        cmd = command(cfg, lake.path("tradeoff"), version, info["levels"], info["folds"], out, run_id)
         log.info("tradeoff %s: %s", cfg.dataset, " ".join(cmd[1:]))
         code = run_foreground(cmd)
         if code:

@@ -1,9 +1,10 @@
 """Train stage: cross-validation of the gold table on Ray, recorded in the run ledger.
 
 The Ray side (``training/``) never imports ``jobs/``: this stage runs it as its own
-process, ``python -m training`` with the config's ``train`` section as flags (the same
-command a ``ray job submit`` runs), pinned to gold's current version, and reads back its
-``cv.json``. Its summary table goes straight to the console.
+process, ``python -m training`` with the config's ``train`` section as flags, pinned to
+gold's current version, and reads back its ``cv.json``. With ``ray.address`` (or
+``RAY_ADDRESS``) naming a Ray Jobs API (``http://head:8265``), the same command is a
+``ray job submit`` to that cluster. Its summary table goes straight to the console.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -29,16 +31,36 @@ STAGE = "train"
 
 def command(cfg: PipelineConfig, run_id: str, version: int | None = None) -> list[str]:
     """The ``python -m training`` command line for a pipeline config (its gold table, its train section)."""
-    cmd = [sys.executable, "-m", "training", "--table", io.Lake(cfg.lake_dir).path("gold"),
-           "--out", out_dir(cfg, run_id), "--seed", str(cfg.seed), *cfg.train.flags()]  # fmt: skip
+    args = ["--table", io.Lake(cfg.lake_dir).path("gold"), "--out", out_dir(cfg, run_id), "--seed", str(cfg.seed),
+            *cfg.train.flags()]  # fmt: skip
     if version is not None:
-        cmd += ["--version", str(version)]
-    return cmd + ray_flags(cfg)
+        args += ["--version", str(version)]
+    return ray_side(cfg, run_id, "training", args)
+
+
+def jobs_api(cfg: PipelineConfig) -> str | None:
+    """The Ray Jobs API address (``http(s)://head:8265``) when ``RAY_ADDRESS`` or ``ray.address`` names one."""
+    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    return address if address and address.startswith(("http://", "https://")) else None
+
+
+def ray_side(cfg: PipelineConfig, run_id: str, module: str, args: list[str]) -> list[str]:
+    """The command that runs a Ray-side entry point (``python -m MODULE ARGS``): in a local process that
+    starts or joins Ray, or, when the config names a Ray Jobs API, as a ``ray job submit`` to that cluster
+    (which waits for the job, streams its output and exits non-zero when it fails). Either way the stage
+    records the run in the ledger and finds the outputs where the run report looks."""
+    api = jobs_api(cfg)
+    if api is None:
+        return [sys.executable, "-m", module, *args, *ray_flags(cfg)]
+    ray = Path(sys.executable).with_name("ray")
+    return [str(ray) if ray.is_file() else "ray", "job", "submit", "--address", api,
+            "--submission-id", f"{run_id}-{module.replace('.', '-')}-{secrets.token_hex(4)}",
+            "--", "python", "-m", module, *args]  # fmt: skip
 
 
 def ray_flags(cfg: PipelineConfig) -> list[str]:
-    """The config's ``ray`` section as flags of the Ray side's entry points."""
-    flags = ["--address", cfg.ray.address] if cfg.ray.address else []
+    """The config's ``ray`` section as flags of the Ray side's entry points (a local process's)."""
+    flags = ["--address", cfg.ray.address] if cfg.ray.address and not jobs_api(cfg) else []
     return flags + (["--num-cpus", str(cfg.ray.num_cpus)] if cfg.ray.num_cpus else [])
 
 

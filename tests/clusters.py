@@ -170,3 +170,22 @@ def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+def dag_commands(config: str, run_id: str, variables: dict[str, str]) -> dict[str, str]:
+    """The Airflow DAG's four bash commands, rendered as Airflow would: ``{{ var.value.X }}`` from
+    ``variables``, the run id in place of ``airflow-{{ ts_nodash }}`` (the DAG file is parsed, not imported,
+    so no Airflow is needed)."""
+    import ast
+    import re
+
+    source = (Path(__file__).resolve().parents[1] / "infra" / "airflow" / "fulcrum_dag.py").read_text()
+    names = {"CONFIG": config, "RUN_ID": run_id}
+    out = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name in ("SPARK_STAGES", "TRAIN", "AUDIT", "REPORT"):
+                text = eval(compile(ast.Expression(node.value), "dag", "eval"), {"__builtins__": {}}, names)  # noqa: S307
+                out[name] = re.sub(r"\{\{\s*var\.value\.(\w+)\s*\}\}", lambda m: variables[m.group(1)], text)
+    return out

@@ -1,10 +1,12 @@
 """Airflow DAG: the Spark stages through spark-submit, cross-validation as a Ray job, the label audit, the report.
 
 Copy to the DAGs folder; the workers need the project installed (the image from infra/Dockerfile) and
-these Variables: ``fulcrum_config`` (the pipeline YAML), ``fulcrum_gold`` (its gold table,
-``<lake_root>/<dataset>/gold``, on storage the Ray nodes reach), ``fulcrum_reports`` (a shared folder),
-``spark_master`` (spark://HOST:7077 or k8s://...), ``ray_address`` (http://HEAD:8265, the Ray Jobs API). Every task is a shell command a person
-can run by hand; every stage is idempotent, so Airflow's retries are safe. One run per dataset at a time.
+these Variables: ``fulcrum_config`` (the pipeline YAML; its lake and reports on storage the Spark
+executors and the Ray nodes reach), ``spark_master`` (spark://HOST:7077 or k8s://...), ``ray_address``
+(http://HEAD:8265, the Ray Jobs API). Every task is a shell command a person can run by hand; every
+stage is idempotent, so Airflow's retries are safe. One run per dataset at a time. The run records every
+stage, training included, in the dataset's run ledger under one run id, so ``fulcrum report`` shows the
+same report as a ``fulcrum run`` (the CV, its plots and the audit).
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ SPARK_STAGES = (
     "spark-submit --master {{ var.value.spark_master }} --deploy-mode client "
     "$(python -m jobs.spark submit-args) run " + CONFIG + " --until oversample --run-id " + RUN_ID
 )
-# Training: `ray job submit` blocks, streams the job's logs and exits non-zero when the job fails.
-TRAIN = (
-    "ray job submit --address {{ var.value.ray_address }} --submission-id " + RUN_ID + "-train -- "
-    "python -m training --table {{ var.value.fulcrum_gold }} --out {{ var.value.fulcrum_reports }}/" + RUN_ID
-)
+# Training: the train stage with ray.address set to the Jobs API submits `python -m training` as a Ray job
+# (`ray job submit` waits, streams the job's log, exits non-zero when the job fails) and records the run.
+TRAIN = "fulcrum run " + CONFIG + " --from train --until train --run-id " + RUN_ID + \
+    " --set ray.address={{ var.value.ray_address }}"
 # The label audit of the job's out-of-fold predictions (written beside gold): Spark again.
 AUDIT = (
     "spark-submit --master {{ var.value.spark_master }} --deploy-mode client "

@@ -1,48 +1,69 @@
-"""`ray job submit` of `python -m training` against a real `ray start --head` on 127.0.0.1: the whole
-cross-validation of a gold table as a cluster job, and what it leaves behind."""
+"""The Airflow DAG's own commands against real local clusters: the train stage submits `python -m training`
+as a Ray job to a real `ray start --head` on 127.0.0.1, the audit runs through `spark-submit`, and the
+run's report is the one `fulcrum run` makes: the CV and the audit, recorded under the run id."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.clusters import BIN, ray_head
+from tests.clusters import dag_commands, ray_head
 
 pytestmark = [pytest.mark.cluster, pytest.mark.spark, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
+RUN_ID = "airflow-20260101T020000"
 
 
-def test_cross_validation_runs_as_a_ray_job_and_scores_every_real_row_once(cancer_gold, tmp_path):
+def _config(sample_dir: Path, gold: str, tmp_path: Path) -> Path:
+    """The cancer sample's config on a copy of the 2-fold gold lake, trained small (no search)."""
+    shutil.copytree(Path(gold).parent, tmp_path / "lake" / "cancer")
+    cfg = yaml.safe_load((sample_dir / "cancer" / "cancer.yaml").read_text())
+    cfg["source"]["path"] = str(sample_dir / "cancer" / cfg["source"]["path"])
+    cfg["suite"] = str(sample_dir / "cancer" / cfg["suite"])
+    cfg["lake_root"] = str(tmp_path / "lake")
+    cfg["split"]["folds"] = 2
+    cfg["train"].update({"epochs": 3, "batch_size": 32, "patience": 5, "search": None})
+    path = tmp_path / "cancer.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_the_dags_commands_record_training_and_report_it_like_fulcrum_run(sample_dir, cancer_gold, tmp_path):
     import torch
     from deltalake import DeltaTable
 
-    out = tmp_path / "cv"
+    config = _config(sample_dir, cancer_gold, tmp_path)
     with ray_head(num_cpus=4) as head:
-        cmd = [str(BIN / "ray"), "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
-               "--", "python", "-m", "training", "--table", cancer_gold, "--out", str(out),
-               "--epochs", "3", "--batch-size", "32", "--warmup-steps", "2", "--patience", "5"]  # fmt: skip
-        job = subprocess.run(cmd, cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=600)
-        assert job.returncode == 0, (job.stdout[-4000:], job.stderr[-2000:], head.log.read_text()[-2000:])
-    assert "succeeded" in job.stdout and "mean ± std" in job.stdout  # the job's CV table, streamed back
-    assert "joined Ray cluster" in job.stdout  # it ran on the head, not on a private local instance
+        dag = dag_commands(str(config), RUN_ID, {"ray_address": head.dashboard, "spark_master": "local[2]"})
+        for task in ("TRAIN", "AUDIT", "REPORT"):  # SPARK_STAGES' `run --until oversample` made the gold table
+            done = subprocess.run(["bash", "-c", dag[task]], cwd=tmp_path, env=head.env, capture_output=True,
+                                  text=True, timeout=900)  # fmt: skip
+            assert done.returncode == 0, (task, done.stdout[-4000:], done.stderr[-3000:])
+            if task == "TRAIN":
+                assert "succeeded" in done.stdout and "joined Ray cluster" in done.stdout  # a Ray job on the head
 
+    lake = tmp_path / "lake" / "cancer"
+    ledger = DeltaTable(str(lake / "runs")).to_pyarrow_table().to_pylist()
+    stages = {r["stage"]: r["status"] for r in ledger if r["run_id"] == RUN_ID}
+    assert stages == {"train": "succeeded", "audit": "succeeded"}  # training is in the ledger, under the run id
+    out = lake / "reports" / RUN_ID / "train"  # where the run report looks
     summary = json.loads((out / "cv.json").read_text())
     gold = DeltaTable(cancer_gold)
     assert summary["delta_version"] == gold.version() and len(summary["per_fold"]) == 2
     for f in range(2):
         history = json.loads((out / f"fold-{f}.json").read_text())["history"]
         assert history[-1]["train_loss"] < history[0]["train_loss"], history  # it learns
-        assert history[-1]["val_rows"] == summary["per_fold"][f]["val_rows"]
     assert summary["mean"]["roc_auc"] > 0.8
     rows = gold.to_pyarrow_table(columns=["sample_id", "fold", "synthetic_for"]).to_pylist()
     real = sorted(r["sample_id"] for r in rows if r["synthetic_for"] is None and r["fold"] >= 0)
     oof = DeltaTable(summary["predictions"]["path"]).to_pyarrow_table().to_pylist()
     assert sorted(r["sample_id"] for r in oof) == real  # every real non-test row, exactly once
-    assert all(len(r["probabilities"]) == 2 and abs(sum(r["probabilities"]) - 1) < 1e-5 for r in oof)
     weights = torch.load(out / "model.pt", weights_only=True)
     assert any(k.endswith("weight") for k in weights) and summary["final"]["test_rows"] > 0
-    for plot in ("fold_metrics.png", "learning_curves.png", "confusion.png"):
-        assert (out / plot).is_file()
+    report = (lake / "reports" / RUN_ID / "report.html").read_text()
+    assert "learning curves" in report and "mean ± std" in report and "label audit: confident joint" in report

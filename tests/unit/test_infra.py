@@ -63,9 +63,9 @@ def test_airflow_dag_tasks_call_real_commands():
               for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
               if isinstance(t, ast.Name) and t.id in ("SPARK_STAGES", "TRAIN", "AUDIT", "REPORT")}  # fmt: skip
     assert "$(python -m jobs.spark submit-args) run C --until oversample" in consts["SPARK_STAGES"]
-    train = shlex.split(re.sub(r"\{\{.*?\}\}", "x", consts["TRAIN"].split(" -- ", 1)[1]))  # Jinja -> a value
-    assert train[:3] == ["python", "-m", "training"]
-    training_parser().parse_args(train[3:])
+    train = shlex.split(re.sub(r"\{\{.*?\}\}", "http://x:8265", consts["TRAIN"]))  # Jinja -> a value
+    assert train == ["fulcrum", "run", "C", "--from", "train", "--until", "train", "--run-id", "R",
+                     "--set", "ray.address=http://x:8265"]  # the train stage, submitted as a Ray job  # fmt: skip
     assert "$(python -m jobs.spark submit-args) run C --from audit --run-id R" in consts["AUDIT"]
     assert shlex.split(consts["REPORT"])[:2] == ["fulcrum", "report"]
     if importlib.util.find_spec("airflow") is None:

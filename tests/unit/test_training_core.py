@@ -73,6 +73,22 @@ def test_the_loop_learns_a_separable_problem_and_evaluates_every_row():
     assert sum(map(sum, ev.confusion)) == 256
 
 
+@pytest.mark.parametrize("rows", [1, 2, 33, 64 + 1, 64 * 3 + 1])
+def test_every_training_set_size_trains_including_a_last_batch_of_one_row(rows):
+    """64·k + 1 rows end with a batch of one, which batch norm refuses in training mode."""
+    torch.manual_seed(0)
+    x, y = torch.randn(rows, 3), torch.randint(0, 2, (rows,))
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, rows, 64)]
+    model = models.build("tabular", inputs=3, classes=2, hidden=(8,))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # what crashed real runs
+        model.train()(torch.randn(1, 3))
+    opt = loop.make_optimizer(model, 1e-2, 0.0)
+    assert np.isfinite(loop.train_epoch(model, batches, opt, None, torch.device("cpu")))
+    merged = list(loop.without_single_rows(batches))
+    assert all(len(b[1]) > 1 for b in merged)
+    assert sum(len(b[1]) for b in merged) == (rows if rows > 1 else 2)  # no row lost; a lone row repeated
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = loop.cosine_with_warmup(opt, warmup_steps=4, total_steps=20)
@@ -96,7 +112,7 @@ def test_metrics_and_early_stopping():
     assert not stop.step(1.2, 2) and stop.stop and stop.best_epoch == 0
 
 
-def test_checkpoints_restore_the_run_exactly():
+def test_checkpoints_restore_the_run_exactly(tmp_path):
     torch.manual_seed(0)
     model = models.build("tabular", inputs=3, classes=2, hidden=(8,))
     opt = loop.make_optimizer(model, 1e-2, 0.01)
@@ -105,7 +121,10 @@ def test_checkpoints_restore_the_run_exactly():
     batches = [(torch.randn(16, 3), torch.randint(0, 2, (16,)))]
     loop.train_epoch(model, batches, opt, sched, torch.device("cpu"))
     stop.step(0.5, 0)
-    state = loop.checkpoint_state(model, opt, sched, 0, stop, {"lr": 1e-2}, version=7)
+    state = loop.checkpoint_state(model, opt, sched, 0, stop, {"lr": 1e-2, "hidden": [8]}, version=7)
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    state = torch.load(path, weights_only=True)  # no pickle: a checkpoint is plain tensors and values
     twin = models.build("tabular", inputs=3, classes=2, hidden=(8,))
     opt2 = loop.make_optimizer(twin, 1e-2, 0.01)
     sched2 = loop.cosine_with_warmup(opt2, 2, 10)
@@ -141,3 +160,11 @@ def test_fulcrum_train_passes_the_config_train_section_as_flags(tmp_path):
     assert args.table == str(tmp_path / "d" / "gold") and args.version == 4 and args.num_cpus == 6
     assert (args.epochs, args.hidden, args.use_gpu, args.lr, args.mix, args.cache) == (3, (32,), False, 0.01, None, True)
     assert args.out.endswith("r-1/train")
+    # ray.address naming the Jobs API: the same entry point, submitted as a Ray job that joins that cluster.
+    jobs_cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "http://head:8265"})})
+    cmd = training_command(jobs_cfg, "r-1", version=4)
+    split = cmd.index("--")
+    assert cmd[1:5] == ["job", "submit", "--address", "http://head:8265"] and cmd[5] == "--submission-id"
+    assert cmd[6].startswith("r-1-training-") and cmd[split + 1 : split + 4] == ["python", "-m", "training"]
+    args = parser().parse_args(cmd[split + 4 :])
+    assert args.address is None and args.version == 4 and args.out.endswith("r-1/train")  # RAY_ADDRESS is the job's
