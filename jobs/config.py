@@ -366,9 +366,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {exc}",
+                          fix="correct the line it names (YAML indents with spaces, never tabs)") from None  # fmt: skip
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(f"{path} must hold a mapping of keys, got {type(raw).__name__}",
+                          fix="start from a sample config (`fulcrum samples DIR`) or the README's config reference")  # fmt: skip
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     raw["base_dir"] = str(path.resolve().parent)
