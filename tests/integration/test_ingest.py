@@ -56,13 +56,18 @@ def test_new_rows_are_added_once(spark, tmp_path):
     assert len(bronze(spark, cfg)) == 5
 
 
-def test_id_column_drives_the_sample_id(spark, tmp_path):
+def _ingested_with_ids(spark, tmp_path):
+    """TOY with an id column, ingested once: (source frame, config, sample_id by id)."""
     df = TOY.assign(rid=["r1", "r2", "r3", "r4"])
     df.to_parquet(tmp_path / "toy.parquet")
     cfg = pipeline(tmp_path, {"path": "toy.parquet", "format": "parquet"},
                    {"id": "rid", "label": "y", "features": ["a", "b"]})  # fmt: skip
     ingest.run(spark, cfg, "r1")
-    first = bronze(spark, cfg).set_index("rid")["sample_id"]
+    return df, cfg, bronze(spark, cfg).set_index("rid")["sample_id"]
+
+
+def test_id_column_drives_the_sample_id(spark, tmp_path):
+    df, cfg, first = _ingested_with_ids(spark, tmp_path)
     assert first.is_unique and len(first) == 4  # rows 1 and 2 are identical but for their ids
     # The same rows, reordered, under ids renamed: the ids follow the id column, not the position.
     df.iloc[::-1].assign(rid=["q4", "q3", "q2", "q1"]).to_parquet(tmp_path / "toy.parquet")
@@ -72,12 +77,7 @@ def test_id_column_drives_the_sample_id(spark, tmp_path):
 
 def test_a_grown_source_with_repeated_ids_inserts_exactly_the_new_rows(spark, tmp_path):
     """4 rows, then 29 more rows that reuse existing ids: bronze holds 33 distinct rows, old ids unchanged."""
-    df = TOY.assign(rid=["r1", "r2", "r3", "r4"])
-    df.to_parquet(tmp_path / "toy.parquet")
-    cfg = pipeline(tmp_path, {"path": "toy.parquet", "format": "parquet"},
-                   {"id": "rid", "label": "y", "features": ["a", "b"]})  # fmt: skip
-    ingest.run(spark, cfg, "r1")
-    first = bronze(spark, cfg).set_index("rid")["sample_id"]
+    df, cfg, first = _ingested_with_ids(spark, tmp_path)
     grown = pd.DataFrame({"a": [float(10 + i) for i in range(29)], "b": [0.5] * 29, "y": ["x"] * 29,
                           "rid": [f"r{1 + i % 4}" for i in range(29)]})  # fmt: skip
     pd.concat([df, grown], ignore_index=True).to_parquet(tmp_path / "toy.parquet")
