@@ -92,8 +92,8 @@ def ingest(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = Non
     Example: fulcrum ingest samples/cancer/cancer.yaml --spark-master spark://127.0.0.1:7077
     """
     from jobs import ingest as stage
-    from jobs.runs import new_run_id
-    from jobs.spark import build_spark
+    from jobs.lake.ledger import new_run_id
+    from jobs.lake.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
@@ -124,10 +124,10 @@ def validate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = N
 
     Example: fulcrum validate samples/cancer/cancer.yaml --set validate.policies.diagnosis_canonical=drop
     """
-    from jobs import validate as stage
     from jobs.errors import DataFailedError
-    from jobs.runs import new_run_id
-    from jobs.spark import build_spark
+    from jobs.lake.ledger import new_run_id
+    from jobs.lake.session import build_spark
+    from jobs.validation import validate as stage
 
     cfg = _load(config, set_, spark_master)
     try:
@@ -169,9 +169,9 @@ def curate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = Non
 
     Example: fulcrum curate samples/cancer/cancer.yaml --set split.folds=10
     """
-    from jobs import curate as stage
-    from jobs.runs import new_run_id
-    from jobs.spark import build_spark
+    from jobs.curation import curate as stage
+    from jobs.lake.ledger import new_run_id
+    from jobs.lake.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
@@ -205,9 +205,9 @@ def oversample(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt =
 
     Example: fulcrum oversample samples/cancer/cancer.yaml --set oversample.undersample=0.5
     """
-    from jobs import oversample as stage
-    from jobs.runs import new_run_id
-    from jobs.spark import build_spark
+    from jobs.balancing import oversample as stage
+    from jobs.lake.ledger import new_run_id
+    from jobs.lake.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
@@ -222,9 +222,9 @@ def train(config: ConfigArg, set_: SetOpt = None, version: Annotated[int | None,
 
     Example: fulcrum train samples/cancer/cancer.yaml --set train.epochs=5
     """
-    from jobs import train as stage
-    from jobs.runs import new_run_id
-    from jobs.spark import build_spark
+    from jobs import launch as stage
+    from jobs.lake.ledger import new_run_id
+    from jobs.lake.session import build_spark
 
     cfg = _load(config, set_, None)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id(), version)
@@ -269,9 +269,9 @@ def audit(
 
     Example: fulcrum audit samples/cancer/cancer.yaml --set audit.method=prune_by_class
     """
-    from jobs import audit as stage
-    from jobs.runs import new_run_id
-    from jobs.spark import build_spark
+    from jobs.analysis import audit as stage
+    from jobs.lake.ledger import new_run_id
+    from jobs.lake.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     run_id = new_run_id()
@@ -283,7 +283,7 @@ def audit(
 
 def print_tradeoff(report: StageReport) -> None:
     """The learning curves as a table (metric mean ± std per level and fraction), then the conclusion."""
-    from jobs.tradeoff import NAMES
+    from jobs.analysis.tradeoff import NAMES
 
     curves = report.details["curves"]
     metric = report.details["conclusion"]["metric"]
@@ -317,9 +317,9 @@ def tradeoff(
 
     Example: fulcrum tradeoff samples/cancer/cancer.yaml --set tradeoff.fractions=[0.25,0.5,1]
     """
-    from jobs import tradeoff as stage
-    from jobs.runs import new_run_id
-    from jobs.spark import build_spark
+    from jobs.analysis import tradeoff as stage
+    from jobs.lake.ledger import new_run_id
+    from jobs.lake.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
@@ -352,10 +352,10 @@ def run_(
 
     Example: fulcrum run samples/cancer/cancer.yaml --from curate --until oversample
     """
+    from jobs.lake.ledger import new_run_id
+    from jobs.lake.session import build_spark
     from jobs.pipeline import iter_pipeline, select_stages
     from jobs.report import write_report
-    from jobs.runs import new_run_id
-    from jobs.spark import build_spark
 
     cfg = _load(config, set_, spark_master)
     stages = select_stages(from_, until)
@@ -384,8 +384,8 @@ def report(
 
     Example: fulcrum report samples/cancer/cancer.yaml 20261123T101500Z-1a2b3c4d
     """
+    from jobs.lake.session import build_spark
     from jobs.report import write_report
-    from jobs.spark import build_spark
 
     cfg = _load(config, set_, None)
     out.print(f"report: {write_report(build_spark(cfg.spark), cfg, run_id)}")
@@ -408,8 +408,8 @@ def suite_init(
 
     Example: fulcrum suite init samples/cancer/cancer.yaml --out expectations/cancer.json --force
     """
-    from jobs.profile import init_suite
-    from jobs.spark import build_spark
+    from jobs.lake.session import build_spark
+    from jobs.validation.profile import init_suite
 
     cfg = _load(config, set_, None)
     target = out_path or config.parent / f"{cfg.dataset}.suite.json"
@@ -427,12 +427,12 @@ def runs(
 
     Example: fulcrum runs samples/cancer/cancer.yaml --limit 5
     """
-    from jobs import io
-    from jobs.runs import history
-    from jobs.spark import build_spark
+    from jobs.lake import tables
+    from jobs.lake.ledger import history
+    from jobs.lake.session import build_spark
 
     cfg = _load(config, set_, None)
-    df = history(build_spark(cfg.spark), io.Lake(cfg.lake_dir))
+    df = history(build_spark(cfg.spark), tables.Lake(cfg.lake_dir))
     if df is None:
         out.print(f"no runs recorded yet under {cfg.lake_dir}")
         return

@@ -17,9 +17,9 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import io, runs
 from jobs.config import PipelineConfig
 from jobs.errors import SchemaMismatchError, SourceError
+from jobs.lake import ledger, tables
 from jobs.stage import StageReport, StageResult
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ def read_source(spark: SparkSession, cfg: PipelineConfig) -> DataFrame:
     if "://" not in path and not glob.glob(path):
         raise SourceError(f"source not found: {path}", fix="check source.path (relative to the YAML file)")
     if src.format == "delta":
-        if not io.exists(spark, path):
+        if not tables.exists(spark, path):
             raise SourceError(f"{path} is not a Delta table", fix="set source.format to csv, parquet or json")
-        return io.read(spark, path, src.version).withColumn("source_file", F.lit(path))
+        return tables.read(spark, path, src.version).withColumn("source_file", F.lit(path))
     reader = spark.read.format(src.format)
     for key, value in src.options.items():
         reader = reader.option(key, str(value).lower() if isinstance(value, bool) else str(value))
@@ -127,15 +127,15 @@ def ingest(df: DataFrame, cfg: PipelineConfig, run_id: str) -> StageResult:
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     """Job: source → bronze (one commit), recorded in the runs table."""
-    lake = io.Lake(cfg.lake_dir)
-    with runs.track(spark, lake, run_id, cfg.dataset, "ingest") as record:
+    lake = tables.Lake(cfg.lake_dir)
+    with ledger.track(spark, lake, run_id, cfg.dataset, "ingest") as record:
         start = time.perf_counter()
         source = read_source(spark, cfg)
         if source.isEmpty():
             raise SourceError(f"source {cfg.resolve(cfg.source.path)} has no rows",
                               fix="point source.path at a file or folder with data")  # fmt: skip
         result = ingest(source, cfg, run_id)
-        written = io.insert_new(result.kept, lake.path("bronze"), "sample_id", run_id, "ingest")
+        written = tables.insert_new(result.kept, lake.path("bronze"), "sample_id", run_id, "ingest")
         report = result.report
         report.rows_in = written["source_rows"] if written["source_rows"] is not None else source.count()
         report.rows_out = written["inserted"]

@@ -8,11 +8,15 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from jobs import audit, curate, ingest, oversample, samples, train, validate
+from jobs import ingest, launch, samples
+from jobs.analysis import audit
+from jobs.balancing import oversample
 from jobs.config import PipelineConfig, load_config
+from jobs.curation import curate
 from jobs.errors import ConfigError
-from jobs.runs import new_run_id
+from jobs.lake.ledger import new_run_id
 from jobs.stage import StageReport
+from jobs.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +26,7 @@ STAGES: dict[str, Callable[[SparkSession, PipelineConfig, str], StageReport]] = 
     "validate": validate.run,
     "curate": curate.run,
     "oversample": oversample.run,
-    "train": train.run,
+    "train": launch.run,
     "audit": audit.run,
 }
 
@@ -67,8 +71,8 @@ def demo(outdir: str | Path, seed: int = 7, spark_master: str | None = None,
          overrides: dict | None = None) -> list[tuple[str, list[StageReport], Path]]:  # fmt: skip
     """Build both samples under outdir and run every stage on each (``overrides``: dotted config keys
     applied to both samples' configs); returns each dataset's reports and its HTML run report."""
+    from jobs.lake.session import build_spark
     from jobs.report import write_report
-    from jobs.spark import build_spark
 
     configs = [load_config(p, overrides) for p in samples.make_samples(outdir, seed)]
     spark = build_spark(configs[0].spark, master=spark_master)

@@ -19,10 +19,10 @@ from jinja2 import Environment, select_autoescape
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs import io, runs
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
-from jobs.ranks import rank_within
+from jobs.lake import ledger, tables
+from jobs.lake.ranks import rank_within
 from training.files import UnsafePath, as_mode, safe_join
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ THUMB = 48
 
 def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = None) -> Path:
     """Build the HTML report of ``run_id`` (default: the newest run) and return its path."""
-    lake = io.Lake(cfg.lake_dir)
-    run_id = run_id or runs.latest_run_id(spark, lake)
-    attempts = runs.history(spark, lake, run_id) if run_id else None
+    lake = tables.Lake(cfg.lake_dir)
+    run_id = run_id or ledger.latest_run_id(spark, lake)
+    attempts = ledger.history(spark, lake, run_id) if run_id else None
     rows = attempts.orderBy("started_at").collect() if attempts is not None else []
     if not rows:
         raise ConfigError(f"{cfg.dataset}: no run {run_id or ''} in {lake.path('runs')}".replace("  ", " "),
@@ -97,21 +97,21 @@ def _data_docs(cfg: PipelineConfig, folder: Path) -> str | None:
     return os.path.relpath(index, folder) if index.exists() else None
 
 
-def _quarantine(spark: SparkSession, lake: io.Lake, run_id: str) -> list[dict]:
+def _quarantine(spark: SparkSession, lake: tables.Lake, run_id: str) -> list[dict]:
     """Quarantined rows of this run per stage and reason."""
-    if not io.exists(spark, lake.path("quarantine")):
+    if not tables.exists(spark, lake.path("quarantine")):
         return []
-    q = io.read(spark, lake.path("quarantine")).where(F.col("run_id") == run_id)
+    q = tables.read(spark, lake.path("quarantine")).where(F.col("run_id") == run_id)
     counts = (q.select("stage", F.explode("reasons").alias("reason")).groupBy("stage", "reason").count()
               .orderBy("stage", F.desc("count")).collect())  # fmt: skip
     return [{"stage": r["stage"], "reason": r["reason"], "rows": r["count"]} for r in counts]
 
 
-def _clusters(spark: SparkSession, lake: io.Lake, cfg: PipelineConfig, run_id: str) -> list[dict]:
+def _clusters(spark: SparkSession, lake: tables.Lake, cfg: PipelineConfig, run_id: str) -> list[dict]:
     """The largest duplicate clusters this run removed: the kept row and the rows dropped as its copies."""
-    if not io.exists(spark, lake.path("quarantine")):
+    if not tables.exists(spark, lake.path("quarantine")):
         return []
-    q = io.read(spark, lake.path("quarantine")).where((F.col("run_id") == run_id) & F.col("duplicate_of").isNotNull())
+    q = tables.read(spark, lake.path("quarantine")).where((F.col("run_id") == run_id) & F.col("duplicate_of").isNotNull())
     top = (q.groupBy("duplicate_of").agg(F.count(F.lit(1)).alias("n"), F.first("reasons")[0].alias("reason"))
            .orderBy(F.desc("n"), "duplicate_of").limit(MAX_CLUSTERS).collect())  # fmt: skip
     if not top:
@@ -126,7 +126,7 @@ def _clusters(spark: SparkSession, lake: io.Lake, cfg: PipelineConfig, run_id: s
                           [F.col("sample_id")], limit=F.lit(MAX_MEMBERS)).collect()  # fmt: skip
     kept_paths = {}
     if path_col:
-        bronze = io.read(spark, lake.path("bronze")).where(F.col("sample_id").isin(survivors))
+        bronze = tables.read(spark, lake.path("bronze")).where(F.col("sample_id").isin(survivors))
         kept_paths = {r["sample_id"]: r[path_col] for r in bronze.select("sample_id", path_col).collect()}
     root = Path(cfg.resolve(cfg.images.root)) if cfg.images else None
     out = []

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 from PIL import Image, ImageEnhance
 
-from jobs.suites import bundled
+from jobs.validation.suites import bundled
 
 CANCER_FEATURES = [
     "mean radius", "mean texture", "mean perimeter", "mean area", "mean smoothness",

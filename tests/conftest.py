@@ -15,7 +15,7 @@ os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
 def spark():
     """Real local Spark with Delta: local[2], UI off, few shuffle partitions."""
     from jobs.config import SparkConfig
-    from jobs.spark import build_spark
+    from jobs.lake.session import build_spark
 
     session = build_spark(SparkConfig(master="local[2]", shuffle_partitions=2, app_name="fulcrum-tests"))
     yield session
@@ -46,8 +46,10 @@ def sample_dir(tmp_path_factory) -> Path:
 def curated(spark, sample_dir, tmp_path_factory):
     """Both samples through ingest, validate and curate once: {dataset: config}. Treat these lakes as
     read-only; a test that writes takes its own copy with ``lake_copy``."""
-    from jobs import curate, ingest, validate
+    from jobs import ingest
     from jobs.config import load_config
+    from jobs.curation import curate
+    from jobs.validation import validate
 
     root = tmp_path_factory.mktemp("curated")
     out = {}
@@ -77,7 +79,9 @@ def cancer_gold(spark, curated, tmp_path_factory):
     """The cancer sample re-split into 2 folds and oversampled (smotenc): the gold table's path (read-only)."""
     import shutil
 
-    from jobs import curate, io, oversample
+    from jobs.balancing import oversample
+    from jobs.curation import curate
+    from jobs.lake import tables
 
     cfg = curated["cancer"]
     root = tmp_path_factory.mktemp("gold-lake")
@@ -85,7 +89,7 @@ def cancer_gold(spark, curated, tmp_path_factory):
     cfg = cfg.model_copy(update={"lake_root": str(root), "split": cfg.split.model_copy(update={"folds": 2})})
     curate.run(spark, cfg, "c-2")
     oversample.run(spark, cfg, "o-2")
-    return io.Lake(cfg.lake_dir).path("gold")
+    return tables.Lake(cfg.lake_dir).path("gold")
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +97,8 @@ def audited(spark, ray_local, curated, cancer_gold, tmp_path_factory):
     """The 2-fold cancer gold cross-validated on Ray (real OOF predictions), then audited once."""
     import shutil
 
-    from jobs import audit, io
+    from jobs.analysis import audit
+    from jobs.lake import tables
     from training.cv import Settings, cross_validate
     from training.gold import Gold
 
@@ -102,6 +107,6 @@ def audited(spark, ray_local, curated, cancer_gold, tmp_path_factory):
     cfg = curated["cancer"].model_copy(update={"lake_root": str(root),
                                                "split": curated["cancer"].split.model_copy(update={"folds": 2})})  # fmt: skip
     settings = Settings(epochs=12, batch_size=32, hidden=(64, 32), patience=4, warmup_steps=5, tensorboard=False)
-    cross_validate(Gold.open(io.Lake(cfg.lake_dir).path("gold")), settings, root / "cv")
+    cross_validate(Gold.open(tables.Lake(cfg.lake_dir).path("gold")), settings, root / "cv")
     report = audit.run(spark, cfg, "a-1")
     return cfg, report

@@ -38,8 +38,10 @@ def _pr(hit: int, found: int, truth: int) -> tuple[float | str, float | str]:
 def sample_quality(spark, tmp: Path, epochs: int) -> list[list]:
     from pyspark.sql import functions as F
 
-    from jobs import audit, io, pipeline
+    from jobs import pipeline
+    from jobs.analysis import audit
     from jobs.config import AuditConfig, load_config
+    from jobs.lake import tables
     from jobs.samples import make_samples
 
     rows = []
@@ -51,14 +53,14 @@ def sample_quality(spark, tmp: Path, epochs: int) -> list[list]:
         start = time.perf_counter()
         pipeline.run_pipeline(spark, cfg, "bench", pipeline.select_stages(until="train"))
         train_s = time.perf_counter() - start
-        lake = io.Lake(cfg.lake_dir)
+        lake = tables.Lake(cfg.lake_dir)
         injected = [json.loads(x) for x in (path.parent / "injections.jsonl").read_text().splitlines()]
         flips = {e["record_id"] for e in injected if e["kind"] == "label_flip"}
-        ids = {r[0]: r[1] for r in io.read(spark, lake.path("bronze")).select("sample_id", cfg.columns.id).collect()}
-        preds = io.read(spark, lake.path("predictions")).cache()
+        ids = {r[0]: r[1] for r in tables.read(spark, lake.path("bronze")).select("sample_id", cfg.columns.id).collect()}
+        preds = tables.read(spark, lake.path("predictions")).cache()
         scored = {ids[r[0]] for r in preds.select("sample_id").collect()}
         truth = flips & scored
-        classes = json.loads(io.properties(spark, lake.path("gold"))["fulcrum.classes"])
+        classes = json.loads(tables.properties(spark, lake.path("gold"))["fulcrum.classes"])
         acc = preds.select(F.avg((F.array_position("probabilities", F.array_max("probabilities")) - 1 ==
                                   F.col("label")).cast("double"))).first()[0]  # fmt: skip
         naive = {ids[r[0]] for r in preds.where(F.array_position("probabilities", F.array_max("probabilities")) - 1
@@ -107,7 +109,7 @@ def scale(spark, tmp: Path, rows: int, k: int = 10, noise: float = 0.1) -> list[
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
-    from jobs import audit
+    from jobs.analysis import audit
     from jobs.config import AuditConfig
 
     probs, given, flip = generated(rows, k, noise)
@@ -146,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jobs.config import SparkConfig
-    from jobs.spark import build_spark
+    from jobs.lake.session import build_spark
 
     spark = build_spark(SparkConfig(master="local[*]", driver_memory="6g"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-audit-"))

@@ -33,19 +33,22 @@ def _pr(tp: int, found: int, truth: int) -> tuple[str, str]:
 
 
 def sample_quality(spark, tmp: Path) -> list[list]:
-    from jobs import curate, ingest, io, validate
+    from jobs import ingest
     from jobs.config import load_config
+    from jobs.curation import curate
+    from jobs.lake import tables
     from jobs.samples import make_samples
+    from jobs.validation import validate
 
     rows = []
     for path in make_samples(tmp / "samples", seed=7):
         cfg = load_config(path)
         ingest.run(spark, cfg, "i"), validate.run(spark, cfg, "v"), curate.run(spark, cfg, "c")
-        lake = io.Lake(cfg.lake_dir)
+        lake = tables.Lake(cfg.lake_dir)
         key, label = cfg.columns.id, cfg.columns.label
-        bronze = {r[key]: r for r in io.read(spark, lake.path("bronze")).collect()}
-        silver = {r[key]: r for r in io.read(spark, lake.path("silver")).collect()}
-        quarantine = {r[key]: r for r in io.read(spark, lake.path("quarantine")).collect()}
+        bronze = {r[key]: r for r in tables.read(spark, lake.path("bronze")).collect()}
+        silver = {r[key]: r for r in tables.read(spark, lake.path("silver")).collect()}
+        quarantine = {r[key]: r for r in tables.read(spark, lake.path("quarantine")).collect()}
         injected = [json.loads(x) for x in (path.parent / "injections.jsonl").read_text().splitlines()]
 
         groups = {r: q["dup_group"] for r, q in quarantine.items() if q["stage"] == "dedup"}
@@ -82,8 +85,8 @@ def tabular_scale(spark, rows: int, sample: int = 3000) -> tuple[list, dict]:
     """``rows`` rows, 5 % of them near copies (every value moved by <= 0.2 %) of other rows."""
     from pyspark.sql import functions as F
 
-    from jobs import dedup
     from jobs.config import parse_config
+    from jobs.curation import dedup
 
     features = [f"f{i}" for i in range(10)]
     base_n = int(rows / 1.05)
@@ -138,9 +141,9 @@ def image_scale(spark, images: int, tmp: Path, sample: int = 3000) -> tuple[list
     from PIL import Image, ImageEnhance
     from pyspark.sql import functions as F
 
-    from jobs import dedup
     from jobs.config import parse_config
-    from jobs.probe import probe_images
+    from jobs.curation import dedup
+    from jobs.validation.probe import probe_images
 
     rng = np.random.default_rng(0)
     root = tmp / "images"
@@ -204,7 +207,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jobs.config import SparkConfig
-    from jobs.spark import build_spark
+    from jobs.lake.session import build_spark
 
     spark = build_spark(SparkConfig(master="local[*]", shuffle_partitions=8, driver_memory="8g"))
     tmp = Path(tempfile.mkdtemp(prefix="fulcrum-bench-"))

@@ -28,10 +28,11 @@ from tests.bench.common import report  # noqa: E402
 
 
 def gold_table(tmp: Path, folds: int) -> str:
-    from jobs import io, pipeline
+    from jobs import pipeline
     from jobs.config import SparkConfig, load_config
+    from jobs.lake import tables
+    from jobs.lake.session import build_spark
     from jobs.samples import make_samples
-    from jobs.spark import build_spark
 
     path = make_samples(tmp / "samples", seed=7)[0]  # cancer
     cfg = load_config(path, {"split.folds": folds})
@@ -40,7 +41,7 @@ def gold_table(tmp: Path, folds: int) -> str:
         pipeline.run_pipeline(spark, cfg, "bench", pipeline.select_stages(until="oversample"))
     finally:
         spark.stop()
-    return io.Lake(cfg.lake_dir).path("gold")
+    return tables.Lake(cfg.lake_dir).path("gold")
 
 
 def main() -> None:

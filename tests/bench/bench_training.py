@@ -29,13 +29,13 @@ FOLDS = 5
 
 
 def make_gold(spark, path: str, rows: int, features: int, seed: int = 0) -> None:
-    """A gold-contract table written by the pipeline's own Delta writer (``jobs.io.overwrite``): three
+    """A gold-contract table written by the pipeline's own Delta writer (``jobs.lake.tables.overwrite``): three
     classes, 20% held-out test rows, 5 folds, 10% synthetic rows per fold."""
     import json
 
     from pyspark.sql import functions as F
 
-    from jobs import io
+    from jobs.lake import tables
 
     ids = spark.range(rows, numPartitions=max(4, rows // 250_000))
     synthetic = F.rand(seed + 1) < 0.1
@@ -53,7 +53,7 @@ def make_gold(spark, path: str, rows: int, features: int, seed: int = 0) -> None
     props = {"fulcrum.kind": "tabular", "fulcrum.folds": FOLDS, "fulcrum.classes": json.dumps(list("abc")),
              "fulcrum.features": json.dumps([{"name": f"f{j}", "kind": "numeric"} for j in range(features)]),
              "fulcrum.run_id": "bench"}  # fmt: skip
-    io.overwrite(df, path, "bench", "bench", props)
+    tables.overwrite(df, path, "bench", "bench", props)
 
 
 def ingestion(gold_path: str, features: int, batch: int) -> list[list]:
@@ -170,7 +170,7 @@ def main() -> None:
     import torch
 
     from jobs.config import SparkConfig
-    from jobs.spark import build_spark
+    from jobs.lake.session import build_spark
     from training import runtime
 
     tmp = Path(tempfile.mkdtemp(prefix="fulcrum-bench-train-"))

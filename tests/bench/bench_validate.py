@@ -62,13 +62,14 @@ def scans(stats: dict) -> str:
 
 def bench_validate(spark, rows: int, tmp: Path, repeats: int = 2) -> tuple[list[list], dict]:
     """Both paths on clean data (every expectation passes) and on dirty data (faults injected)."""
-    from jobs import io, validate
-    from jobs.suites import load_suite
+    from jobs.lake import tables
+    from jobs.validation import validate
+    from jobs.validation.suites import load_suite
 
     suite_path = tmp / "bench.json"
     suite_path.write_text(json.dumps({"name": "bench", "expectations": [
         {"type": t, "kwargs": kw, "meta": {"name": n, "policy": p}} for t, kw, n, p in SUITE]}))  # fmt: skip
-    lake = io.Lake(str(tmp / "lake"))
+    lake = tables.Lake(str(tmp / "lake"))
 
     def gx_own(frame):
         return validate.run_gx(frame, load_suite(suite_path)[0], "bench")
@@ -94,7 +95,7 @@ def bench_validate(spark, rows: int, tmp: Path, repeats: int = 2) -> tuple[list[
         gx_s, ours_s = min(t[f"gx_{r}"] for r in range(repeats)), min(t[f"fulcrum_{r}"] for r in range(repeats))
         gx_jobs, our_jobs = jobs[f"gx_{data}_{repeats - 1}"], jobs[f"fulcrum_{data}_{repeats - 1}"]
         identical = _same_results(result.report.details["gx_result"], reference.to_json_dict())
-        quarantined = io.read(spark, lake.path("quarantine")).count()
+        quarantined = tables.read(spark, lake.path("quarantine")).count()
         failed = result.report.details["failed_expectations"]
         df.unpersist()
         fused = len(result.report.details["fused"])
@@ -139,8 +140,8 @@ def bench_probe(spark, images: int, tmp: Path) -> list[list]:
     """Probe throughput: the digits sample's decodable images copied until there are ``images`` files."""
     from pyspark.sql import functions as F
 
-    from jobs.probe import probe_images
     from jobs.samples import make_digits
+    from jobs.validation.probe import probe_images
 
     make_digits(tmp / "samples", seed=7)
     src = tmp / "samples" / "digits"
@@ -171,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jobs.config import SparkConfig
-    from jobs.spark import build_spark
+    from jobs.lake.session import build_spark
 
     spark = build_spark(
         SparkConfig(master="local[*]", shuffle_partitions=4, driver_memory="8g")

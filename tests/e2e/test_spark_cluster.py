@@ -7,8 +7,8 @@ import subprocess
 import pytest
 from deltalake import DeltaTable
 
+from jobs.lake.session import submit_args
 from jobs.samples import make_samples
-from jobs.spark import submit_args
 from tests.clusters import BIN, _spark_json, spark_standalone
 from tests.html_report import decode, parse
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import audit, io
+from jobs.analysis import audit
 from jobs.config import AuditConfig
+from jobs.lake import tables
 
 pytestmark = pytest.mark.spark
 
@@ -68,16 +69,16 @@ def _injected_flips(spark, cfg) -> tuple[set[str], set[str]]:
     """Sample ids of the injected label flips, and of every row the predictions scored."""
     log = [json.loads(line) for line in (Path(cfg.base_dir) / "injections.jsonl").read_text().splitlines()]
     flipped = {e["record_id"] for e in log if e["kind"] == "label_flip"}
-    lake = io.Lake(cfg.lake_dir)
-    ids = io.read(spark, lake.path("bronze")).select("sample_id", "record_id")
-    scored = {r[0] for r in io.read(spark, lake.path("predictions")).select("sample_id").collect()}
+    lake = tables.Lake(cfg.lake_dir)
+    ids = tables.read(spark, lake.path("bronze")).select("sample_id", "record_id")
+    scored = {r[0] for r in tables.read(spark, lake.path("predictions")).select("sample_id").collect()}
     return {r["sample_id"] for r in ids.collect() if r["record_id"] in flipped} & scored, scored
 
 
 def test_the_audit_finds_most_injected_flips_on_the_sample(spark, audited):
     cfg, report = audited
     flips, scored = _injected_flips(spark, cfg)
-    issues = io.read(spark, io.Lake(cfg.lake_dir).path("label_issues"))
+    issues = tables.read(spark, tables.Lake(cfg.lake_dir).path("label_issues"))
     flagged = {r["sample_id"] for r in issues.collect()}
     assert len(flips) >= 8 and flagged <= scored
     hits = len(flagged & flips)
@@ -90,37 +91,37 @@ def test_the_audit_finds_most_injected_flips_on_the_sample(spark, audited):
 
 def test_a_re_audit_is_idempotent_and_keeps_verdicts_of_rows_it_no_longer_scores(spark, audited):
     cfg, _ = audited
-    path = io.Lake(cfg.lake_dir).path("label_issues")
-    before = {r["sample_id"]: r["suggested_class"] for r in io.read(spark, path).collect()}
+    path = tables.Lake(cfg.lake_dir).path("label_issues")
+    before = {r["sample_id"]: r["suggested_class"] for r in tables.read(spark, path).collect()}
     audit.run(spark, cfg, "a-2")
-    after = {r["sample_id"]: r["suggested_class"] for r in io.read(spark, path).collect()}
+    after = {r["sample_id"]: r["suggested_class"] for r in tables.read(spark, path).collect()}
     assert after == before
     # A flagged row that the next training no longer scores (it was dropped) keeps its verdict.
-    preds = io.Lake(cfg.lake_dir).path("predictions")
+    preds = tables.Lake(cfg.lake_dir).path("predictions")
     gone = sorted(before)[0]
-    kept_preds = io.read(spark, preds).where(F.col("sample_id") != gone)
-    io.overwrite(kept_preds.localCheckpoint(), preds, "t-1", "test")
+    kept_preds = tables.read(spark, preds).where(F.col("sample_id") != gone)
+    tables.overwrite(kept_preds.localCheckpoint(), preds, "t-1", "test")
     audit.run(spark, cfg, "a-3")
-    assert gone in {r["sample_id"] for r in io.read(spark, path).collect()}
+    assert gone in {r["sample_id"] for r in tables.read(spark, path).collect()}
     audit.run(spark, cfg, "a-4", reset=True)
-    assert gone not in {r["sample_id"] for r in io.read(spark, path).collect()}
+    assert gone not in {r["sample_id"] for r in tables.read(spark, path).collect()}
 
 
 @pytest.mark.parametrize("policy", ["drop", "relabel"])
 def test_curate_drops_or_relabels_the_audited_rows(spark, audited, lake_copy, policy):
-    from jobs import curate
+    from jobs.curation import curate
 
     cfg, _ = audited
     cfg = lake_copy(cfg)
     cfg = cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"label_issues": policy})})
-    lake = io.Lake(cfg.lake_dir)
-    issues = {r["sample_id"]: r for r in io.read(spark, lake.path("label_issues")).collect()}
+    lake = tables.Lake(cfg.lake_dir)
+    issues = {r["sample_id"]: r for r in tables.read(spark, lake.path("label_issues")).collect()}
     assert issues
     report = curate.run(spark, cfg, f"c-{policy}")
-    silver = {r["sample_id"]: r[cfg.columns.label] for r in io.read(spark, lake.path("silver")).collect()}
+    silver = {r["sample_id"]: r[cfg.columns.label] for r in tables.read(spark, lake.path("silver")).collect()}
     clean_report = report.details["stages"]["clean"]
     if policy == "drop":
-        quarantined = io.read(spark, lake.path("quarantine")).where("stage = 'clean' AND reason = 'label_issue'")
+        quarantined = tables.read(spark, lake.path("quarantine")).where("stage = 'clean' AND reason = 'label_issue'")
         assert {r["sample_id"] for r in quarantined.collect()} == set(issues)
         assert not set(issues) & set(silver) and report.dropped["label_issue"] == len(issues)
     else:
@@ -130,6 +131,6 @@ def test_curate_drops_or_relabels_the_audited_rows(spark, audited, lake_copy, po
 
 
 def _inputs(spark, lake, run_id):
-    from jobs.runs import history
+    from jobs.lake.ledger import history
 
     return history(spark, lake, run_id).first()["inputs"]

@@ -27,11 +27,14 @@ import yaml
 from PIL import Image
 from pyspark.sql import functions as F
 
-from jobs import curate, ingest, io, validate
+from jobs import ingest
 from jobs.config import load_config
+from jobs.curation import curate
 from jobs.errors import FulcrumError
-from jobs.profile import probe_expectations
+from jobs.lake import tables
 from jobs.samples import _bomb_png
+from jobs.validation import validate
+from jobs.validation.profile import probe_expectations
 
 pytestmark = pytest.mark.spark
 STAGES = (ingest, validate, curate)
@@ -60,28 +63,28 @@ def run_stages(spark, config: Path, run_id: str = "bad-1") -> Outcome:
 
 def account(spark, cfg, source_rows: int | None = None) -> dict[str, int]:
     """Every table's rows accounted for; returns the counts."""
-    lake = io.Lake(cfg.lake_dir)
+    lake = tables.Lake(cfg.lake_dir)
     counts = {}
     for table in ("bronze", "silver", "quarantine"):
-        if io.exists(spark, lake.path(table)):
+        if tables.exists(spark, lake.path(table)):
             stages = [r[0] for r in spark.sql(f"DESCRIBE HISTORY delta.`{lake.path(table)}`")
                       .select(F.get_json_object("userMetadata", "$.stage")).collect()]  # fmt: skip
             assert all(stages.count(s) == 1 for s in set(stages)), (table, stages)  # one commit per stage
-    if not io.exists(spark, lake.path("bronze")):
-        assert not io.exists(spark, lake.path("silver")) and not io.exists(spark, lake.path("quarantine"))
+    if not tables.exists(spark, lake.path("bronze")):
+        assert not tables.exists(spark, lake.path("silver")) and not tables.exists(spark, lake.path("quarantine"))
         return counts
-    bronze = io.read(spark, lake.path("bronze"))
+    bronze = tables.read(spark, lake.path("bronze"))
     counts["bronze"] = bronze.count()
     assert bronze.select("sample_id").distinct().count() == counts["bronze"]  # nothing duplicated
     if source_rows is not None:
         assert counts["bronze"] == source_rows  # nothing lost on the way in
-    q = io.read(spark, lake.path("quarantine")) if io.exists(spark, lake.path("quarantine")) else None
+    q = tables.read(spark, lake.path("quarantine")) if tables.exists(spark, lake.path("quarantine")) else None
     if q is not None:
         counts["quarantine"] = q.count()
         assert q.select("sample_id").distinct().count() == counts["quarantine"]  # one stage quarantines a row
         assert q.join(bronze, "sample_id", "left_anti").isEmpty()
-    if io.exists(spark, lake.path("silver")):
-        silver = io.read(spark, lake.path("silver"))
+    if tables.exists(spark, lake.path("silver")):
+        silver = tables.read(spark, lake.path("silver"))
         counts["silver"] = silver.count()
         assert silver.select("sample_id").distinct().count() == counts["silver"]
         assert counts["silver"] + counts.get("quarantine", 0) == counts["bronze"]  # bronze = silver + quarantine
@@ -92,7 +95,7 @@ def account(spark, cfg, source_rows: int | None = None) -> dict[str, int]:
 
 def reasons_by(spark, cfg, column: str) -> dict[str, list[str]]:
     """{source value of ``column``: quarantine reasons} for every quarantined row."""
-    q = io.read(spark, io.Lake(cfg.lake_dir).path("quarantine"))
+    q = tables.read(spark, tables.Lake(cfg.lake_dir).path("quarantine"))
     return {r[column]: list(r["reasons"]) for r in q.select(column, "reasons").collect()}
 
 

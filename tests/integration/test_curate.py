@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import clean, curate, dedup, ingest, io, split, validate
+from jobs import ingest
 from jobs.config import load_config, parse_config
+from jobs.curation import clean, curate, dedup, split
 from jobs.errors import ConfigError, DataFailedError
-from jobs.ranks import HASH_RANGE_SHIFT
+from jobs.lake import tables
+from jobs.lake.ranks import HASH_RANGE_SHIFT
+from jobs.validation import validate
 
 pytestmark = pytest.mark.spark
 
@@ -229,10 +232,10 @@ def test_curate_on_the_cancer_sample_finds_every_injected_duplicate(spark, sampl
         curate.run(spark, cfg, "c-0")
     validate.run(spark, cfg, "v-1")
     report = curate.run(spark, cfg, "c-1")
-    lake = io.Lake(cfg.lake_dir)
-    silver = {r["record_id"]: r for r in io.read(spark, lake.path("silver")).collect()}
+    lake = tables.Lake(cfg.lake_dir)
+    silver = {r["record_id"]: r for r in tables.read(spark, lake.path("silver")).collect()}
     quarantined = {
-        r["record_id"]: r for r in io.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()
+        r["record_id"]: r for r in tables.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()
     }
     injected = [json.loads(x) for x in (sample_dir / "cancer" / "injections.jsonl").read_text().splitlines()]
     for e in injected:
@@ -248,9 +251,9 @@ def test_curate_on_the_cancer_sample_finds_every_injected_duplicate(spark, sampl
     assert (tmp_path / "lake" / "cancer" / "reports" / "c-1" / "folds.png").is_file()
     # Re-running writes the same silver rows and replaces, not duplicates, the quarantine rows.
     curate.run(spark, cfg, "c-2")
-    again = {r["record_id"]: (r["fold"], r["dup_group"]) for r in io.read(spark, lake.path("silver")).collect()}
+    again = {r["record_id"]: (r["fold"], r["dup_group"]) for r in tables.read(spark, lake.path("silver")).collect()}
     assert again == {k: (r["fold"], r["dup_group"]) for k, r in silver.items()}
-    assert io.read(spark, lake.path("quarantine")).where("stage = 'dedup'").count() == 24
+    assert tables.read(spark, lake.path("quarantine")).where("stage = 'dedup'").count() == 24
 
 
 def test_curate_refuses_single_class_data(spark, sample_dir, tmp_path):
@@ -260,22 +263,22 @@ def test_curate_refuses_single_class_data(spark, sample_dir, tmp_path):
     validate.run(spark, cfg, "v-1")
     with pytest.raises(DataFailedError, match="training needs at least two"):
         curate.run(spark, cfg, "c-1")
-    assert not io.exists(spark, io.Lake(cfg.lake_dir).path("silver"))
+    assert not tables.exists(spark, tables.Lake(cfg.lake_dir).path("silver"))
 
 
 def test_curate_on_the_digits_sample_groups_copied_and_reencoded_images(spark, sample_dir, curated):
     cfg = curated["digits"]
-    lake = io.Lake(cfg.lake_dir)
+    lake = tables.Lake(cfg.lake_dir)
     group = {
         r["record_id"]: r["dup_group"]
-        for r in io.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()
+        for r in tables.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()
     }
-    group.update({r["record_id"]: r["dup_group"] for r in io.read(spark, lake.path("silver")).collect()})
+    group.update({r["record_id"]: r["dup_group"] for r in tables.read(spark, lake.path("silver")).collect()})
     injected = [json.loads(x) for x in (sample_dir / "digits" / "injections.jsonl").read_text().splitlines()]
     exact = [(e["record_id"], e["of"]) for e in injected if e["kind"] == "exact_duplicate"]
     assert exact and all(group[a] == group[b] for a, b in exact)
     # pHash sees through brightening and JPEG re-encoding; a 1-pixel shift of an 8x8 digit is beyond it.
     near = [(e["record_id"], e["of"]) for e in injected if e["kind"] == "near_duplicate" and e["variant"] != "shifted"]
     assert near and all(group[a] == group[b] for a, b in near)
-    labels = {r["label"] for r in io.read(spark, lake.path("silver")).select("label").collect()}
+    labels = {r["label"] for r in tables.read(spark, lake.path("silver")).select("label").collect()}
     assert labels == {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}

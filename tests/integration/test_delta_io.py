@@ -3,7 +3,7 @@
 import pytest
 from deltalake import DeltaTable as RsTable
 
-from jobs import io
+from jobs.lake import tables
 
 pytestmark = pytest.mark.spark
 
@@ -15,23 +15,23 @@ def rows(df, *cols):
 def test_overwrite_round_trip_with_properties_in_one_commit(spark, tmp_path):
     path = str(tmp_path / "t")
     df = spark.createDataFrame([(1, "a", 0.5), (2, "b", None)], "id int, name string, x double")
-    version = io.overwrite(df, path, "run-1", "test", {"fulcrum.kind": "tabular"})
+    version = tables.overwrite(df, path, "run-1", "test", {"fulcrum.kind": "tabular"})
     assert version == 0
-    assert rows(io.read(spark, path), "id", "name", "x") == [(1, "a", 0.5), (2, "b", None)]
-    props = io.properties(spark, path)
+    assert rows(tables.read(spark, path), "id", "name", "x") == [(1, "a", 0.5), (2, "b", None)]
+    props = tables.properties(spark, path)
     assert props["fulcrum.kind"] == "tabular" and props["delta.enableDeletionVectors"] == "false"
-    commit = io.last_commit(spark, path)
+    commit = tables.last_commit(spark, path)
     assert commit["user_metadata"] == {"run_id": "run-1", "stage": "test"}
-    assert spark.conf.get(io.USER_METADATA, None) is None  # not left set for other writers
+    assert spark.conf.get(tables.USER_METADATA, None) is None  # not left set for other writers
 
 
 def test_time_travel_reads_an_older_version(spark, tmp_path):
     path = str(tmp_path / "t")
-    io.overwrite(spark.createDataFrame([(1,)], "id int"), path, "r1", "test")
-    io.overwrite(spark.createDataFrame([(2,), (3,)], "id int"), path, "r2", "test")
-    assert rows(io.read(spark, path, version=0), "id") == [(1,)]
-    assert rows(io.read(spark, path), "id") == [(2,), (3,)]
-    assert io.version(spark, path) == 1
+    tables.overwrite(spark.createDataFrame([(1,)], "id int"), path, "r1", "test")
+    tables.overwrite(spark.createDataFrame([(2,), (3,)], "id int"), path, "r2", "test")
+    assert rows(tables.read(spark, path, version=0), "id") == [(1,)]
+    assert rows(tables.read(spark, path), "id") == [(2,), (3,)]
+    assert tables.version(spark, path) == 1
 
 
 def test_delta_rs_reads_what_spark_wrote(spark, tmp_path):
@@ -39,12 +39,12 @@ def test_delta_rs_reads_what_spark_wrote(spark, tmp_path):
     df = spark.createDataFrame(
         [(f"s{i}", i % 3, i * 0.25, bool(i % 2)) for i in range(50)], "sample_id string, label int, x double, f boolean"
     )
-    io.overwrite(df, path, "r1", "test", {"fulcrum.classes": '["a","b","c"]'})
-    io.append(df.limit(5), path, "r2", "test")
+    tables.overwrite(df, path, "r1", "test", {"fulcrum.classes": '["a","b","c"]'})
+    tables.append(df.limit(5), path, "r2", "test")
     table = RsTable(path)
     assert table.version() == 1
     got = sorted(table.to_pyarrow_table().to_pylist(), key=lambda r: (r["sample_id"], r["x"]))
-    want = sorted((r.asDict() for r in io.read(spark, path).collect()), key=lambda r: (r["sample_id"], r["x"]))
+    want = sorted((r.asDict() for r in tables.read(spark, path).collect()), key=lambda r: (r["sample_id"], r["x"]))
     assert got == want and len(got) == 55
     assert table.metadata().configuration["fulcrum.classes"] == '["a","b","c"]'
     assert len(RsTable(path, version=0).to_pyarrow_table()) == 50
@@ -53,15 +53,15 @@ def test_delta_rs_reads_what_spark_wrote(spark, tmp_path):
 def test_insert_new_is_idempotent(spark, tmp_path):
     path = str(tmp_path / "t")
     first = spark.createDataFrame([("a", 1), ("b", 2)], "k string, v int")
-    assert io.insert_new(first, path, "k", "r1", "ingest") == {"version": 0, "inserted": 2, "source_rows": 2}
-    assert io.insert_new(first, path, "k", "r2", "ingest") == {"version": 0, "inserted": 0, "source_rows": None}
+    assert tables.insert_new(first, path, "k", "r1", "ingest") == {"version": 0, "inserted": 2, "source_rows": 2}
+    assert tables.insert_new(first, path, "k", "r2", "ingest") == {"version": 0, "inserted": 0, "source_rows": None}
     more = spark.createDataFrame([("b", 2), ("c", 3)], "k string, v int")
-    assert io.insert_new(more, path, "k", "r3", "ingest") == {"version": 1, "inserted": 1, "source_rows": 2}
-    assert rows(io.read(spark, path), "k", "v") == [("a", 1), ("b", 2), ("c", 3)]
+    assert tables.insert_new(more, path, "k", "r3", "ingest") == {"version": 1, "inserted": 1, "source_rows": 2}
+    assert rows(tables.read(spark, path), "k", "v") == [("a", 1), ("b", 2), ("c", 3)]
 
 
 def test_lake_paths():
-    lake = io.Lake("s3a://bucket/lake/cancer/")
+    lake = tables.Lake("s3a://bucket/lake/cancer/")
     assert lake.path("bronze") == "s3a://bucket/lake/cancer/bronze"
     with pytest.raises(ValueError, match="unknown table"):
         lake.path("platinum")

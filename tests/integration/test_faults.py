@@ -15,8 +15,8 @@ import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from jobs import io
 from jobs.errors import ConcurrentWriteError
+from jobs.lake import tables
 
 pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WRITER = textwrap.dedent("""
     import sys, time
     from pyspark.sql import functions as F
-    from jobs import io
+    from jobs.lake import tables
     from jobs.config import SparkConfig
-    from jobs.spark import build_spark
+    from jobs.lake.session import build_spark
 
     path, rows, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     spark = build_spark(SparkConfig(master="local[2]", shuffle_partitions=2))
@@ -39,7 +39,7 @@ WRITER = textwrap.dedent("""
 
     df = spark.range(rows, numPartitions=8).withColumn("writer", F.lit("second"))
     df = df.mapInArrow(slow, df.schema)
-    io.overwrite(df, path, "run-2", "fault-test")
+    tables.overwrite(df, path, "run-2", "fault-test")
     print("committed", flush=True)
 """)
 
@@ -50,7 +50,7 @@ def _data_files(path: Path) -> set[str]:
 
 def test_killed_driver_mid_write_leaves_no_partial_version_and_the_rerun_is_exact(spark, tmp_path):
     path = tmp_path / "silver"
-    io.overwrite(spark.range(100).withColumn("writer", F.lit("first")), str(path), "run-1", "fault-test")
+    tables.overwrite(spark.range(100).withColumn("writer", F.lit("first")), str(path), "run-1", "fault-test")
     before = _data_files(path)
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -69,14 +69,14 @@ def test_killed_driver_mid_write_leaves_no_partial_version_and_the_rerun_is_exac
     assert b"committed" not in proc.stdout.read()
     assert _data_files(path) - before  # orphan files are there, but no version references them
 
-    assert io.version(spark, str(path)) == 0
-    table = io.read(spark, str(path))
+    assert tables.version(spark, str(path)) == 0
+    table = tables.read(spark, str(path))
     assert table.count() == 100 and {r[0] for r in table.select("writer").distinct().collect()} == {"first"}
 
     # The re-run (the same write, to the end) commits exactly its rows, once.
-    io.overwrite(spark.range(5000).withColumn("writer", F.lit("second")), str(path), "run-2b", "fault-test")
-    table = io.read(spark, str(path))
-    assert io.version(spark, str(path)) == 1
+    tables.overwrite(spark.range(5000).withColumn("writer", F.lit("second")), str(path), "run-2b", "fault-test")
+    table = tables.read(spark, str(path))
+    assert tables.version(spark, str(path)) == 1
     assert table.count() == 5000 and table.select("id").distinct().count() == 5000
     assert {r[0] for r in table.select("writer").distinct().collect()} == {"second"}
 
@@ -103,38 +103,38 @@ def _race(*writers) -> list[BaseException | None]:
 
 def test_racing_overwrites_leave_one_writers_complete_table(spark, tmp_path):
     path = str(tmp_path / "gold")
-    io.overwrite(spark.range(10).withColumn("writer", F.lit("seed")), path, "r0", "race")
+    tables.overwrite(spark.range(10).withColumn("writer", F.lit("seed")), path, "r0", "race")
     frames = {name: spark.range(n).withColumn("writer", F.lit(name)) for name, n in (("a", 3000), ("b", 7000))}
     for _ in range(3):
-        outcome = _race(*[lambda df=df, n=n: io.overwrite(df, path, n, "race") for n, df in frames.items()])
+        outcome = _race(*[lambda df=df, n=n: tables.overwrite(df, path, n, "race") for n, df in frames.items()])
         assert any(exc is None for exc in outcome)  # one wins (here the other one, typically, gets the error)
         for exc in outcome:
             assert exc is None or isinstance(exc, ConcurrentWriteError), repr(exc)
             if exc is not None:
                 assert "made no commit" in exc.message and "re-run" in exc.fix
-        table = io.read(spark, path)
+        table = tables.read(spark, path)
         writers = {r[0] for r in table.select("writer").distinct().collect()}
         assert len(writers) == 1, writers  # never a mixed table
-        assert io.last_commit(spark, path)["user_metadata"]["run_id"] == next(iter(writers))  # its own stamp
+        assert tables.last_commit(spark, path)["user_metadata"]["run_id"] == next(iter(writers))  # its own stamp
         assert table.count() == {"a": 3000, "b": 7000}[writers.pop()]
 
 
 def test_racing_ingests_insert_each_row_once(spark, tmp_path):
     path = str(tmp_path / "bronze")
-    io.insert_new(spark.range(100).withColumn("sample_id", F.col("id").cast("string")).withColumn("writer", F.lit("r0")),
+    tables.insert_new(spark.range(100).withColumn("sample_id", F.col("id").cast("string")).withColumn("writer", F.lit("r0")),
                   path, "sample_id", "r0", "ingest")  # fmt: skip
     new = spark.range(50, 400).withColumn("sample_id", F.col("id").cast("string"))
-    outcome = _race(*[lambda run=run: io.insert_new(new.withColumn("writer", F.lit(run)), path, "sample_id", run,
+    outcome = _race(*[lambda run=run: tables.insert_new(new.withColumn("writer", F.lit(run)), path, "sample_id", run,
                                                     "ingest") for run in ("r1", "r2")])  # fmt: skip
     for exc in outcome:
         assert exc is None or isinstance(exc, ConcurrentWriteError), repr(exc)
-    table = io.read(spark, path)
+    table = tables.read(spark, path)
     assert table.count() == table.select("sample_id").distinct().count() == 400
     # Each commit carries the run id of the writer whose rows it added (the stamp is per write, not per session).
     history = DeltaTable.forPath(spark, path).history().select("version", "userMetadata").collect()
     for commit in history:
         if commit["version"] == 0:
             continue
-        added = io.read(spark, path, commit["version"]).exceptAll(io.read(spark, path, commit["version"] - 1))
+        added = tables.read(spark, path, commit["version"]).exceptAll(tables.read(spark, path, commit["version"] - 1))
         writers = {r[0] for r in added.select("writer").distinct().collect()}
         assert writers == {json.loads(commit["userMetadata"])["run_id"]}, (commit, writers)

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from jobs import ingest, io
+from jobs import ingest
 from jobs.config import load_config
 from jobs.errors import SchemaMismatchError, SourceError
+from jobs.lake import tables
 
 pytestmark = pytest.mark.spark
 
@@ -27,7 +28,7 @@ TOY = pd.DataFrame({"a": [1.0, 2.0, 2.0, 3.0], "b": [0.1, 0.2, 0.2, None], "y": 
 
 
 def bronze(spark, cfg):
-    return io.read(spark, io.Lake(cfg.lake_dir).path("bronze")).toPandas()
+    return tables.read(spark, tables.Lake(cfg.lake_dir).path("bronze")).toPandas()
 
 
 def test_ingest_twice_adds_no_rows_and_ids_are_stable(spark, tmp_path):
@@ -95,8 +96,8 @@ def test_json_and_delta_sources(spark, tmp_path):
     cfg = pipeline(tmp_path, {"path": "toy.json", "format": "json"})
     assert ingest.run(spark, cfg, "r1").rows_out == 4
     src = str(tmp_path / "src_delta")
-    io.overwrite(spark.createDataFrame(TOY.fillna(0.0)), src, "r0", "test")
-    io.overwrite(spark.createDataFrame(TOY.fillna(0.0).head(2)), src, "r0b", "test")
+    tables.overwrite(spark.createDataFrame(TOY.fillna(0.0)), src, "r0", "test")
+    tables.overwrite(spark.createDataFrame(TOY.fillna(0.0).head(2)), src, "r0b", "test")
     cfg2 = pipeline(tmp_path, {"path": "src_delta", "format": "delta", "version": 0}, lake_root="lake2")
     report = ingest.run(spark, cfg2, "r2")
     assert report.rows_out == 4  # read at version 0, not the latest (2 rows)
@@ -108,8 +109,8 @@ def test_schema_mismatch_names_the_columns(spark, tmp_path):
     with pytest.raises(SchemaMismatchError) as err:
         ingest.run(spark, cfg, "r1")
     assert "['b']" in str(err.value) and "bee" in str(err.value)
-    assert not io.exists(spark, io.Lake(cfg.lake_dir).path("bronze"))  # nothing written
-    runs = io.read(spark, io.Lake(cfg.lake_dir).path("runs")).collect()
+    assert not tables.exists(spark, tables.Lake(cfg.lake_dir).path("bronze"))  # nothing written
+    runs = tables.read(spark, tables.Lake(cfg.lake_dir).path("runs")).collect()
     assert [(r["stage"], r["status"]) for r in runs] == [("ingest", "failed")]
     assert "source lacks configured columns" in runs[0]["error"]
 
@@ -140,15 +141,15 @@ def test_runs_table_records_inputs_outputs_counts(spark, tmp_path):
     cfg = pipeline(tmp_path, {"path": "toy.csv", "format": "csv", "options": {"header": True, "inferSchema": True}})
     ingest.run(spark, cfg, "run-a")
     ingest.run(spark, cfg, "run-b")
-    lake = io.Lake(cfg.lake_dir)
-    runs = {r["run_id"]: r for r in io.read(spark, lake.path("runs")).collect()}
+    lake = tables.Lake(cfg.lake_dir)
+    runs = {r["run_id"]: r for r in tables.read(spark, lake.path("runs")).collect()}
     assert runs["run-a"]["status"] == "succeeded"
     assert runs["run-a"]["outputs"][0]["name"] == "bronze" and runs["run-a"]["outputs"][0]["version"] == 0
     assert runs["run-a"]["counts"]["rows_out"] == 4 and runs["run-b"]["counts"]["rows_out"] == 0
     assert runs["run-a"]["inputs"][0]["path"].endswith("toy.csv")
     # The re-run changed nothing, so it made no bronze commit: v0 is still run-a's.
     assert runs["run-b"]["outputs"][0]["version"] == 0 and runs["run-b"]["counts"]["rows_in"] == 4
-    assert io.last_commit(spark, lake.path("bronze"))["user_metadata"]["run_id"] == "run-a"
+    assert tables.last_commit(spark, lake.path("bronze"))["user_metadata"]["run_id"] == "run-a"
 
 
 def test_sample_datasets_ingest(spark, sample_dir, tmp_path):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import io, knn, oversample
+from jobs.balancing import knn, oversample
 from jobs.config import load_config
 from jobs.errors import ConfigError
+from jobs.lake import tables
 
 pytestmark = pytest.mark.spark
 
@@ -39,7 +40,7 @@ def _numeric_only(cfg, **oversample_keys):
 
 
 def _gold(spark, cfg):
-    return io.read(spark, io.Lake(cfg.lake_dir).path("gold")).collect()
+    return tables.read(spark, tables.Lake(cfg.lake_dir).path("gold")).collect()
 
 
 def _check_segments(gold, k):
@@ -78,8 +79,8 @@ def test_smotenc_rows_lie_on_segments_of_their_folds_training_part(spark, cancer
         assert r["augment"] is False  # tabular rows are not augmented
     for f, counts in report.details["balance"]["after"].items():  # every training set reaches the target
         assert len(set(counts.values())) == 1, (f, counts)
-    path = io.Lake(cfg.lake_dir).path("gold")
-    props = io.properties(spark, path)
+    path = tables.Lake(cfg.lake_dir).path("gold")
+    props = tables.properties(spark, path)
     assert json.loads(props["fulcrum.classes"]) == ["benign", "malignant"]
     assert props["fulcrum.folds"] == str(cfg.split.folds) and props["fulcrum.kind"] == "tabular"
     assert props["fulcrum.oversample"] == "smotenc"
@@ -91,16 +92,16 @@ def test_smotenc_rows_lie_on_segments_of_their_folds_training_part(spark, cancer
 
 def test_smote_is_deterministic_and_respects_the_ratio(spark, cancer_lake):
     cfg = _numeric_only(cancer_lake, method="smote", target_ratio=0.5)
-    path = io.Lake(cfg.lake_dir).path("gold")
+    path = tables.Lake(cfg.lake_dir).path("gold")
     report = oversample.run(spark, cfg, "o-2")
     for counts in report.details["balance"]["after"].values():
         assert counts["malignant"] == -(-counts["benign"] // 2)  # ceil(0.5 x majority)
-    first = sorted((r["sample_id"], r["mean_area"]) for r in io.read(spark, path).collect())
+    first = sorted((r["sample_id"], r["mean_area"]) for r in tables.read(spark, path).collect())
     _check_segments(_gold(spark, cfg), cfg.split.folds)
     oversample.run(spark, cfg, "o-3")
-    assert sorted((r["sample_id"], r["mean_area"]) for r in io.read(spark, path).collect()) == first
+    assert sorted((r["sample_id"], r["mean_area"]) for r in tables.read(spark, path).collect()) == first
     oversample.run(spark, _with(cancer_lake, method="none"), "o-4")
-    assert io.read(spark, path).where("synthetic_for IS NOT NULL").count() == 0
+    assert tables.read(spark, path).where("synthetic_for IS NOT NULL").count() == 0
 
 
 def test_adasyn_makes_rows_where_other_classes_are_near(spark, cancer_lake):
@@ -128,7 +129,7 @@ def test_adasyn_makes_rows_where_other_classes_are_near(spark, cancer_lake):
 
 def test_a_class_too_small_for_knn_falls_back_to_random_with_a_warning(spark, cancer_lake, caplog):
     cfg = _with(cancer_lake, k_neighbors=100)  # malignant has fewer than 101 rows in every training part
-    with caplog.at_level(logging.WARNING, logger="jobs.oversample"):
+    with caplog.at_level(logging.WARNING, logger="jobs.balancing.oversample"):
         report = oversample.run(spark, cfg, "o-6")
     assert "oversampled at random instead of by smotenc" in caplog.text
     assert {x["class"] for x in report.details["fallback"]} == {"malignant"}
@@ -144,7 +145,7 @@ def test_undersampling_cuts_each_training_part_and_keeps_validation_whole(spark,
     report = oversample.run(spark, cfg, "o-7")
     gold = _gold(spark, cfg)
     assert all(r["synthetic_for"] is None for r in gold)
-    silver = io.read(spark, io.Lake(cfg.lake_dir).path("silver")).count()
+    silver = tables.read(spark, tables.Lake(cfg.lake_dir).path("silver")).count()
     assert len(gold) == silver  # cut rows stay in gold: they still validate their own fold
     k = cfg.split.folds
     for f in range(k + 1):
@@ -163,7 +164,7 @@ def test_oversample_needs_silver(spark, sample_dir, tmp_path):
     cfg = load_config(sample_dir / "cancer" / "cancer.yaml", {"lake_root": str(tmp_path / "lake")})
     with pytest.raises(ConfigError, match="silver does not exist"):
         oversample.run(spark, cfg, "o-9")
-    assert not io.exists(spark, io.Lake(cfg.lake_dir).path("gold"))
+    assert not tables.exists(spark, tables.Lake(cfg.lake_dir).path("gold"))
 
 
 def test_distributed_knn_matches_brute_force(spark):
@@ -204,8 +205,8 @@ def test_digits_gold_embeds_images_at_the_training_size(spark, curated, lake_cop
 
     cfg = lake_copy(curated["digits"])
     oversample.run(spark, cfg, "o-1")
-    gold = io.read(spark, io.Lake(cfg.lake_dir).path("gold"))
-    props = io.properties(spark, io.Lake(cfg.lake_dir).path("gold"))
+    gold = tables.read(spark, tables.Lake(cfg.lake_dir).path("gold"))
+    props = tables.properties(spark, tables.Lake(cfg.lake_dir).path("gold"))
     assert props["fulcrum.image_embedded"] == "true" and props["fulcrum.image_size"] == str(cfg.images.size)
     fake = gold.where("synthetic_for IS NOT NULL")
     assert fake.count() > 0 and fake.where("NOT augment").count() == 0

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import io, tradeoff
+from jobs.analysis import tradeoff
 from jobs.errors import ConfigError
+from jobs.lake import tables
 from tests.html_report import parse
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray]
@@ -23,7 +24,7 @@ def _with(cfg, **tradeoff_keys):
 
 def test_every_level_is_scored_on_the_same_rows_and_no_row_trains_on_its_copy(spark, audited, lake_copy):
     cfg = lake_copy(audited[0])
-    lake = io.Lake(cfg.lake_dir)
+    lake = tables.Lake(cfg.lake_dir)
     table, info = tradeoff.build_table(spark, cfg, lake)
     rows = table.collect()
     k = 2
@@ -38,7 +39,7 @@ def test_every_level_is_scored_on_the_same_rows_and_no_row_trains_on_its_copy(sp
     raw = [r for r in rows if r["level"] == "raw" and r["fold"] == k]
     assert len(raw) == info["raw"]["rows"] and info["raw"]["unusable_labels"] > 0  # the injected label variants
     dups = {r["sample_id"]: r["duplicate_of"] for r in
-            io.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()}  # fmt: skip
+            tables.read(spark, lake.path("quarantine")).where("stage = 'dedup'").collect()}  # fmt: skip
     copies = [r for r in raw if dups.get(r["sample_id"]) in fold_of]
     assert copies, "the sample's injected duplicates are in the raw level"
     for r in copies:
@@ -53,7 +54,7 @@ def test_every_level_is_scored_on_the_same_rows_and_no_row_trains_on_its_copy(sp
     assert all(0 <= r["u"] < 1 for r in rows)
 
     # audited: the flagged rows train in no fold; oversampled: neither do they nor their synthetic rows
-    flagged = {r["sample_id"] for r in io.read(spark, lake.path("label_issues")).collect()} & set(fold_of)
+    flagged = {r["sample_id"] for r in tables.read(spark, lake.path("label_issues")).collect()} & set(fold_of)
     assert flagged and info["flagged"] == len(flagged)
     for r in rows:
         if r["level"] in ("audited", "oversampled") and r["sample_id"] in flagged:
@@ -77,13 +78,13 @@ def test_levels_that_cannot_be_built_are_named(spark, audited, lake_copy, tmp_pa
 
     cfg = lake_copy(audited[0])
     shutil.rmtree(Path(cfg.lake_dir) / "label_issues")
-    _, info = tradeoff.build_table(spark, _with(cfg, levels=["clean", "audited"]), io.Lake(cfg.lake_dir))
+    _, info = tradeoff.build_table(spark, _with(cfg, levels=["clean", "audited"]), tables.Lake(cfg.lake_dir))
     assert info["levels"] == ["clean"] and "fulcrum audit" in info["left_out"]["audited"]
     with pytest.raises(ConfigError, match="none of the levels"):
-        tradeoff.build_table(spark, _with(cfg, levels=["audited"]), io.Lake(cfg.lake_dir))
+        tradeoff.build_table(spark, _with(cfg, levels=["audited"]), tables.Lake(cfg.lake_dir))
     empty = cfg.model_copy(update={"lake_root": str(tmp_path / "empty")})
     with pytest.raises(ConfigError, match="gold does not exist"):
-        tradeoff.build_table(spark, empty, io.Lake(empty.lake_dir))
+        tradeoff.build_table(spark, empty, tables.Lake(empty.lake_dir))
 
 
 def test_the_grid_runs_on_ray_and_writes_curves_plot_and_page(spark, ray_local, audited, lake_copy):
@@ -111,8 +112,8 @@ def test_the_grid_runs_on_ray_and_writes_curves_plot_and_page(spark, ray_local, 
     assert page.sections == ["conclusion", "curves", "levels"]
     assert page.images and page.images[0][1].startswith("data:image/png;base64,")
     assert result["conclusion"]["text"][0] in " ".join(page.text)
-    lake = io.Lake(cfg.lake_dir)
-    assert io.version(spark, lake.path("tradeoff")) == 0  # the table of levels is one commit
-    assert io.read(spark, lake.path("tradeoff")).count() == report.rows_in
-    runs = io.read(spark, lake.path("runs")).where("stage = 'tradeoff'").collect()
+    lake = tables.Lake(cfg.lake_dir)
+    assert tables.version(spark, lake.path("tradeoff")) == 0  # the table of levels is one commit
+    assert tables.read(spark, lake.path("tradeoff")).count() == report.rows_in
+    runs = tables.read(spark, lake.path("runs")).where("stage = 'tradeoff'").collect()
     assert [r["status"] for r in runs] == ["succeeded"]

@@ -5,10 +5,12 @@ import json
 import pytest
 import yaml
 
-from jobs import ingest, io, validate
+from jobs import ingest
 from jobs.config import load_config
 from jobs.errors import DataFailedError
-from jobs.suites import load_suite
+from jobs.lake import tables
+from jobs.validation import validate
+from jobs.validation.suites import load_suite
 
 pytestmark = pytest.mark.spark
 
@@ -47,7 +49,7 @@ def setup(tmp_path, spark, suite=SUITE, policies=None):
 
 
 def quarantine(spark, cfg):
-    rows = io.read(spark, io.Lake(cfg.lake_dir).path("quarantine")).collect()
+    rows = tables.read(spark, tables.Lake(cfg.lake_dir).path("quarantine")).collect()
     return {r["id"]: (r["reason"], list(r["reasons"])) for r in rows}
 
 
@@ -75,7 +77,7 @@ def test_rerun_replaces_quarantine_rows_instead_of_duplicating(spark, tmp_path):
     cfg = setup(tmp_path, spark)
     validate.run(spark, cfg, "v-1")
     validate.run(spark, cfg, "v-2")
-    rows = io.read(spark, io.Lake(cfg.lake_dir).path("quarantine")).collect()
+    rows = tables.read(spark, tables.Lake(cfg.lake_dir).path("quarantine")).collect()
     assert len(rows) == 4 and {r["run_id"] for r in rows} == {"v-2"}
 
 
@@ -93,9 +95,9 @@ def test_fail_policy_stops_and_writes_nothing_downstream(spark, tmp_path):
     with pytest.raises(DataFailedError, match="row_count") as err:
         validate.run(spark, cfg, "v-1")
     assert err.value.exit_code == 1
-    lake = io.Lake(cfg.lake_dir)
-    assert not io.exists(spark, lake.path("quarantine"))
-    last = io.read(spark, lake.path("runs")).filter("stage = 'validate'").collect()
+    lake = tables.Lake(cfg.lake_dir)
+    assert not tables.exists(spark, lake.path("quarantine"))
+    last = tables.read(spark, lake.path("runs")).filter("stage = 'validate'").collect()
     assert [(r["status"], r["run_id"]) for r in last] == [("failed", "v-1")]
 
 
@@ -112,7 +114,7 @@ def test_fused_results_equal_gx_own_on_the_sample(spark, sample_dir, tmp_path):
     cfg = load_config(sample_dir / "cancer" / "cancer.yaml",
                       {"lake_root": str(tmp_path / "lake"), "suite": str(suite_path)})  # fmt: skip
     ingest.run(spark, cfg, "i-1")
-    bronze = io.read(spark, io.Lake(cfg.lake_dir).path("bronze")).cache()
+    bronze = tables.read(spark, tables.Lake(cfg.lake_dir).path("bronze")).cache()
     reference = validate.run_gx(bronze, load_suite(suite_path)[0], "cancer")
     suite, rules = load_suite(suite_path)
     result = validate.validate(bronze, suite, rules, "cancer")
@@ -166,7 +168,7 @@ def test_image_sample_quarantines_every_broken_file_and_nothing_else(spark, samp
     cfg = load_config(sample_dir / "digits" / "digits.yaml", {"lake_root": str(tmp_path / "lake")})
     ingest.run(spark, cfg, "i-1")
     report = validate.run(spark, cfg, "v-1")
-    reasons = {r["record_id"]: r["reason"] for r in io.read(spark, io.Lake(cfg.lake_dir).path("quarantine")).collect()}
+    reasons = {r["record_id"]: r["reason"] for r in tables.read(spark, tables.Lake(cfg.lake_dir).path("quarantine")).collect()}
     expected = {"corrupt_file": "image_undecodable", "missing_file": "image_missing",
                 "path_escape": "image_outside_root", "decompression_bomb": "image_too_large",
                 "format_mismatch": "image_format_mismatch"}  # fmt: skip
@@ -179,7 +181,7 @@ def test_image_sample_quarantines_every_broken_file_and_nothing_else(spark, samp
 
 
 def test_suite_init_suggests_a_suite_that_validates_its_own_data(spark, tmp_path):
-    from jobs.profile import init_suite
+    from jobs.validation.profile import init_suite
 
     cfg = setup(tmp_path, spark)
     path, count = init_suite(spark, cfg, tmp_path / "suggested.json")
@@ -193,7 +195,7 @@ def test_suite_init_suggests_a_suite_that_validates_its_own_data(spark, tmp_path
     assert names["s_known"]["meta"]["policy"] == "warn"  # the label: clean normalises it
     assert "id_unique" in names and count == len(suite["expectations"])
     _, rules = load_suite(path)  # GX accepts it
-    result = validate.validate(io.read(spark, io.Lake(cfg.lake_dir).path("bronze")), *load_suite(path), "toy")
+    result = validate.validate(tables.read(spark, tables.Lake(cfg.lake_dir).path("bronze")), *load_suite(path), "toy")
     assert result.report.rows_out == 6  # the data it came from passes its own suite
     with pytest.raises(Exception, match="exists"):
         init_suite(spark, cfg, path)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jobs.audit import calibrate, estimate, noise_matrix, prune_counts
+from jobs.analysis.audit import calibrate, estimate, noise_matrix, prune_counts
 
 
 def test_calibration_scales_each_row_to_its_class_count_then_normalises():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from jobs.probe import phash, probe_file
 from jobs.samples import _bomb_png
+from jobs.validation.probe import phash, probe_file
 from training.files import UnsafePath, safe_join
 
 

@@ -90,7 +90,7 @@ def test_a_bad_search_is_named(bad, message):
 
 
 def test_the_yaml_section_becomes_search_flags(tmp_path):
-    from jobs.train import command
+    from jobs.launch import command
     from training.__main__ import parser
 
     cfg = _cfg(tmp_path, {"epochs": 3, "search": {"trials": 6, "algorithm": "bayesian", "folds": 2,
@@ -116,7 +116,7 @@ def test_a_bad_search_section_names_its_key(tmp_path, search, message):
 
 
 def test_the_tradeoff_grid_trains_at_the_written_hyperparameters(tmp_path):
-    from jobs.tradeoff import command
+    from jobs.analysis.tradeoff import command
     from training.tradeoff import parser
 
     cmd = command(_cfg(tmp_path, {"lr": 0.02, "search": {"trials": 4}}), "t", 0, ["clean"], [0, 1], "out")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from jobs.suites import SuiteError, default_name, load_suite
+from jobs.validation.suites import SuiteError, default_name, load_suite
 
 
 def write(tmp_path, expectations, name="toy"):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from jobs.analysis.tradeoff import conclude, curves, fit_log
 from jobs.config import TradeoffConfig
-from jobs.tradeoff import conclude, curves, fit_log
 
 B = 0.1 / math.log(10)  # +0.1 of the metric per 10x the rows
 

@@ -147,7 +147,7 @@ def test_the_entry_point_parses_settings_and_refuses_a_table_that_is_not_gold(tm
 
 def test_fulcrum_train_passes_the_config_train_section_as_flags(tmp_path):
     from jobs.config import parse_config
-    from jobs.train import command as training_command
+    from jobs.launch import command as training_command
     from training.__main__ import parser
 
     cfg = parse_config({"dataset": "d", "kind": "tabular", "lake_root": str(tmp_path), "source": {"path": "x",

@@ -21,7 +21,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.suites import Rule
+from jobs.validation.suites import Rule
 
 NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
 _AGGREGATES = {  # GX metric name -> Spark aggregate, as GX's Spark providers compute it

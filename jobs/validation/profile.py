@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.ingest import LINEAGE_COLUMNS, NUMERIC_TYPES
-from jobs.probe import PROBE_FIELDS
+from jobs.validation.probe import PROBE_FIELDS
 
 LOW_CARDINALITY = 20
 RANGE_MARGIN = 0.1  # of the observed range, on each side
@@ -100,16 +100,16 @@ def probe_expectations() -> list[dict[str, Any]]:
 
 def init_suite(spark, cfg, out: str | Path, force: bool = False) -> tuple[Path, int]:
     """Job: profile bronze and write a starter suite to ``out``; return the path and expectation count."""
-    from jobs import io
     from jobs.errors import ConfigError
+    from jobs.lake import tables
 
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(f"{out} exists", fix="pass --force to overwrite it, or --out another path")
-    bronze = io.Lake(cfg.lake_dir).path("bronze")
-    if not io.exists(spark, bronze):
+    bronze = tables.Lake(cfg.lake_dir).path("bronze")
+    if not tables.exists(spark, bronze):
         raise ConfigError(f"bronze does not exist yet at {bronze}", fix="run `fulcrum ingest CONFIG` first")
-    suite = suggest(profile(io.read(spark, bronze)), cfg.dataset, cfg.columns.label)
+    suite = suggest(profile(tables.read(spark, bronze)), cfg.dataset, cfg.columns.label)
     if cfg.kind == "images":
         suite["expectations"][1:1] = probe_expectations()
     out.parent.mkdir(parents=True, exist_ok=True)

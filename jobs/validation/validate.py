@@ -2,7 +2,7 @@
 
 The whole suite's result is in GX's format (saved as GX JSON, rendered into the Data Docs
 site). Row-level and simple aggregate expectations are evaluated in one fused Spark pass
-(``jobs.fused``) and go through GX's own validation logic; the rest run on GX's Spark
+(``jobs.validation.fused``) and go through GX's own validation logic; the rest run on GX's Spark
 engine. Row-level expectations with policy ``drop`` also tag each failing row with the
 names of the expectations it failed; tagged rows go to quarantine (reason = the first name,
 reasons = all), the rest flow on. A ``fail`` expectation that does not pass stops the job
@@ -21,12 +21,13 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import fused, io, runs
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, DataFailedError
-from jobs.probe import probe_images
+from jobs.lake import ledger, tables
 from jobs.stage import StageReport, StageResult
-from jobs.suites import Rule, load_suite
+from jobs.validation import fused
+from jobs.validation.probe import probe_images
+from jobs.validation.suites import Rule, load_suite
 
 log = logging.getLogger(__name__)
 STAGE = "validate"
@@ -169,12 +170,12 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     if not cfg.suite:
         raise ConfigError(f"{cfg.dataset}: no suite configured", fix="set `suite:` to a GX suite JSON file")
     suite, rules = load_suite(cfg.resolve(cfg.suite), cfg.validate_.policies)
-    lake = io.Lake(cfg.lake_dir)
+    lake = tables.Lake(cfg.lake_dir)
     report_dir = Path(cfg.reports_dir) / run_id
-    with runs.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
+    with ledger.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
         bronze_version = _require_bronze(spark, lake, cfg)
         record.inputs.append(("bronze", lake.path("bronze"), bronze_version))
-        rows = io.read(spark, lake.path("bronze"), bronze_version)
+        rows = tables.read(spark, lake.path("bronze"), bronze_version)
         if cfg.images:  # the image suite's expectations run on the probe's columns
             rows = probe_images(rows, cfg.images.path_column, cfg.resolve(cfg.images.root))
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # read by the fused pass and the quarantine write
@@ -191,7 +192,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     return report
 
 
-def _finish(cfg: PipelineConfig, lake: io.Lake, run_id: str, result: StageResult, record, report_dir: Path):
+def _finish(cfg: PipelineConfig, lake: tables.Lake, run_id: str, result: StageResult, record, report_dir: Path):
     """Save the report; stop on a failed ``fail`` expectation, else write quarantine (one commit)."""
     report = result.report
     _save(report, report_dir)
@@ -208,15 +209,15 @@ def _finish(cfg: PipelineConfig, lake: io.Lake, run_id: str, result: StageResult
     report.details["quarantine_version"] = version
 
 
-def write_quarantine(lake: io.Lake, rejected: DataFrame, run_id: str) -> int:
+def write_quarantine(lake: tables.Lake, rejected: DataFrame, run_id: str) -> int:
     """Replace this stage's quarantine rows with ``rejected`` (one commit; the table is partitioned by stage)."""
     rejected = rejected.withColumn("stage", F.lit(STAGE)).withColumn("run_id", F.lit(run_id))
-    return io.replace_where(rejected, lake.path("quarantine"), f"stage = '{STAGE}'", run_id, STAGE,
+    return tables.replace_where(rejected, lake.path("quarantine"), f"stage = '{STAGE}'", run_id, STAGE,
                             partition_by="stage")  # fmt: skip
 
 
-def _require_bronze(spark: SparkSession, lake: io.Lake, cfg: PipelineConfig) -> int:
-    version = io.version(spark, lake.path("bronze"))
+def _require_bronze(spark: SparkSession, lake: tables.Lake, cfg: PipelineConfig) -> int:
+    version = tables.version(spark, lake.path("bronze"))
     if version is None:
         raise ConfigError(f"{cfg.dataset}: bronze does not exist yet at {lake.path('bronze')}",
                           fix="run `fulcrum ingest CONFIG` first")  # fmt: skip

@@ -18,37 +18,38 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import clean, dedup, io, runs, split
 from jobs.config import PipelineConfig
+from jobs.curation import clean, dedup, split
 from jobs.errors import ConfigError, DataFailedError
-from jobs.probe import probe_images
+from jobs.lake import ledger, tables
 from jobs.stage import StageReport
+from jobs.validation.probe import probe_images
 
 log = logging.getLogger(__name__)
 STAGE = "curate"
 SUB_STAGES = ("clean", "dedup")
 
 
-def validated_rows(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake) -> tuple[DataFrame, int]:
+def validated_rows(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake) -> tuple[DataFrame, int]:
     """Bronze at its latest version without the rows validate quarantined; (rows, bronze version)."""
-    version = io.version(spark, lake.path("bronze"))
+    version = tables.version(spark, lake.path("bronze"))
     if version is None:
         raise ConfigError(f"{cfg.dataset}: bronze does not exist yet at {lake.path('bronze')}",
                           fix="run `fulcrum ingest CONFIG` first")  # fmt: skip
-    rows = io.read(spark, lake.path("bronze"), version)
+    rows = tables.read(spark, lake.path("bronze"), version)
     if cfg.suite:
         if not _validated(spark, lake, version):
             raise ConfigError(f"{cfg.dataset}: bronze v{version} has not been validated",
                               fix="run `fulcrum validate CONFIG` first (or `fulcrum run CONFIG`)")  # fmt: skip
-        quarantined = io.read(spark, lake.path("quarantine")).where(F.col("stage") == "validate").select("sample_id")
+        quarantined = tables.read(spark, lake.path("quarantine")).where(F.col("stage") == "validate").select("sample_id")
         rows = rows.join(quarantined, "sample_id", "left_anti")
     return rows, version
 
 
-def _validated(spark: SparkSession, lake: io.Lake, bronze_version: int) -> bool:
+def _validated(spark: SparkSession, lake: tables.Lake, bronze_version: int) -> bool:
     """Did the latest validate run succeed, on this bronze version?"""
-    history = runs.history(spark, lake)
-    if history is None or not io.exists(spark, lake.path("quarantine")):
+    history = ledger.history(spark, lake)
+    if history is None or not tables.exists(spark, lake.path("quarantine")):
         return False
     last = history.where(F.col("stage") == "validate").first()
     if last is None or last["status"] != "succeeded":
@@ -82,8 +83,8 @@ def curate(rows: DataFrame, cfg: PipelineConfig, held: list[DataFrame] | None = 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     """Job: validated bronze → silver (one overwrite commit) + quarantine rows of clean and dedup (one commit)."""
-    lake = io.Lake(cfg.lake_dir)
-    with runs.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
+    lake = tables.Lake(cfg.lake_dir)
+    with ledger.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
         start = time.perf_counter()
         rows, bronze_version = validated_rows(spark, cfg, lake)
         record.inputs.append(("bronze", lake.path("bronze"), bronze_version))
@@ -98,11 +99,11 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
             held.append(silver)
             _require_classes(silver, cfg)
             quarantine = rows.join(rejected, "sample_id").withColumn("run_id", F.lit(run_id))
-            q_version = io.replace_where(quarantine, lake.path("quarantine"), "stage IN ('clean', 'dedup')",
+            q_version = tables.replace_where(quarantine, lake.path("quarantine"), "stage IN ('clean', 'dedup')",
                                          run_id, STAGE, partition_by="stage")  # fmt: skip
             props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": cfg.split.folds,
                      "fulcrum.label": cfg.columns.label, "fulcrum.bronze_version": bronze_version}  # fmt: skip
-            s_version = io.overwrite(silver, lake.path("silver"), run_id, STAGE, props)
+            s_version = tables.overwrite(silver, lake.path("silver"), run_id, STAGE, props)
         finally:
             for df in held:
                 df.unpersist()
@@ -125,17 +126,17 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     return report
 
 
-def _label_issues(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake, record: runs.StageRun) -> DataFrame | None:
+def _label_issues(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake, record: ledger.StageRun) -> DataFrame | None:
     """The audit's label_issues table (an input of this run) when ``clean.label_issues`` acts on it."""
     path = lake.path("label_issues")
-    if cfg.clean.label_issues == "report" or not io.exists(spark, path):
+    if cfg.clean.label_issues == "report" or not tables.exists(spark, path):
         if cfg.clean.label_issues != "report":
             log.warning("%s: clean.label_issues is %s but no audit has run yet (`fulcrum audit CONFIG`)",
                         cfg.dataset, cfg.clean.label_issues)  # fmt: skip
         return None
-    version = io.version(spark, path)
+    version = tables.version(spark, path)
     record.inputs.append(("label_issues", path, version))
-    return io.read(spark, path, version)
+    return tables.read(spark, path, version)
 
 
 def _require_classes(silver: DataFrame, cfg: PipelineConfig) -> None:

@@ -35,10 +35,10 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import io, runs
 from jobs.config import AuditConfig, PipelineConfig
 from jobs.errors import ConfigError, DataFailedError
-from jobs.ranks import rank_within
+from jobs.lake import ledger, tables
+from jobs.lake.ranks import rank_within
 from jobs.stage import StageReport, StageResult
 
 log = logging.getLogger(__name__)
@@ -213,29 +213,29 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
     """Job: the latest out-of-fold predictions → label_issues (one overwrite commit), audit.json, audit.png.
 
     ``reset`` starts the table afresh instead of keeping earlier verdicts (see ``merge_issues``)."""
-    lake = io.Lake(cfg.lake_dir)
-    with runs.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
+    lake = tables.Lake(cfg.lake_dir)
+    with ledger.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
         start = time.perf_counter()
         path, target = lake.path("predictions"), lake.path("label_issues")
-        version = io.version(spark, path)
+        version = tables.version(spark, path)
         if version is None:
             raise ConfigError(f"{cfg.dataset}: no out-of-fold predictions at {path}",
                               fix="run `fulcrum train CONFIG` first (it writes them)")  # fmt: skip
         record.inputs.append(("predictions", path, version))
-        classes = json.loads(io.properties(spark, lake.path("gold")).get("fulcrum.classes", "[]"))
-        preds = io.read(spark, path, version).select("sample_id", "fold", "label", "probabilities").persist()
+        classes = json.loads(tables.properties(spark, lake.path("gold")).get("fulcrum.classes", "[]"))
+        preds = tables.read(spark, path, version).select("sample_id", "fold", "label", "probabilities").persist()
         try:
             width = preds.select(F.max(F.size("probabilities"))).first()[0]
             if width != len(classes):
                 raise ConfigError(f"{cfg.dataset}: the predictions have {width} probabilities per row but gold has "
                                   f"{len(classes)} classes", fix="re-run `fulcrum train CONFIG` on the current gold")  # fmt: skip
             result = audit(preds, classes, cfg.audit)
-            previous = None if reset or not io.exists(spark, target) else io.read(spark, target)
+            previous = None if reset or not tables.exists(spark, target) else tables.read(spark, target)
             issues = merge_issues(previous, result.kept.withColumn("audit_run_id", F.lit(run_id)), preds)
             issues = issues.localCheckpoint()  # read the old table before the overwrite replaces it
             props = {"fulcrum.run_id": run_id, "fulcrum.classes": json.dumps(classes),
                      "fulcrum.predictions_version": version, "fulcrum.method": cfg.audit.method}  # fmt: skip
-            out_version = io.overwrite(issues, target, run_id, STAGE, props)
+            out_version = tables.overwrite(issues, target, run_id, STAGE, props)
         finally:
             preds.unpersist()
         report = result.report

@@ -37,9 +37,10 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import curate, io, runs
 from jobs.config import PipelineConfig
+from jobs.curation import curate
 from jobs.errors import ConfigError, DataFailedError, FulcrumError
+from jobs.lake import ledger, tables
 from jobs.stage import StageReport
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,13 @@ def draw(key: Column, seed: int) -> Column:
     return F.pmod(F.xxhash64(F.lit(seed), key), F.lit(U_SCALE)) / float(U_SCALE)
 
 
-def build_table(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake) -> tuple[DataFrame, dict]:
+def build_table(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake) -> tuple[DataFrame, dict]:
     """(rows of every level in the gold contract plus ``level`` and ``u``, what was built and left out)."""
-    version = io.version(spark, lake.path("gold"))
+    version = tables.version(spark, lake.path("gold"))
     if version is None:
         raise ConfigError(f"{cfg.dataset}: gold does not exist yet", fix="run `fulcrum run CONFIG` first")
-    props = io.properties(spark, lake.path("gold"))
-    gold = io.read(spark, lake.path("gold"), version)
+    props = tables.properties(spark, lake.path("gold"))
+    gold = tables.read(spark, lake.path("gold"), version)
     classes = json.loads(props["fulcrum.classes"])
     k = int(props["fulcrum.folds"])
     folds = list(range(cfg.tradeoff.folds or k))
@@ -116,12 +117,12 @@ def build_table(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake) -> tupl
     return table, info
 
 
-def _flagged(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake, real: DataFrame, info: dict) -> DataFrame | None:
+def _flagged(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake, real: DataFrame, info: dict) -> DataFrame | None:
     """sample_id, _flagged of the audit's rows still in gold; None (and why, in ``info``) when there are none."""
     if not {"audited", "oversampled"} & set(cfg.tradeoff.levels):
         return None
     why = None
-    if not io.exists(spark, lake.path("label_issues")):
+    if not tables.exists(spark, lake.path("label_issues")):
         why = "no label audit has run yet (`fulcrum audit CONFIG`)"
     elif cfg.clean.label_issues != "report":
         why = (f"clean.label_issues is {cfg.clean.label_issues}: silver already holds the "
@@ -130,19 +131,19 @@ def _flagged(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake, real: Data
         if "audited" in cfg.tradeoff.levels:
             info["left_out"]["audited"] = why
         return None
-    issues = io.read(spark, lake.path("label_issues")).select("sample_id").distinct()
+    issues = tables.read(spark, lake.path("label_issues")).select("sample_id").distinct()
     flagged = real.select("sample_id").join(issues, "sample_id").withColumn("_flagged", F.lit(True))
     info["flagged"] = flagged.count()
     return flagged
 
 
-def _raw(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake, gold: DataFrame, k: int, columns: list[str],
+def _raw(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake, gold: DataFrame, k: int, columns: list[str],
          info: dict) -> DataFrame:  # fmt: skip
     """The validated rows as bronze has them, as training-only rows of the gold contract."""
     rows, _ = curate.validated_rows(spark, cfg, lake)
     index = F.create_map(*[x for i, c in enumerate(info["classes"]) for x in (F.lit(str(c)), F.lit(i))])
     rows = rows.withColumn("_label", F.element_at(index, F.col(cfg.columns.label).cast("string")))
-    dups = (io.read(spark, lake.path("quarantine")).where(F.col("stage") == "dedup")
+    dups = (tables.read(spark, lake.path("quarantine")).where(F.col("stage") == "dedup")
             .select("sample_id", "duplicate_of", F.col("dup_group").alias("_dup_group")))  # fmt: skip
     silver = gold.where(F.col("synthetic_for").isNull()).select(F.col("sample_id").alias("_rep"),
                                                                 F.col("fold").alias("_rep_fold"))  # fmt: skip
@@ -168,7 +169,7 @@ def _raw(spark: SparkSession, cfg: PipelineConfig, lake: io.Lake, gold: DataFram
         *([F.col(path).cast("string").alias(path)] if path else []), group.alias("_group"),
     )  # fmt: skip
     if "image" in columns:
-        from jobs.probe import embed_images
+        from jobs.validation.probe import embed_images
 
         im = cfg.images
         out = embed_images(out, path, cfg.resolve(im.root), im.size, im.channels).drop(path)
@@ -350,7 +351,7 @@ def command(cfg: PipelineConfig, table: str, version: int, levels: list[str], fo
             run_id: str = "tradeoff") -> list[str]:  # fmt: skip
     """The ``python -m training.tradeoff`` command line: the train section's flags, the grid's. Every cell of
     the grid trains with the train section's hyperparameters as written (``train.search`` is not run)."""
-    from jobs.train import ray_side
+    from jobs.launch import ray_side
 
     t = cfg.tradeoff
     train = cfg.train.model_copy(update={"tensorboard": False, "search": None, **({"epochs": t.epochs} if t.epochs else {})})
@@ -362,17 +363,17 @@ def command(cfg: PipelineConfig, table: str, version: int, levels: list[str], fo
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     """Job: gold (+ validated bronze, quarantine, label_issues) → the trade-off table → the grid on Ray → report."""
-    from jobs.train import run_foreground
+    from jobs.launch import run_foreground
 
-    lake = io.Lake(cfg.lake_dir)
+    lake = tables.Lake(cfg.lake_dir)
     folder = Path(cfg.reports_dir) / run_id
-    with runs.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
+    with ledger.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
         start = time.perf_counter()
         table, info = build_table(spark, cfg, lake)
         record.inputs.append(("gold", lake.path("gold"), info["gold_version"]))
-        version = io.overwrite(table, lake.path("tradeoff"), run_id, STAGE, info.pop("props"))
+        version = tables.overwrite(table, lake.path("tradeoff"), run_id, STAGE, info.pop("props"))
         record.outputs.append(("tradeoff", lake.path("tradeoff"), version))
-        written = io.read(spark, lake.path("tradeoff"), version)
+        written = tables.read(spark, lake.path("tradeoff"), version)
         rows = training_rows(written, info["folds"], cfg.tradeoff.fractions)
         empty = [f"{lv} at {p:.0%}" for lv, per in rows.items() for p, n in per.items() if min(n) == 0]
         if empty:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from jobs import io, runs
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, FulcrumError
+from jobs.lake import ledger, tables
 from jobs.stage import StageReport
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ STAGE = "train"
 
 def command(cfg: PipelineConfig, run_id: str, version: int | None = None) -> list[str]:
     """The ``python -m training`` command line for a pipeline config (its gold table, its train section)."""
-    args = ["--table", io.Lake(cfg.lake_dir).path("gold"), "--out", out_dir(cfg, run_id), "--seed", str(cfg.seed),
+    args = ["--table", tables.Lake(cfg.lake_dir).path("gold"), "--out", out_dir(cfg, run_id), "--seed", str(cfg.seed),
             *cfg.train.flags()]  # fmt: skip
     if version is not None:
         args += ["--version", str(version)]
@@ -85,10 +85,10 @@ def run_foreground(cmd: list[str]) -> int:
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | None = None) -> StageReport:
     """Job: gold (pinned version) → cross-validation on Ray; the report carries mean ± std metrics."""
-    lake = io.Lake(cfg.lake_dir)
-    with runs.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
+    lake = tables.Lake(cfg.lake_dir)
+    with ledger.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
         start = time.perf_counter()
-        latest = io.version(spark, lake.path("gold"))
+        latest = tables.version(spark, lake.path("gold"))
         if latest is None:
             raise ConfigError(f"{cfg.dataset}: gold does not exist yet", fix="run `fulcrum oversample CONFIG` first")
         version = latest if version is None else version
@@ -101,7 +101,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | No
                                fix="see the message above; `python -m training --help` lists the flags")  # fmt: skip
         summary = json.loads((Path(out_dir(cfg, run_id)) / "cv.json").read_text())
         predictions = summary["predictions"]
-        record.outputs.append(("predictions", predictions["path"], io.version(spark, predictions["path"])))
+        record.outputs.append(("predictions", predictions["path"], tables.version(spark, predictions["path"])))
         # rows in: the real rows (validation parts and test); rows out: out-of-fold predictions written
         real = sum(f["val_rows"] for f in summary["per_fold"]) + summary["final"]["test_rows"]
         report = StageReport(stage=STAGE, rows_in=real, rows_out=predictions["rows"])

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
-from jobs import io
+from jobs.lake import tables
 from jobs.errors import FulcrumError
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,9 @@ class StageRun:
 
 
 @contextmanager
-def track(spark: SparkSession, lake: io.Lake, run_id: str, dataset: str, stage: str) -> Iterator[StageRun]:
+def track(spark: SparkSession, lake: tables.Lake, run_id: str, dataset: str, stage: str) -> Iterator[StageRun]:
     """Time a stage and append its outcome (succeeded or failed, with the error) to ``runs``."""
-    io.check_local_root(lake.root)  # before anything: a lake that cannot exist cannot record the attempt either
+    tables.check_local_root(lake.root)  # before anything: a lake that cannot exist cannot record the attempt either
     run = StageRun(run_id=run_id, dataset=dataset, stage=stage)
     start = time.perf_counter()
     try:
@@ -108,23 +108,23 @@ def track(spark: SparkSession, lake: io.Lake, run_id: str, dataset: str, stage: 
         events.info(json.dumps(run.event(), default=str))
 
 
-def record(spark: SparkSession, lake: io.Lake, run: StageRun) -> None:
+def record(spark: SparkSession, lake: tables.Lake, run: StageRun) -> None:
     df = spark.createDataFrame([run.row()], schema=RUNS_SCHEMA)
-    io.append(df, lake.path("runs"), run.run_id, "runs")
+    tables.append(df, lake.path("runs"), run.run_id, "runs")
 
 
-def history(spark: SparkSession, lake: io.Lake, run_id: str | None = None):
+def history(spark: SparkSession, lake: tables.Lake, run_id: str | None = None):
     """The runs table (one run's attempts when ``run_id`` is given), newest first; None when nothing ran yet."""
     path = lake.path("runs")
-    if not io.exists(spark, path):
+    if not tables.exists(spark, path):
         return None
-    df = io.read(spark, path)
+    df = tables.read(spark, path)
     if run_id is not None:
         df = df.where(df.run_id == run_id)
     return df.orderBy("started_at", ascending=False)
 
 
-def latest_run_id(spark: SparkSession, lake: io.Lake) -> str | None:
+def latest_run_id(spark: SparkSession, lake: tables.Lake) -> str | None:
     df = history(spark, lake)
     row = df.select("run_id").first() if df is not None else None
     return row["run_id"] if row else None

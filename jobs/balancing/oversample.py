@@ -21,7 +21,7 @@ pools, grouped by (pool, class).
   cut, per pool, to at most ``smallest / ratio`` rows. A cut real row stays in gold,
   with the pools it is left out of in ``dropped_for``; it still validates its own fold.
 
-Neighbours are computed distributedly (``jobs/knn.py``). Counts are exact: a class
+Neighbours are computed distributedly (``jobs/balancing/knn.py``). Counts are exact: a class
 needing m rows from n sources gives each source ``floor(m · w_i / Σw)`` copies, and the
 largest remainders one more (w = 1, or the ADASYN hardness), ordered by a seeded hash.
 A class with fewer than k + 1 rows in a pool falls back to ``random`` with a warning.
@@ -39,10 +39,11 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import io, knn, runs
+from jobs.balancing import knn
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
-from jobs.ranks import hash_bucket, rank_within
+from jobs.lake import ledger, tables
+from jobs.lake.ranks import hash_bucket, rank_within
 from jobs.stage import StageReport
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def build_gold(silver: DataFrame, cfg: PipelineConfig, folds: int) -> tuple[Data
     if label != "label":
         rows = rows.drop(label)
     if cfg.images and cfg.images.embed:
-        from jobs.probe import embed_images
+        from jobs.validation.probe import embed_images
 
         im = cfg.images
         pixels = embed_images(silver.select("sample_id", im.path_column), im.path_column, cfg.resolve(im.root),
@@ -260,15 +261,15 @@ def build_gold(silver: DataFrame, cfg: PipelineConfig, folds: int) -> tuple[Data
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     """Job: silver (pinned version) → gold, one overwrite commit with the ``fulcrum.*`` properties."""
-    lake = io.Lake(cfg.lake_dir)
-    with runs.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
+    lake = tables.Lake(cfg.lake_dir)
+    with ledger.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
         start = time.perf_counter()
-        version = io.version(spark, lake.path("silver"))
+        version = tables.version(spark, lake.path("silver"))
         if version is None:
             raise ConfigError(f"{cfg.dataset}: silver does not exist yet", fix="run `fulcrum curate CONFIG` first")
         record.inputs.append(("silver", lake.path("silver"), version))
-        silver = io.read(spark, lake.path("silver"), version)
-        folds = int(io.properties(spark, lake.path("silver")).get("fulcrum.folds", cfg.split.folds))
+        silver = tables.read(spark, lake.path("silver"), version)
+        folds = int(tables.properties(spark, lake.path("silver")).get("fulcrum.folds", cfg.split.folds))
         gold, info = build_gold(silver, cfg, folds)
         features = [{"name": f.name, "kind": f.kind} for f in cfg.columns.features]
         props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": folds,
@@ -279,9 +280,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
                           "fulcrum.image_column": cfg.images.path_column,
                           "fulcrum.image_root": cfg.resolve(cfg.images.root),
                           "fulcrum.image_embedded": str(cfg.images.embed).lower()})  # fmt: skip
-        g_version = io.overwrite(gold, lake.path("gold"), run_id, STAGE, props)
+        g_version = tables.overwrite(gold, lake.path("gold"), run_id, STAGE, props)
         record.outputs.append(("gold", lake.path("gold"), g_version))
-        written = io.read(spark, lake.path("gold"), g_version)
+        written = tables.read(spark, lake.path("gold"), g_version)
         balance = _balance(written, info["classes"], folds)
         report = StageReport(stage=STAGE, rows_in=silver.count(), rows_out=sum(balance["after"][str(folds)].values()))
         report.details.update({"gold_version": g_version, "method": cfg.oversample.method, "balance": balance,

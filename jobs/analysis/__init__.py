@@ -1,0 +1,1 @@
+"""Analysis: the label audit and the quality/quantity trade-off."""

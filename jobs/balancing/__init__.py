@@ -1,0 +1,1 @@
+"""Balancing: distributed k nearest neighbours and per-fold oversampling into gold."""

@@ -1,0 +1,1 @@
+"""Curation: clean, dedup and split, silver written in one commit."""

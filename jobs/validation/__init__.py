@@ -1,0 +1,1 @@
+"""Validation: the image probe, the GX suites, the fused expectation pass and the suite profiler."""
