@@ -46,6 +46,7 @@ bench: setup
 
 lint: $(STAMP)
 	$(BIN)/ruff check jobs training tests
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(DEMO_DIR) lake spark-warehouse metastore_db .pytest_cache

@@ -472,22 +472,21 @@ def demo(
     out.print(f"lake: {out_dir.resolve() / 'lake'}")
 
 
-class _EventHandler(logging.StreamHandler):
-    """The structured stage lines go to stderr as they are: one JSON object per line, never wrapped."""
-
-
 def _configure_logging() -> None:
     handler = RichHandler(console=err, show_path=False, show_time=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
-    events = logging.getLogger("fulcrum.events")
-    for old in [h for h in events.handlers if isinstance(h, _EventHandler)]:
-        events.removeHandler(old)
-    events.addHandler(_EventHandler(sys.stderr))
-    events.setLevel(logging.INFO)
-    events.propagate = False
     for name in ("jobs", "training"):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("py4j").setLevel(logging.ERROR)
+
+
+@app.callback()
+def _options(
+    events: Annotated[str, typer.Option(help="each stage's event on stderr: json (one object per line) or none")] = "json",
+) -> None:
+    from jobs.pipeline import setup_events
+
+    setup_events(events, sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

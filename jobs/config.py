@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import ConfigError
+from training.contract import Scored, TrainSettings
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
@@ -174,75 +175,6 @@ class OversampleConfig(Strict):
         return 1.0 if self.method == "undersample" and self.undersample is None else self.undersample
 
 
-class SearchConfig(Strict):
-    """`train.search`: a Ray Tune search scored by mean CV metric, ASHA stopping bad trials between folds."""
-
-    trials: int = Field(default=8, ge=2, description="configurations to try")
-    algorithm: Literal["random", "bayesian"] = Field(default="random", description="bayesian: Optuna's TPE")
-    folds: int | None = Field(default=None, ge=1, description="score trials on the first N folds (default: all)")
-    epochs: int | None = Field(default=None, ge=1, description="epochs per fold of a trial (default: train.epochs)")
-    metric: Literal["macro_f1", "accuracy", "roc_auc"] = "macro_f1"
-    asha: bool = Field(default=True, description="stop bad trials early with ASHA (false: every trial, every fold)")
-    grace: int = Field(default=1, ge=1, description="folds every trial trains before ASHA may stop it")
-    reduction: int = Field(default=2, ge=2, description="ASHA keeps the best 1/reduction at each rung")
-    lr: list[float] = Field(default_factory=lambda: [1e-4, 1e-2], description="low, high (log-uniform)")
-    weight_decay: list[float] = Field(default_factory=lambda: [1e-6, 1e-2], description="low, high (log-uniform)")
-    dropout: list[float] = Field(default_factory=lambda: [0.0, 0.5], description="low, high (uniform)")
-    batch_size: list[int] = Field(default_factory=lambda: [32, 64, 128], description="sizes to choose from")
-
-    @model_validator(mode="after")
-    def _ranges(self) -> SearchConfig:
-        for name in ("lr", "weight_decay", "dropout"):
-            lo_hi = getattr(self, name)
-            floor = 0 if name == "dropout" else 1e-12
-            if len(lo_hi) != 2 or not floor <= lo_hi[0] <= lo_hi[1] or (name == "dropout" and lo_hi[1] >= 1):
-                raise ValueError(f"search.{name} must be [low, high] with "
-                                 f"{'0 <= low <= high < 1' if name == 'dropout' else '0 < low <= high'}, got {lo_hi}")  # fmt: skip
-        if not self.batch_size or min(self.batch_size) < 1:
-            raise ValueError(f"search.batch_size must list sizes >= 1, got {self.batch_size}")
-        return self
-
-
-class TrainConfig(Strict):
-    """Passed to ``python -m training`` as flags (the Ray side reads no YAML: gold is its interface)."""
-
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    dropout: float = Field(default=0.2, ge=0, lt=1)
-    hidden: list[int] = Field(default_factory=lambda: [128, 64], description="MLP hidden widths")
-    patience: int = Field(default=5, ge=1, description="early stopping: epochs without a better validation loss")
-    model: Literal["mlp", "resnet18"] | None = Field(default=None, description="default: from the table kind")
-    workers: int = Field(default=1, ge=1, description="Ray Train workers per fold (DDP)")
-    cpus_per_worker: float | None = Field(default=None, gt=0)
-    use_gpu: bool | None = Field(default=None, description="default: when the cluster has GPUs")
-    mix: Literal["mixup", "cutmix"] | None = None
-    flip: bool = Field(default=True, description="random horizontal flips of images")
-    max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
-    concurrency: int | None = Field(default=None, ge=1, description="folds at once (default: what fits)")
-    cache: bool = Field(default=True, description="keep a fold's arrays in Ray's object store across epochs")
-    worker_cache_mb: int = Field(default=512, ge=0, description="a worker's shard kept in its memory after "
-                                 "the first epoch when it fits (0: stream every epoch)")  # fmt: skip
-    tensorboard: bool = Field(default=True, description="write per-epoch metrics as TensorBoard event files "
-                              "under <reports>/<run_id>/train/tensorboard/")  # fmt: skip
-    search: SearchConfig | None = Field(default=None, description="hyperparameter search before the CV (off)")
-
-    def flags(self) -> list[str]:
-        """This section as ``python -m training`` flags (``search`` as ``--search-*``)."""
-        values = self.model_dump(exclude={"search"})
-        if self.search is not None:
-            values.update({f"search_{k}": v for k, v in self.search.model_dump().items()})
-        out = []
-        for key, value in values.items():
-            if value is None:
-                continue
-            if isinstance(value, list):
-                value = ",".join(map(str, value))
-            out += ["--" + key.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
-        return out
-
-
 class TradeoffConfig(Strict):
     """`fulcrum tradeoff`: cross-validation over data fractions × quality levels, on the same folds."""
 
@@ -253,7 +185,7 @@ class TradeoffConfig(Strict):
                                    description="fractions of each fold's training rows, sampled by duplicate group")
     folds: int | None = Field(default=None, ge=2, description="train the first N folds of the split (default: all)")
     epochs: int | None = Field(default=None, ge=1, description="epochs per training (default: train.epochs)")
-    metric: Literal["macro_f1", "accuracy", "roc_auc"] = Field(default="macro_f1", description="the curves' metric")
+    metric: Scored = Field(default="macro_f1", description="the curves' metric")
 
     @field_validator("levels")
     @classmethod
@@ -300,12 +232,21 @@ class PipelineConfig(Strict):
     dedup: DedupConfig = DedupConfig()
     split: SplitConfig = SplitConfig()
     oversample: OversampleConfig = OversampleConfig()
-    train: TrainConfig = TrainConfig()
+    train: TrainSettings = Field(default_factory=TrainSettings, description="the Ray side's settings "
+                                 "(training.contract.TrainSettings; train.seed defaults to seed)")
     audit: AuditConfig = AuditConfig()
     tradeoff: TradeoffConfig = TradeoffConfig()
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
     base_dir: str = Field(default=".", exclude=True, description="set by the loader")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_seed_is_the_seed(cls, raw: Any) -> Any:
+        """The training seed is the config's seed unless the train section sets its own."""
+        if isinstance(raw, dict) and isinstance(raw.get("train", {}), dict) and "seed" not in raw.get("train", {}):
+            raw = {**raw, "train": {**raw.get("train", {}), "seed": raw.get("seed", 42)}}
+        return raw
 
     @model_validator(mode="after")
     def _images_section_matches_kind(self) -> PipelineConfig:

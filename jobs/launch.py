@@ -18,12 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from pyspark.sql import SparkSession
 
+from jobs import plots
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, FulcrumError
 from jobs.lake import ledger, tables
 from jobs.stage import StageReport
+from training.contract import to_flags
 
 log = logging.getLogger(__name__)
 STAGE = "train"
@@ -31,8 +34,7 @@ STAGE = "train"
 
 def command(cfg: PipelineConfig, run_id: str, version: int | None = None) -> list[str]:
     """The ``python -m training`` command line for a pipeline config (its gold table, its train section)."""
-    args = ["--table", tables.Lake(cfg.lake_dir).path("gold"), "--out", out_dir(cfg, run_id), "--seed", str(cfg.seed),
-            *cfg.train.flags()]  # fmt: skip
+    args = ["--table", tables.Lake(cfg.lake_dir).path("gold"), "--out", out_dir(cfg, run_id), *to_flags(cfg.train)]
     if version is not None:
         args += ["--version", str(version)]
     return ray_side(cfg, run_id, "training", args)
@@ -100,6 +102,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | No
             raise FulcrumError(f"{cfg.dataset}: training exited with code {code} (its error is printed above)",
                                fix="see the message above; `python -m training --help` lists the flags")  # fmt: skip
         summary = json.loads((Path(out_dir(cfg, run_id)) / "cv.json").read_text())
+        draw(Path(out_dir(cfg, run_id)), summary)
         predictions = summary["predictions"]
         record.outputs.append(("predictions", predictions["path"], tables.version(spark, predictions["path"])))
         # rows in: the real rows (validation parts and test); rows out: out-of-fold predictions written
@@ -116,3 +119,14 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | No
         report.seconds = time.perf_counter() - start
         record.counts.update({"real_rows_scored": predictions["rows"], "test_rows": summary["final"]["test_rows"]})
     return report
+
+
+def draw(folder: Path, summary: dict) -> None:
+    """The training's figures beside its JSON: metrics per fold, learning curves, the out-of-fold confusion
+    matrix, and the search's trials when a search ran."""
+    plots.fold_metrics(summary, folder / "fold_metrics.png")
+    plots.learning_curves(summary["per_fold"], folder / "learning_curves.png")
+    plots.confusion(np.asarray(summary["confusion"]), summary["classes"], folder / "confusion.png")
+    search = folder / "search" / "search.json"
+    if search.is_file():
+        plots.search(json.loads(search.read_text()), folder / "search" / "search.png")

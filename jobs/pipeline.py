@@ -14,11 +14,36 @@ from jobs.balancing import oversample
 from jobs.config import PipelineConfig, load_config
 from jobs.curation import curate
 from jobs.errors import ConfigError
+from jobs.lake import ledger
 from jobs.lake.ledger import new_run_id
 from jobs.stage import StageReport
 from jobs.validation import validate
 
 log = logging.getLogger(__name__)
+EVENT_FORMATS = ("json", "none")
+
+
+class _EventHandler(logging.StreamHandler):
+    """The stage events as they are: one JSON object per line, never wrapped."""
+
+
+def setup_events(fmt: str = "json", stream=None) -> None:
+    """Where each stage's event (``ledger.events``: run id, stage, status, counts, seconds) goes: ``json``,
+    one JSON object per line on ``stream`` (default: stderr), or ``none``. Replaces an earlier setup."""
+    import sys
+
+    if fmt not in EVENT_FORMATS:
+        raise ConfigError(f"unknown event format {fmt!r}", fix=f"use one of {', '.join(EVENT_FORMATS)}")
+    events = ledger.events
+    for old in [h for h in events.handlers if isinstance(h, _EventHandler)]:
+        events.removeHandler(old)
+    events.propagate = False
+    events.setLevel(logging.INFO)
+    if fmt == "json":
+        events.addHandler(_EventHandler(stream or sys.stderr))
+    events.fulcrum_format = fmt  # set up: iter_pipeline keeps it
+
+
 
 # Each stage job: (spark, config, run_id) -> StageReport. Later stages plug in here, in order.
 STAGES: dict[str, Callable[[SparkSession, PipelineConfig, str], StageReport]] = {
@@ -53,6 +78,8 @@ def iter_pipeline(
     stage, silver and gold are overwritten, each write one Delta commit), so re-running after a crash
     at any point, whole or ``--from`` the failed stage, finishes the work without duplicating rows.
     """
+    if not hasattr(ledger.events, "fulcrum_format"):  # called from Python: the events go to stderr as JSON
+        setup_events()
     names = [n for n in stages or list(STAGES) if n != "validate" or cfg.suite]
     if "validate" in (stages or STAGES) and not cfg.suite:
         log.warning("%s: no suite configured; validation skipped", cfg.dataset)

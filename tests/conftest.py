@@ -99,7 +99,8 @@ def audited(spark, ray_local, curated, cancer_gold, tmp_path_factory):
 
     from jobs.analysis import audit
     from jobs.lake import tables
-    from training.cv import Settings, cross_validate
+    from training.contract import TrainSettings as Settings
+    from training.cv import cross_validate
     from training.gold import Gold
 
     root = tmp_path_factory.mktemp("audit-lake")

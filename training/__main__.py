@@ -1,6 +1,6 @@
 """``python -m training --table PATH [--version N] ...``: k-fold cross-validation of a gold table.
 
-With ``--search-trials N`` a hyperparameter search (Ray Tune, ASHA; see ``training.search``)
+With ``--search-trials N`` (N >= 2) a hyperparameter search (Ray Tune, ASHA; see ``training.search``)
 runs first and the cross-validation and final model use the best configuration it found.
 
 Runs on a local Ray instance, or on the cluster named by ``RAY_ADDRESS`` / ``--address``,
@@ -14,56 +14,36 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-from training.cv import Settings
-from training.search import Search
+from training.contract.settings import add_flags, from_flags
 
 
-def parser(add_help: bool = True, search: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0], add_help=add_help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+def run_flags(p: argparse.ArgumentParser) -> None:
+    """What a run reads and where it writes (the settings' own flags come from ``training.contract``)."""
     p.add_argument("--table", required=True, help="gold Delta table (path or URI)")
     p.add_argument("--version", type=int, default=None, help="Delta version to read (default: latest)")
-    p.add_argument("--out", default="train-out", help="folder for the report, plots, model and checkpoints")
+    p.add_argument("--out", default="train-out", help="folder for cv.json, the model, checkpoints and TensorBoard files")
     p.add_argument("--address", default=None, help="Ray cluster to join (RAY_ADDRESS wins)")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray instance")
-    _add_flags(p, Settings())
-    if search:
-        _add_flags(p.add_argument_group("hyperparameter search (on when --search-trials > 0)"), Search(), "search")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0])
+    run_flags(p)
+    add_flags(p)
     return p
-
-
-def _add_flags(p, defaults, prefix: str = "") -> None:
-    """One flag per dataclass field: ``--name`` (``--prefix-name``), typed from the default."""
-    for f in fields(defaults):
-        value, dest = getattr(defaults, f.name), f"{prefix}_{f.name}" if prefix else f.name
-        flag = "--" + dest.replace("_", "-")
-        if isinstance(value, bool):
-            p.add_argument(flag, dest=dest, type=_bool, default=value)
-        elif isinstance(value, tuple):
-            kind = type(value[0]) if value else int
-            p.add_argument(flag, dest=dest, type=lambda v, k=kind: tuple(k(x) for x in v.split(",")), default=value,
-                           help="comma-separated")  # fmt: skip
-        elif value is None:
-            kind = {"use_gpu": _bool, "cpus_per_worker": float}.get(f.name, str)
-            if f.name in ("concurrency", "crash_at_epoch", "folds", "epochs"):
-                kind = int
-            p.add_argument(flag, dest=dest, type=kind, default=None)
-        else:
-            p.add_argument(flag, dest=dest, type=type(value), default=value)
-
-
-def _bool(v: str) -> bool:
-    return v.lower() in ("1", "true", "yes")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
-    search = Search(**{f.name: getattr(args, f"search_{f.name}") for f in fields(Search)})
+    try:
+        settings = from_flags(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    search = settings.search
     from training import runtime
     from training.cv import cross_validate
 
@@ -77,16 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     except GoldError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if search.trials:
+    if search is not None:
         try:
-            search.check(gold.folds)
+            search.check_folds(gold.folds)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     runtime.init_ray(address=args.address, num_cpus=args.num_cpus)
     try:
         found = None
-        if search.trials:
+        if search is not None:
             from training import search as searching
 
             settings, found = searching.run(gold, settings, search, Path(args.out) / "search")

@@ -9,8 +9,9 @@ Then the final model trains on every non-test row for the mean best epoch of the
 and is scored once on the held-out test rows.
 
 Outputs (under ``out``): ``cv.json`` (per-fold and mean ± std metrics, the Delta version
-read), ``model.pt`` (final weights, ``torch.load(weights_only=True)``), plots, and the
-out-of-fold predictions as a Delta table beside gold.
+read, each fold's epochs, the summed confusion matrix), ``model.pt`` (final weights,
+``torch.load(weights_only=True)``), and the out-of-fold predictions as a Delta table beside
+gold. ``fulcrum train`` draws the figures from ``cv.json`` (the Ray side draws nothing).
 """
 
 from __future__ import annotations
@@ -21,43 +22,16 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from training import runtime
-from training.gold import Gold
+from training.contract.settings import METRICS, TrainSettings
+from training.gold import Gold, write_predictions
 
 log = logging.getLogger(__name__)
-METRICS = ("accuracy", "macro_f1", "roc_auc", "log_loss")
 TRIAL_CPU = 0.01  # a fold's Tune trial only drives its trainer
-
-
-@dataclass
-class Settings:
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    dropout: float = 0.2
-    hidden: tuple[int, ...] = (128, 64)
-    patience: int = 5
-    warmup_steps: int = 20
-    model: str | None = None
-    workers: int = 1
-    cpus_per_worker: float | None = None
-    use_gpu: bool | None = None
-    amp: bool = True
-    flip: bool = True
-    mix: str | None = None
-    max_failures: int = 2
-    cache: bool = True
-    worker_cache_mb: int = 512
-    concurrency: int | None = None
-    seed: int = 42
-    tensorboard: bool = True
-    crash_at_epoch: int | None = None  # tests: one injected worker failure
 
 
 def plan_concurrency(folds: int, workers: int, cpus_per_worker: float, cluster_cpus: float, gpus: float,
@@ -76,7 +50,7 @@ def plan_concurrency(folds: int, workers: int, cpus_per_worker: float, cluster_c
     return max(1, min(folds, fit, wanted or folds))
 
 
-def plan_resources(s: Settings, trials: int) -> tuple[bool, float, int]:
+def plan_resources(s: TrainSettings, trials: int) -> tuple[bool, float, int]:
     """(use GPUs, CPUs per worker, trainings at once) for ``trials`` trainings on the connected Ray cluster."""
     import ray
 
@@ -87,19 +61,20 @@ def plan_resources(s: Settings, trials: int) -> tuple[bool, float, int]:
     return use_gpu, per_worker, plan_concurrency(trials, s.workers, per_worker, cpus, gpus, use_gpu, s.concurrency)
 
 
-def _fold_config(gold: Gold, s: Settings, fold: int, inputs: int, train_rows: int, final: bool,
-                 epochs: int, out: Path) -> dict:  # fmt: skip
-    return {**asdict(s), "hidden": list(s.hidden), "fold": fold, "final": final, "epochs": epochs,
+def _fold_config(gold: Gold, s: TrainSettings, fold: int, inputs: int, train_rows: int, final: bool,
+                 epochs: int, out: Path, crash_at_epoch: int | None = None) -> dict:  # fmt: skip
+    return {**s.model_dump(exclude={"search"}), "hidden": list(s.hidden), "fold": fold, "final": final, "epochs": epochs,
             "kind": gold.kind, "inputs": inputs, "classes": len(gold.classes), "channels": gold.image_channels,
             "size": gold.image_size, "train_rows": train_rows, "delta_version": gold.version,
-            "crash_marker": str(out / f"crashed-{fold}"),
+            "crash_at_epoch": crash_at_epoch, "crash_marker": str(out / f"crashed-{fold}"),
             "error_file": str(out / f"error-{'final' if final else f'fold-{fold}'}.json"),
             "tensorboard_dir": str(out / "tensorboard" / ("final" if final else f"fold-{fold}")) if s.tensorboard else None}  # fmt: skip
 
 
-def run_fold(gold: Gold, s: Settings, fold: int, out: Path, *, final: bool = False, epochs: int | None = None,
-             use_gpu: bool = False, cpus_per_worker: float = 1.0) -> dict:  # fmt: skip
-    """Train one fold (or the final model) with a TorchTrainer; returns its metrics, history and predictions."""
+def run_fold(gold: Gold, s: TrainSettings, fold: int, out: Path, *, final: bool = False, epochs: int | None = None,
+             use_gpu: bool = False, cpus_per_worker: float = 1.0, crash_at_epoch: int | None = None) -> dict:  # fmt: skip
+    """Train one fold (or the final model) with a TorchTrainer; returns its metrics, history and predictions.
+    ``crash_at_epoch`` is for tests: the worker process dies once, mid-training, at that epoch."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -108,7 +83,7 @@ def run_fold(gold: Gold, s: Settings, fold: int, out: Path, *, final: bool = Fal
 
     train, val, inputs = data.fold_datasets(gold, fold, cache=s.cache)
     train_rows = train.count()
-    config = _fold_config(gold, s, fold, inputs, train_rows, final, epochs or s.epochs, out)
+    config = _fold_config(gold, s, fold, inputs, train_rows, final, epochs or s.epochs, out, crash_at_epoch)
     name = "final" if final else f"fold-{fold}"
     trainer = TorchTrainer(
         train_fold,
@@ -156,7 +131,7 @@ def _raise_recorded(config: dict, name: str) -> None:
                             f"training function: not retried; traceback in {config['error_file']})")  # fmt: skip
 
 
-def cross_validate(gold: Gold, s: Settings, out: str | Path, *, search: dict | None = None) -> dict:
+def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dict | None = None) -> dict:
     """All folds (concurrently as resources allow), then the final model; writes the outputs. ``search``:
     the summary of the hyperparameter search that chose ``s``, kept in ``cv.json``."""
     from ray import tune
@@ -189,10 +164,12 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, search: dict | N
         "table": gold.path, "delta_version": gold.version, "gold_run_id": gold.run_id, "kind": gold.kind,
         "classes": list(gold.classes), "folds": gold.folds, "concurrent_folds": slots, "use_gpu": use_gpu,
         "folds_from_search": reused,
-        "settings": {**asdict(s), "hidden": list(s.hidden)}, "cv_seconds": round(cv_seconds, 2),
+        "settings": s.model_dump(mode="json", exclude={"search"}), "cv_seconds": round(cv_seconds, 2),
         "per_fold": [{"fold": f["fold"], "train_rows": f["train_rows"], "val_rows": f["val_rows"],
-                      "resumed": f["resumed"], **{m: f["metrics"][m] for m in METRICS}, "best_epoch": f["metrics"]["epoch"]}
+                      "resumed": f["resumed"], **{m: f["metrics"][m] for m in METRICS}, "best_epoch": f["metrics"]["epoch"],
+                      "history": f["history"]}
                      for f in folds],
+        "confusion": np.sum([np.asarray(f["confusion"]) for f in folds], axis=0).tolist(),
         "mean": {m: float(np.nanmean([f["metrics"][m] for f in folds])) for m in METRICS},
         "std": {m: float(np.nanstd([f["metrics"][m] for f in folds])) for m in METRICS},
         "final": {"epochs": epochs, "train_rows": final["train_rows"], "test_rows": len(final["ids"]),
@@ -200,14 +177,9 @@ def cross_validate(gold: Gold, s: Settings, out: str | Path, *, search: dict | N
     }  # fmt: skip
     if search is not None:
         summary["search"] = {k: v for k, v in search.items() if k != "results"}
-    summary["predictions"] = write_predictions(gold, [out / f"fold-{f}.json" for f in range(gold.folds)])
+    summary["predictions"] = write_predictions(gold, (load_fold(out / f"fold-{f}.json", rows=True)
+                                                       for f in range(gold.folds)))
     (out / "cv.json").write_text(json.dumps(summary, indent=2, default=float))
-    from training import plots
-
-    plots.fold_metrics(summary, out / "fold_metrics.png")
-    plots.learning_curves(folds, out / "learning_curves.png")
-    plots.confusion(np.sum([np.asarray(f["confusion"]) for f in folds], axis=0), list(gold.classes),
-                    out / "confusion.png")  # fmt: skip
     return summary
 
 
@@ -230,7 +202,7 @@ def load_fold(path: Path, rows: bool = False) -> dict:
     return fold
 
 
-def reuse_search_folds(search: dict | None, gold: Gold, s: Settings, out: Path) -> bool:
+def reuse_search_folds(search: dict | None, gold: Gold, s: TrainSettings, out: Path) -> bool:
     """When the search's best trial trained every fold with exactly these settings, its folds are this
     cross-validation's: copy their results (and TensorBoard files) instead of training them again."""
     if not search or search["folds"] != gold.folds or search["epochs"] != s.epochs:
@@ -285,36 +257,3 @@ def run_grid(trial, param_space: dict, slots: int, storage: Path, name: str, des
     if errors and strict:
         raise RuntimeError(f"{len(errors)} of {total} trial(s) failed: {errors[0]}")
     return grid
-
-
-def write_predictions(gold: Gold, fold_files: list[Path]) -> dict:
-    """Out-of-fold probabilities of every real non-test row, one overwrite commit beside gold. The folds'
-    arrays stream into the write one fold at a time (no Python lists, no JSON, one fold in memory)."""
-    import pyarrow as pa
-    from deltalake import CommitProperties, write_deltalake
-
-    k = len(gold.classes)
-    schema = pa.schema([("sample_id", pa.string()), ("fold", pa.int32()), ("label", pa.int32()),
-                        ("probabilities", pa.list_(pa.float64()))])  # fmt: skip
-    rows = 0
-
-    def batches():
-        nonlocal rows
-        for path in fold_files:
-            f = load_fold(path, rows=True)
-            ids = f["ids"].astype(str)
-            if len(np.unique(ids)) != len(ids):  # across folds rows cannot repeat: each has one `fold`
-                raise RuntimeError(f"a row was scored twice in fold {f['fold']}: the validation set repeats rows")
-            rows += len(ids)
-            p = np.asarray(f["probabilities"], dtype=np.float64).reshape(len(ids), k)
-            probabilities = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), k).cast(pa.list_(pa.float64()))
-            yield pa.record_batch([pa.array(ids, pa.string()), pa.array(np.full(len(ids), f["fold"], np.int32)),
-                                   pa.array(np.asarray(f["labels"], np.int32)), probabilities], schema=schema)  # fmt: skip
-
-    path = gold.path.rstrip("/").rsplit("/", 1)[0] + "/predictions"
-    # delta-rs accepts only delta.* table properties: the lineage goes into the commit's metadata.
-    lineage = {"fulcrum.classes": json.dumps(list(gold.classes)), "fulcrum.gold_version": str(gold.version),
-               "fulcrum.gold_table": gold.path}  # fmt: skip
-    write_deltalake(path, pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite",
-                    schema_mode="overwrite", commit_properties=CommitProperties(custom_metadata=lineage))  # fmt: skip
-    return {"path": path, "rows": rows}

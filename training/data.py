@@ -18,17 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.files import as_mode, safe_join
-from training.gold import Gold, training_mask, validation_mask
-
-
-def read(gold: Gold, **kwargs):
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # per-fold pipelines log through the trainer instead
-    ctx.enable_operator_progress_bars = False
-    return ray.data.read_delta(gold.path, version=gold.version, columns=gold.columns, **kwargs)
+from training.contract import as_mode, safe_join
+from training.gold import Gold, read_dataset, training_mask, validation_mask
 
 
 def _select(batch: pa.Table, fold: int, folds: int, part: str, level: str | None = None,
@@ -154,7 +145,7 @@ def fold_datasets(gold: Gold, fold: int, ds=None, cache: bool = True):
     spills to disk), so epochs do not re-read and re-decode the Delta files; without it
     every epoch streams from the table, for sets larger than the cluster's memory.
     """
-    ds = ds if ds is not None else read(gold)
+    ds = ds if ds is not None else read_dataset(gold)
     train, val = rows_of(ds, gold, fold, "train"), rows_of(ds, gold, fold, "val")
     if gold.kind == "images":
         encode = ImageDecoder(gold.image_size, gold.image_channels, gold.image_column, gold.image_root,

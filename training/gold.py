@@ -1,6 +1,7 @@
 """The gold table as the Ray side sees it: a pinned Delta version and its ``fulcrum.*`` properties.
 
-This module reads the table with delta-rs only; ``training/`` never imports ``jobs/``.
+The Ray side's one owner of Delta access: the table's properties (delta-rs), its rows as a Ray
+dataset (``ray.data.read_delta``), and the out-of-fold predictions written beside it.
 Which rows train and which validate each fold is the gold contract (see the README):
 
 - training set of fold f: real rows with ``fold`` not in {f, -1} and f not in
@@ -13,6 +14,7 @@ Which rows train and which validate each fold is the gold contract (see the READ
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,3 +125,53 @@ def validation_mask(table: pa.Table, fold: int, folds: int) -> np.ndarray:
     real = np.array(pc.is_null(table.column("synthetic_for")).to_numpy(zero_copy_only=False), dtype=bool)
     own = table.column("fold").to_numpy(zero_copy_only=False)
     return real & (own == (-1 if fold == folds else fold))
+
+
+def read_dataset(gold: Gold, **kwargs):
+    """The pinned snapshot as a Ray dataset of the columns training reads."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # per-fold pipelines log through the trainer instead
+    ctx.enable_operator_progress_bars = False
+    return ray.data.read_delta(gold.path, version=gold.version, columns=gold.columns, **kwargs)
+
+
+def properties(path: str, version: int) -> dict:
+    """A table's configuration (its table properties) at ``version``."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(path, version=version).metadata().configuration
+
+
+def write_predictions(gold: Gold, folds: Iterable[dict]) -> dict:
+    """Out-of-fold probabilities of every real non-test row, one overwrite commit beside gold. The folds'
+    arrays stream into the write one fold at a time (no Python lists, no JSON, one fold in memory). ``folds``
+    yields each fold's ``fold``, ``ids``, ``labels`` and ``probabilities``."""
+    import pyarrow as pa
+    from deltalake import CommitProperties, write_deltalake
+
+    k = len(gold.classes)
+    schema = pa.schema([("sample_id", pa.string()), ("fold", pa.int32()), ("label", pa.int32()),
+                        ("probabilities", pa.list_(pa.float64()))])  # fmt: skip
+    rows = 0
+
+    def batches():
+        nonlocal rows
+        for f in folds:
+            ids = f["ids"].astype(str)
+            if len(np.unique(ids)) != len(ids):  # across folds rows cannot repeat: each has one `fold`
+                raise RuntimeError(f"a row was scored twice in fold {f['fold']}: the validation set repeats rows")
+            rows += len(ids)
+            p = np.asarray(f["probabilities"], dtype=np.float64).reshape(len(ids), k)
+            probabilities = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), k).cast(pa.list_(pa.float64()))
+            yield pa.record_batch([pa.array(ids, pa.string()), pa.array(np.full(len(ids), f["fold"], np.int32)),
+                                   pa.array(np.asarray(f["labels"], np.int32)), probabilities], schema=schema)  # fmt: skip
+
+    path = gold.path.rstrip("/").rsplit("/", 1)[0] + "/predictions"
+    # delta-rs accepts only delta.* table properties: the lineage goes into the commit's metadata.
+    lineage = {"fulcrum.classes": json.dumps(list(gold.classes)), "fulcrum.gold_version": str(gold.version),
+               "fulcrum.gold_table": gold.path}  # fmt: skip
+    write_deltalake(path, pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite",
+                    schema_mode="overwrite", commit_properties=CommitProperties(custom_metadata=lineage))  # fmt: skip
+    return {"path": path, "rows": rows}

@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-METRICS = ("accuracy", "macro_f1", "roc_auc", "log_loss")
+from training.contract.settings import METRICS
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:

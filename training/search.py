@@ -15,80 +15,33 @@ the search scored every fold with the training's epochs, the best trial's folds 
 cross-validation's and are not trained again; otherwise the CV trains them.
 
 Output under ``out``: ``search.json`` (every trial: configuration, per-fold metric,
-running mean, stopped early or not) and ``search.png`` (running mean against folds trained,
-one line per trial).
+running mean, stopped early or not); ``fulcrum train`` draws it as ``search.png``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from training.cv import Settings, plan_resources, run_fold, run_grid, save_fold
+from training.contract.settings import SearchSettings, TrainSettings
+from training.cv import plan_resources, run_fold, run_grid, save_fold
 from training.gold import Gold
 
 log = logging.getLogger(__name__)
-ALGORITHMS = ("random", "bayesian")
-SCORED = ("macro_f1", "accuracy", "roc_auc")  # higher is better
 PARAMS = ("lr", "weight_decay", "dropout", "batch_size")
 
 
-@dataclass
-class Search:
-    """``train.search``: how many trials, how they are drawn and stopped, and the space."""
-
-    trials: int = 0  # 0: no search
-    algorithm: str = "random"
-    folds: int | None = None  # the first N folds of the split (default: all)
-    epochs: int | None = None  # per fold of a trial (default: the training's epochs)
-    metric: str = "macro_f1"
-    asha: bool = True  # stop bad trials early (else every trial trains every fold)
-    grace: int = 1  # folds every trial trains before ASHA may stop it
-    reduction: int = 2  # ASHA keeps the top 1/reduction at each rung
-    lr: tuple[float, ...] = (1e-4, 1e-2)  # log-uniform
-    weight_decay: tuple[float, ...] = (1e-6, 1e-2)  # log-uniform
-    dropout: tuple[float, ...] = (0.0, 0.5)  # uniform
-    batch_size: tuple[int, ...] = (32, 64, 128)  # one of
-
-    def check(self, folds: int) -> None:
-        """Raise ValueError naming what is wrong (the YAML side validates the same in ``jobs.config``)."""
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"search algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
-        if self.metric not in SCORED:
-            raise ValueError(f"search metric must be one of {', '.join(SCORED)}, got {self.metric!r}")
-        for name in ("lr", "weight_decay", "dropout"):
-            lo, hi = _range(self, name)
-            if not (lo <= hi and (lo > 0 or name == "dropout") and (hi < 1 or name != "dropout")):
-                raise ValueError(f"search {name} must be a range low,high with 0 < low <= high "
-                                 f"(dropout: 0 <= low <= high < 1), got {getattr(self, name)}")  # fmt: skip
-        if not self.batch_size or min(self.batch_size) < 1:
-            raise ValueError(f"search batch_size must list batch sizes >= 1, got {self.batch_size}")
-        if self.grace < 1 or self.reduction < 2:
-            raise ValueError("search grace must be >= 1 and reduction >= 2")
-        if self.folds is not None and not 1 <= self.folds <= folds:
-            raise ValueError(f"search folds must be between 1 and the table's {folds} folds, got {self.folds}")
-
-
-def _range(search: Search, name: str) -> tuple[float, float]:
-    value = tuple(getattr(search, name))
-    if len(value) != 2:
-        raise ValueError(f"search {name} must be two numbers low,high, got {value}")
-    return float(value[0]), float(value[1])
-
-
-def space(search: Search) -> dict:
+def space(search: SearchSettings) -> dict:
     """The Tune search space: log-uniform learning rate and weight decay, uniform dropout, a batch size."""
     from ray import tune
 
     def between(name: str, draw):
-        lo, hi = _range(search, name)
+        lo, hi = (float(v) for v in getattr(search, name))
         return lo if lo == hi else draw(lo, hi)
 
     return {"lr": between("lr", tune.loguniform), "weight_decay": between("weight_decay", tune.loguniform),
@@ -110,7 +63,7 @@ def startup_trials(trials: int) -> int:
     return max(2, min(10, trials // 3))
 
 
-def searcher(search: Search, metric: str, seed: int):
+def searcher(search: SearchSettings, metric: str, seed: int):
     """Tune's search algorithm: seeded random draws, or Optuna's TPE seeded and started by ``startup_trials``
     (Optuna's default of 10 random start-up trials would leave a search of 10 or fewer random)."""
     from ray import tune
@@ -130,22 +83,22 @@ def best_trial(trials: list[dict], folds: int) -> dict | None:
     return max(done, key=lambda t: t["score"]) if done else None
 
 
-def apply(s: Settings, config: dict) -> Settings:
-    """Settings with a trial's hyperparameters."""
-    return dataclasses.replace(s, lr=float(config["lr"]), weight_decay=float(config["weight_decay"]),
-                               dropout=float(config["dropout"]), batch_size=int(config["batch_size"]))  # fmt: skip
+def apply(s: TrainSettings, config: dict) -> TrainSettings:
+    """TrainSettings with a trial's hyperparameters."""
+    return s.tuned(lr=float(config["lr"]), weight_decay=float(config["weight_decay"]), dropout=float(config["dropout"]),
+                   batch_size=int(config["batch_size"]))  # fmt: skip
 
 
-def run(gold: Gold, s: Settings, search: Search, out: str | Path) -> tuple[Settings, dict]:
+def run(gold: Gold, s: TrainSettings, search: SearchSettings, out: str | Path) -> tuple[TrainSettings, dict]:
     """Run the search; returns the settings of the best trial and the summary written to ``search.json``."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    search.check(gold.folds)
+    search.check_folds(gold.folds)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     folds = search.folds or gold.folds
-    base = dataclasses.replace(s, epochs=search.epochs or s.epochs)
+    base = s.tuned(epochs=search.epochs or s.epochs)
     use_gpu, per_worker, slots = plan_resources(base, search.trials)
     key = f"mean_{search.metric}"
     steps = rungs(folds, search.grace, search.reduction) if search.asha else []
@@ -211,9 +164,6 @@ def run(gold: Gold, s: Settings, search: Search, out: str | Path) -> tuple[Setti
         "space": {p: list(getattr(search, p)) for p in PARAMS}, "results": trials,
     }  # fmt: skip
     (out / "search.json").write_text(json.dumps(summary, indent=2, default=float))
-    from training import plots
-
-    plots.search(summary, out / "search.png")
     log.info("search done in %.0f s: best %s, mean %s %.3f over %d folds (%d of %d trials stopped early)",
              summary["seconds"], _describe(best["config"]), search.metric, best["score"], folds,
              summary["stopped_early"], len(trials))  # fmt: skip

@@ -23,17 +23,17 @@ import logging
 import os
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from training import runtime
-from training.cv import METRICS, Settings, plan_resources, run_fold, run_grid
-from training.gold import Gold, GoldError
+from training.contract.settings import METRICS, TrainSettings, add_flags, from_flags
+from training.cv import plan_resources, run_fold, run_grid
+from training.gold import Gold, GoldError, properties
 
 log = logging.getLogger(__name__)
 
 
-def grid(table: Gold, s: Settings, levels: list[str], fractions: list[float], folds: list[int],
+def grid(table: Gold, s: TrainSettings, levels: list[str], fractions: list[float], folds: list[int],
          out: str | Path) -> dict:  # fmt: skip
     """Train every (level, fraction, fold) of the grid; returns and writes ``tradeoff.json``."""
     from ray import tune
@@ -65,18 +65,18 @@ def grid(table: Gold, s: Settings, levels: list[str], fractions: list[float], fo
               for lv in levels for fr in fractions for f in folds]  # fmt: skip
     summary = {"table": table.path, "delta_version": table.version, "levels": levels, "fractions": fractions,
                "folds": folds, "metrics": list(METRICS), "concurrent": slots, "use_gpu": use_gpu,
-               "seconds": round(time.perf_counter() - start, 2), "settings": {**dataclasses.asdict(s),
-                                                                              "hidden": list(s.hidden)},
+               "seconds": round(time.perf_counter() - start, 2), "settings": s.model_dump(mode="json", exclude={"search"}),
                "trials": trials}  # fmt: skip
     (out / "tradeoff.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
 
 def parser() -> argparse.ArgumentParser:
-    from training.__main__ import parser as train_parser
+    from training.__main__ import run_flags
 
-    p = argparse.ArgumentParser(prog="python -m training.tradeoff", description=__doc__.split("\n\n")[0],
-                                parents=[train_parser(add_help=False, search=False)], conflict_handler="resolve")  # fmt: skip
+    p = argparse.ArgumentParser(prog="python -m training.tradeoff", description=__doc__.split("\n\n")[0])
+    run_flags(p)
+    add_flags(p, search=False)
     p.add_argument("--levels", required=True, type=lambda v: v.split(","), help="comma-separated quality levels")
     p.add_argument("--fractions", required=True, type=lambda v: [float(x) for x in v.split(",")],
                    help="comma-separated fractions of the training rows, each in (0, 1]")  # fmt: skip
@@ -88,7 +88,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    try:
+        settings = from_flags(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if os.environ.get("FULCRUM_PARENT_PID"):  # started by `fulcrum tradeoff`: end with it
         runtime.die_with_parent(int(os.environ["FULCRUM_PARENT_PID"]))
     try:
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bad = [f for f in args.fractions if not 0 < f <= 1]
-    if bad or "fulcrum.tradeoff_levels" not in _properties(args.table, table.version):
+    if bad or "fulcrum.tradeoff_levels" not in properties(args.table, table.version):
         print(f"error: {args.table} is not a trade-off table written by `fulcrum tradeoff`"
               if not bad else f"error: fractions must be in (0, 1], got {bad}", file=sys.stderr)  # fmt: skip
         return 2
@@ -110,12 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         runtime.shutdown()
     return 0
-
-
-def _properties(path: str, version: int) -> dict:
-    from deltalake import DeltaTable
-
-    return DeltaTable(path, version=version).metadata().configuration
 
 
 if __name__ == "__main__":

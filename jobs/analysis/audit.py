@@ -35,6 +35,7 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs import plots
 from jobs.config import AuditConfig, PipelineConfig
 from jobs.errors import ConfigError, DataFailedError
 from jobs.lake import ledger, tables
@@ -266,29 +267,4 @@ def _save(report: StageReport, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "audit.json").write_text(json.dumps({"rows_in": report.rows_in, **report.details}, indent=2,
                                                   default=str))  # fmt: skip
-    plot_estimate(report.details["estimate"], folder / "audit.png")
-
-
-def plot_estimate(est: dict, path: Path) -> None:
-    """The confident joint (counts) beside the estimated noise matrix P(given | true)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(est["classes"])
-    fig, axes = plt.subplots(1, 2, figsize=(2.4 + 1.1 * k, 0.6 + 0.55 * k), squeeze=False)
-    for ax, key, title, fmt in ((axes[0][0], "confident_joint", "confident joint C (rows)", "d"),
-                                (axes[0][1], "noise_matrix", "noise matrix P(given | true)", ".2f")):  # fmt: skip
-        m = np.asarray(est[key])
-        ax.imshow(m if key == "noise_matrix" else np.log1p(m), cmap="Blues")
-        for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7 if k > 5 else 9)
-        ax.set_xticks(range(k), est["classes"], rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(k), est["classes"], fontsize=8)
-        ax.set_xlabel("true (confident) class")
-        ax.set_ylabel("given label")
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.audit_estimate(report.details["estimate"], folder / "audit.png")

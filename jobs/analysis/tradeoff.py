@@ -26,7 +26,6 @@ with a plain-language conclusion.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -37,11 +36,13 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs import plots
 from jobs.config import PipelineConfig
 from jobs.curation import curate
 from jobs.errors import ConfigError, DataFailedError, FulcrumError
 from jobs.lake import ledger, tables
 from jobs.stage import StageReport
+from training.contract import to_flags
 
 log = logging.getLogger(__name__)
 STAGE = "tradeoff"
@@ -270,76 +271,17 @@ def conclude(curve: dict[str, list[dict]], metric: str) -> dict:
             "raw_needs": need, "text": lines}  # fmt: skip
 
 
-def plot(curve: dict[str, list[dict]], metric: str, path: Path) -> None:
-    """One axes: the metric against training rows (log scale), a line and a ± std band per level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for level in [lv for lv in LEVELS if lv in curve]:
-        pts = curve[level]
-        x = [p["rows"] for p in pts]
-        y = np.array([p["mean"] for p in pts])
-        sd = np.array([p["std"] for p in pts])
-        line = ax.plot(x, y, marker="o", label=NAMES[level])[0]
-        ax.fill_between(x, y - sd, y + sd, color=line.get_color(), alpha=0.18, linewidth=0)
-    ax.set_xscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize="x-small")
-    ax.set_xlabel("real training rows per fold (log scale)")
-    ax.set_ylabel(f"validation {metric.replace('_', '-')} (mean ± std over folds)")
-    ax.set_title("quality vs quantity: learning curve per quality level")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>fulcrum trade-off: {{ dataset }}</title>
-<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
-table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:#666;font-size:.9rem}</style>
-</head><body>
-<h1>Quality vs quantity: {{ dataset }}</h1>
-<p class="note">run {{ run_id }} · gold v{{ gold_version }} · {{ folds|length }} fold(s) · {{ trials }} trainings in
-{{ seconds }} s · {{ metric }} on the same validation rows of every fold for every level</p>
-<section><h2 id="conclusion">Conclusion</h2>
-{% for line in conclusion.text %}<p>{{ line }}</p>
-{% endfor %}</section>
-<section><h2 id="curves">Learning curves</h2>
-<img alt="learning curves per quality level" src="{{ plot }}">
-<table><tr><th>level</th><th>fraction</th><th>real training rows</th><th>with synthetic</th>
-<th>{{ metric }} mean</th><th>± std</th></tr>
-{% for level, pts in curves.items() %}{% for p in pts %}<tr><td>{{ names[level] }}</td><td>{{ "%.0f%%"|format(p.fraction * 100) }}</td>
-<td>{{ "{:,.0f}".format(p.rows) }}</td><td>{{ "{:,.0f}".format(p.rows_with_synthetic) }}</td>
-<td>{{ "%.3f"|format(p.mean) }}</td><td>{{ "%.3f"|format(p.std) }}</td></tr>
-{% endfor %}{% endfor %}</table></section>
-<section><h2 id="levels">How each level was built</h2><ul>
-<li>raw: {{ raw }}</li>{% if flagged is not none %}<li>label audit: {{ flagged }} rows flagged in label_issues train in no fold</li>{% endif %}
-{% for level, why in left_out.items() %}<li>{{ level }} left out: {{ why }}</li>{% endfor %}
-</ul></section>
-</body></html>
-"""
-
-
 def write_page(folder: Path, cfg: PipelineConfig, run_id: str, result: dict) -> Path:
-    from jinja2 import Environment, select_autoescape
+    from jobs.report import render
 
-    env = Environment(autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
     raw = result["info"].get("raw")
     raw_text = (f"{raw['validated_rows']:,} validated rows; {raw['unusable_labels']:,} with a label that is not "
                 f"exactly a class (unusable without cleaning); {raw['copies_of_test_rows']:,} test rows and "
                 f"their copies left out; {raw['rows']:,} train") if raw else "not in this grid"  # fmt: skip
-    html = env.from_string(PAGE).render(
+    html = render("tradeoff.html.j2",
         dataset=cfg.dataset, run_id=run_id, gold_version=result["info"]["gold_version"], folds=result["info"]["folds"],
         trials=len(result["trials"]), seconds=result["seconds"], metric=result["metric"], conclusion=result["conclusion"],
-        plot="data:image/png;base64," + base64.b64encode((folder / "tradeoff.png").read_bytes()).decode(),
+        plot=plots.data_uri(folder / "tradeoff.png"),
         curves=result["curves"], names=NAMES, raw=raw_text, flagged=result["info"].get("flagged"),
         left_out=result["info"]["left_out"])  # fmt: skip
     path = folder / "tradeoff.html"
@@ -354,8 +296,8 @@ def command(cfg: PipelineConfig, table: str, version: int, levels: list[str], fo
     from jobs.launch import ray_side
 
     t = cfg.tradeoff
-    train = cfg.train.model_copy(update={"tensorboard": False, "search": None, **({"epochs": t.epochs} if t.epochs else {})})
-    args = ["--table", table, "--version", str(version), "--out", out, "--seed", str(cfg.seed), *train.flags(),
+    train = cfg.train.tuned(tensorboard=False, search=None, **({"epochs": t.epochs} if t.epochs else {}))
+    args = ["--table", table, "--version", str(version), "--out", out, *to_flags(train),
             "--levels", ",".join(levels), "--fractions", ",".join(f"{f:g}" for f in t.fractions),
             "--folds", ",".join(map(str, folds))]  # fmt: skip
     return ray_side(cfg, run_id, "training.tradeoff", args)
@@ -391,7 +333,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         curve = curves(grid["trials"], rows, metric)
         result = {"info": info, "metric": metric, "curves": curve, "conclusion": conclude(curve, metric),
                   "trials": grid["trials"], "seconds": grid["seconds"], "concurrent": grid["concurrent"]}  # fmt: skip
-        plot(curve, metric, folder / "tradeoff.png")
+        plots.tradeoff_curves(curve, metric, {lv: NAMES[lv] for lv in LEVELS}, folder / "tradeoff.png")
         page = write_page(folder, cfg, run_id, result)
         (folder / "tradeoff.json").write_text(json.dumps(result, indent=2, default=float))
         report = StageReport(stage=STAGE, rows_in=written.count(), rows_out=len(grid["trials"]))

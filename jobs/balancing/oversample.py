@@ -39,6 +39,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs import plots
 from jobs.balancing import knn
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
@@ -293,7 +294,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
                                            for f, per in info["plan"].items()}})  # fmt: skip
         report.seconds = time.perf_counter() - start
         record.counts.update({**report.counts(), "gold_rows": written.count()})
-        _plot(balance, Path(cfg.reports_dir) / run_id / "class_balance.png")
+        plots.class_balance(balance, Path(cfg.reports_dir) / run_id / "class_balance.png")
     log.info("oversample %s: gold v%d (%s), final training set %s", cfg.dataset, g_version, cfg.oversample.method,
              balance["after"][str(folds)])  # fmt: skip
     return report
@@ -315,28 +316,3 @@ def _balance(gold: DataFrame, classes: list[str], folds: int) -> dict:
         before[str(f)] = base
         after[str(f)] = {c: base[c] - cut.get((f, c), 0) + fake.get((f, c), 0) for c in classes}
     return {"before": before, "after": after}
-
-
-def _plot(balance: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sets = list(balance["before"])
-    classes = sorted(next(iter(balance["before"].values())))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
-    for ax, key in zip(axes, ("before", "after"), strict=True):
-        bottom = [0] * len(sets)
-        for cls in classes:
-            values = [balance[key][s][cls] for s in sets]
-            ax.bar(["final" if s == sets[-1] else s for s in sets], values, bottom=bottom, label=cls)
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-        ax.set_title(f"training sets, {key} oversampling")
-        ax.set_xlabel("fold")
-    axes[0].set_ylabel("rows")
-    axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -18,6 +18,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs import plots
 from jobs.config import PipelineConfig
 from jobs.curation import clean, dedup, split
 from jobs.errors import ConfigError, DataFailedError
@@ -155,29 +156,7 @@ def _require_classes(silver: DataFrame, cfg: PipelineConfig) -> None:
 def _save(report: StageReport, folder: Path) -> None:
     """curate.json (every statistic) and folds.png (class counts per fold)."""
     folder.mkdir(parents=True, exist_ok=True)
-    _plot_folds(report.details["stages"]["split"]["class_counts_per_fold"], folder / "folds.png")
+    plots.fold_counts(report.details["stages"]["split"]["class_counts_per_fold"], folder / "folds.png")
     (folder / "curate.json").write_text(json.dumps({"rows_in": report.rows_in, "rows_out": report.rows_out,
                                                     "dropped": report.dropped, **report.details},
                                                    indent=2, default=str))  # fmt: skip
-
-
-def _plot_folds(counts: dict[str, dict[str, int]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folds = sorted({int(f) for per in counts.values() for f in per})
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(folds), 3.2))
-    bottom = [0] * len(folds)
-    for cls in sorted(counts):
-        values = [counts[cls].get(str(f), 0) for f in folds]
-        ax.bar([str(f) if f >= 0 else "test" for f in folds], values, bottom=bottom, label=cls)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xlabel("fold")
-    ax.set_ylabel("rows")
-    ax.set_title("silver: class counts per fold")
-    ax.legend(fontsize="small", ncols=2 if len(counts) > 4 else 1, loc="upper left", bbox_to_anchor=(1, 1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

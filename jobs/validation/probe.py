@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from jobs.errors import ConfigError
-from training.files import UnsafePath, as_mode, safe_join
+from training.contract import UnsafePath, as_mode, safe_join
 
 PROBE_FIELDS = [
     ("image_path_valid", T.BooleanType()), ("image_exists", T.BooleanType()), ("image_inside_root", T.BooleanType()),
@@ -49,7 +49,7 @@ def phash(img) -> str:
 
 
 def probe_file(root: str, rel: str | None) -> dict:
-    """Facts about one manifest path under ``root`` (see ``training.files.safe_join``)."""
+    """Facts about one manifest path under ``root`` (see ``training.contract.safe_join``)."""
     from PIL import Image
 
     facts: dict = {name: None for name, _ in PROBE_FIELDS}
@@ -93,7 +93,6 @@ def probe_images(df: DataFrame, path_column: str, root: str) -> DataFrame:
     if not os.path.isdir(root):  # every row would be `image_missing`: a wrong root, not missing images
         raise ConfigError(f"the image root {root} is not a folder", fix="set images.root to the folder that holds "
                           "the manifest's relative paths (relative to the YAML file)")  # fmt: skip
-    root = os.path.realpath(root)
     schema = T.StructType(df.schema.fields + [T.StructField(n, t) for n, t in PROBE_FIELDS])
     names = [n for n, _ in PROBE_FIELDS]
 
@@ -118,7 +117,6 @@ def encode_at(root: str, rel: str, size: int, channels: int) -> bytes:
 
 def embed_images(df: DataFrame, path_column: str, root: str, size: int, channels: int, into: str = "image") -> DataFrame:
     """``df`` plus ``into``: every image as PNG bytes at the training resolution (executors read the files)."""
-    root = os.path.realpath(root)
     schema = T.StructType(df.schema.fields + [T.StructField(into, T.BinaryType())])
 
     def encode_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from training import data
-from training.cv import Settings, plan_concurrency, run_fold
+from training.contract import TrainSettings as Settings
+from training.cv import plan_concurrency, run_fold
 from training.gold import Gold, GoldError
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray]
@@ -65,8 +66,8 @@ def test_a_workers_shard_is_kept_in_memory_after_the_first_epoch_when_it_fits(ra
 
 def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, cancer_gold, tmp_path):
     gold = Gold.open(cancer_gold)
-    s = Settings(epochs=3, batch_size=64, patience=10, warmup_steps=2, crash_at_epoch=1, max_failures=1)
-    result = run_fold(gold, s, 0, tmp_path, cpus_per_worker=0.5)
+    s = Settings(epochs=3, batch_size=64, patience=10, warmup_steps=2, max_failures=1)
+    result = run_fold(gold, s, 0, tmp_path, cpus_per_worker=0.5, crash_at_epoch=1)
     assert (tmp_path / "crashed-0").read_text() == "1"  # the worker process really died at epoch 1
     assert result["resumed"]
     assert [h["epoch"] for h in result["history"]] == [0, 1, 2]  # epoch 0 from the first worker, not redone

@@ -9,7 +9,7 @@ from PIL import Image
 
 from jobs.samples import _bomb_png
 from jobs.validation.probe import phash, probe_file
-from training.files import UnsafePath, safe_join
+from training.contract import UnsafePath, safe_join
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_sixteen_bit_images_are_scaled_to_eight_bits_not_clipped(tmp_path):
     """Pillow's own conversion clips 16-bit values at 255 (most of the image turns white): scale instead."""
     import numpy as np
 
-    from training.files import as_mode
+    from training.contract import as_mode
 
     values = np.random.default_rng(0).integers(0, 65535, (16, 16), dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")

@@ -9,8 +9,9 @@ import pytest
 
 from jobs.config import parse_config
 from jobs.errors import ConfigError
-from training.cv import Settings
-from training.search import Search, apply, best_trial, rungs, searcher, space, startup_trials
+from training.contract import SearchSettings as Search
+from training.contract import TrainSettings as Settings
+from training.search import apply, best_trial, rungs, searcher, space, startup_trials
 
 
 def _cfg(tmp_path, train: dict, folds: int = 5):
@@ -75,30 +76,50 @@ def test_the_space_and_a_trials_settings():
     assert (got.lr, got.weight_decay, got.dropout, got.batch_size, got.epochs) == (0.02, 1e-5, 0.3, 128, 7)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"algorithm": "grid"}, "algorithm must be one of random, bayesian"),
-    ({"metric": "log_loss"}, "metric must be one of macro_f1"),
-    ({"lr": (0.0, 1e-2)}, "search lr must be a range"),
-    ({"dropout": (0.2, 1.0)}, "search dropout must be a range"),
-    ({"lr": (1e-3,)}, "two numbers"),
-    ({"folds": 6}, "between 1 and the table's 5 folds"),
-    ({"reduction": 1}, "reduction >= 2"),
+@pytest.mark.parametrize("flags, message", [
+    (["--search-trials", "4", "--search-algorithm", "grid"], "search.algorithm: Input should be 'random' or 'bayesian'"),
+    (["--search-trials", "4", "--search-metric", "log_loss"], "search.metric"),
+    (["--search-trials", "4", "--search-lr", "0,1e-2"], "search.lr must be [low, high] with 0 < low <= high"),
+    (["--search-trials", "4", "--search-dropout", "0.2,1.0"], "search.dropout must be [low, high]"),
+    (["--search-trials", "4", "--search-lr", "1e-3"], "search.lr"),
+    (["--search-trials", "4", "--search-reduction", "1"], "search.reduction"),
+    (["--search-trials", "1"], "search.trials"),
+    (["--dropout", "1.5"], "dropout: Input should be less than 1"),
 ])  # fmt: skip
-def test_a_bad_search_is_named(bad, message):
-    with pytest.raises(ValueError, match=message):
-        Search(trials=4, **bad).check(5)
+def test_a_bad_flag_is_named_by_the_one_schema(flags, message):
+    """`python -m training`'s flags are validated by the same schema as the YAML's train section."""
+    from training.__main__ import parser
+    from training.contract import from_flags
+
+    with pytest.raises(ValueError, match="invalid training settings") as err:
+        from_flags(parser().parse_args(["--table", "t", *flags]))
+    assert message in str(err.value)
+    with pytest.raises(ValueError, match="between 1 and the table's 5 folds"):
+        Search(trials=4, folds=6).check_folds(5)
+
+
+def test_settings_round_trip_through_their_flags():
+    from training.__main__ import parser
+    from training.contract import from_flags, to_flags
+
+    s = Settings(epochs=3, hidden=(32, 16, 8), use_gpu=False, mix="mixup", warmup_steps=7, amp=False, seed=9,
+                 search=Search(trials=5, algorithm="bayesian", lr=(1e-3, 1e-2), batch_size=(16,)))  # fmt: skip
+    assert from_flags(parser().parse_args(["--table", "t", *to_flags(s)])) == s
+    assert from_flags(parser().parse_args(["--table", "t"])) == Settings()  # defaults on both sides are one
 
 
 def test_the_yaml_section_becomes_search_flags(tmp_path):
     from jobs.launch import command
     from training.__main__ import parser
+    from training.contract import from_flags
 
     cfg = _cfg(tmp_path, {"epochs": 3, "search": {"trials": 6, "algorithm": "bayesian", "folds": 2,
                                                     "lr": [1e-4, 1e-1], "batch_size": [16, 32]}})  # fmt: skip
     args = parser().parse_args(command(cfg, "r-1")[3:])
-    assert (args.search_trials, args.search_algorithm, args.search_folds, args.search_epochs) == (6, "bayesian", 2, None)
+    assert (args.search_trials, args.search_algorithm, args.search_folds) == (6, "bayesian", 2)
     assert (args.search_lr, args.search_batch_size, args.search_dropout) == ((1e-4, 1e-1), (16, 32), (0.0, 0.5))
-    assert parser().parse_args(command(_cfg(tmp_path, {}), "r-1")[3:]).search_trials == 0  # off by default
+    assert from_flags(args) == cfg.train and cfg.train.seed == cfg.seed  # the YAML's seed trains
+    assert from_flags(parser().parse_args(command(_cfg(tmp_path, {}), "r-1")[3:])).search is None  # off by default
 
 
 @pytest.mark.parametrize("search, message", [

@@ -149,6 +149,7 @@ def test_fulcrum_train_passes_the_config_train_section_as_flags(tmp_path):
     from jobs.config import parse_config
     from jobs.launch import command as training_command
     from training.__main__ import parser
+    from training.contract import from_flags
 
     cfg = parse_config({"dataset": "d", "kind": "tabular", "lake_root": str(tmp_path), "source": {"path": "x",
                         "format": "csv"}, "columns": {"label": "y", "features": ["a"]},
@@ -158,7 +159,9 @@ def test_fulcrum_train_passes_the_config_train_section_as_flags(tmp_path):
     assert cmd[1:3] == ["-m", "training"]
     args = parser().parse_args(cmd[3:])
     assert args.table == str(tmp_path / "d" / "gold") and args.version == 4 and args.num_cpus == 6
-    assert (args.epochs, args.hidden, args.use_gpu, args.lr, args.mix, args.cache) == (3, (32,), False, 0.01, None, True)
+    s = from_flags(args)
+    assert (s.epochs, s.hidden, s.use_gpu, s.lr, s.mix, s.cache) == (3, (32,), False, 0.01, None, True)
+    assert s == cfg.train  # the flags carry the validated section whole
     assert args.out.endswith("r-1/train")
     # ray.address naming the Jobs API: the same entry point, submitted as a Ray job that joins that cluster.
     jobs_cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "http://head:8265"})})

@@ -1,0 +1,206 @@
+"""Every figure fulcrum draws, each a function of a stage's own JSON-able summary, saved as a PNG.
+
+The one owner of matplotlib (headless ``Agg``): stages call these after their work, the train stage
+draws the Ray side's figures from ``cv.json`` and ``search.json`` (the Ray side draws nothing), and
+the run report embeds the files as data URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+
+from training.contract import METRICS
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ticker():
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
+def data_uri(png: Path | bytes) -> str:
+    """A PNG (a file or its bytes) as a ``data:`` URI, so a page can be mailed without its folder."""
+    data = png if isinstance(png, bytes) else Path(png).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def save(fig, path: Path) -> None:
+    """Lay out, write ``path`` (making its folder) and free the figure."""
+    plt = _pyplot()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fold_counts(counts: dict[str, dict[str, int]], path: Path) -> None:
+    plt = _pyplot()
+
+    folds = sorted({int(f) for per in counts.values() for f in per})
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(folds), 3.2))
+    bottom = [0] * len(folds)
+    for cls in sorted(counts):
+        values = [counts[cls].get(str(f), 0) for f in folds]
+        ax.bar([str(f) if f >= 0 else "test" for f in folds], values, bottom=bottom, label=cls)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xlabel("fold")
+    ax.set_ylabel("rows")
+    ax.set_title("silver: class counts per fold")
+    ax.legend(fontsize="small", ncols=2 if len(counts) > 4 else 1, loc="upper left", bbox_to_anchor=(1, 1))
+    save(fig, path)
+
+
+def class_balance(balance: dict, path: Path) -> None:
+    plt = _pyplot()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sets = list(balance["before"])
+    classes = sorted(next(iter(balance["before"].values())))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    for ax, key in zip(axes, ("before", "after"), strict=True):
+        bottom = [0] * len(sets)
+        for cls in classes:
+            values = [balance[key][s][cls] for s in sets]
+            ax.bar(["final" if s == sets[-1] else s for s in sets], values, bottom=bottom, label=cls)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        ax.set_title(f"training sets, {key} oversampling")
+        ax.set_xlabel("fold")
+    axes[0].set_ylabel("rows")
+    axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+    save(fig, path)
+
+
+def audit_estimate(est: dict, path: Path) -> None:
+    """The confident joint (counts) beside the estimated noise matrix P(given | true)."""
+    plt = _pyplot()
+
+    k = len(est["classes"])
+    fig, axes = plt.subplots(1, 2, figsize=(2.4 + 1.1 * k, 0.6 + 0.55 * k), squeeze=False)
+    for ax, key, title, fmt in ((axes[0][0], "confident_joint", "confident joint C (rows)", "d"),
+                                (axes[0][1], "noise_matrix", "noise matrix P(given | true)", ".2f")):  # fmt: skip
+        m = np.asarray(est[key])
+        ax.imshow(m if key == "noise_matrix" else np.log1p(m), cmap="Blues")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7 if k > 5 else 9)
+        ax.set_xticks(range(k), est["classes"], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), est["classes"], fontsize=8)
+        ax.set_xlabel("true (confident) class")
+        ax.set_ylabel("given label")
+        ax.set_title(title, fontsize=10)
+    save(fig, path)
+
+
+def tradeoff_curves(curve: dict[str, list[dict]], metric: str, names: dict[str, str], path: Path) -> None:
+    """One axes: the metric against training rows (log scale), a line and a ± std band per level."""
+    plt = _pyplot()
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for level in [lv for lv in names if lv in curve]:
+        pts = curve[level]
+        x = [p["rows"] for p in pts]
+        y = np.array([p["mean"] for p in pts])
+        sd = np.array([p["std"] for p in pts])
+        line = ax.plot(x, y, marker="o", label=names[level])[0]
+        ax.fill_between(x, y - sd, y + sd, color=line.get_color(), alpha=0.18, linewidth=0)
+    ax.set_xscale("log")
+    plain = _ticker().FuncFormatter(lambda v, _: f"{v:,.0f}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize="x-small")
+    ax.set_xlabel("real training rows per fold (log scale)")
+    ax.set_ylabel(f"validation {metric.replace('_', '-')} (mean ± std over folds)")
+    ax.set_title("quality vs quantity: learning curve per quality level")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    save(fig, path)
+
+
+def fold_metrics(summary: dict, path: Path) -> None:
+    plt = _pyplot()
+    names = [m for m in METRICS if m != "log_loss"]  # the ones in [0, 1]
+    folds = summary["per_fold"]
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    width = 0.8 / (len(folds) + 1)
+    for i, f in enumerate(folds):
+        ax.bar(np.arange(len(names)) + i * width, [f[m] for m in names], width, label=f"fold {f['fold']}")
+    ax.bar(np.arange(len(names)) + len(folds) * width, [summary["mean"][m] for m in names], width,
+           yerr=[summary["std"][m] for m in names], color="black", label="mean ± std")  # fmt: skip
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("validation metrics per fold")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+    save(fig, path)
+
+
+def learning_curves(folds: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for f in folds:
+        epochs = [h["epoch"] for h in f["history"]]
+        axes[0].plot(epochs, [h["train_loss"] for h in f["history"]], label=f"fold {f['fold']} train")
+        axes[0].plot(epochs, [h["val_loss"] for h in f["history"]], "--", label=f"fold {f['fold']} val")
+        axes[1].plot(epochs, [h["val_macro_f1"] for h in f["history"]], label=f"fold {f['fold']}")
+    axes[0].set_title("loss")
+    axes[1].set_title("validation macro-F1")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize="x-small", ncol=2)
+    save(fig, path)
+
+
+def confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
+    plt = _pyplot()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * n, 1 + 0.5 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("out-of-fold confusion")
+    save(fig, path)
+
+
+def search(summary: dict, path: Path) -> None:
+    """Left: each trial's running mean against folds trained (stopped trials dashed, the best bold, ASHA's
+    rungs dotted, a cross where a trial was stopped). Right: each trial's last running mean against its learning rate."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for t in summary["results"]:
+        if not t["running"]:
+            continue
+        x = np.arange(1, len(t["running"]) + 1)
+        style = {"lw": 2.5, "color": "black", "zorder": 3} if t["best"] else {"lw": 1, "alpha": 0.7}
+        line = axes[0].plot(x, t["running"], "--" if t["stopped_early"] else "-", marker="o", ms=3, **style)[0]
+        if t["stopped_early"]:  # where ASHA stopped it
+            axes[0].plot(x[-1], t["running"][-1], "x", ms=8, color=line.get_color())
+        axes[1].scatter(t["config"]["lr"], t["running"][-1], s=40 if t["best"] else 20,
+                        facecolors="black" if t["best"] else ("none" if t["stopped_early"] else "C0"),
+                        edgecolors="black" if t["best"] else "C0")  # fmt: skip
+    for rung in summary["rungs"]:
+        axes[0].axvline(rung, color="grey", ls=":", lw=1)
+    metric = summary["metric"].replace("_", "-")
+    axes[0].set_xlabel("folds trained")
+    axes[0].set_ylabel(f"running mean {metric}")
+    axes[0].set_xticks(range(1, summary["folds"] + 1))
+    axes[0].set_title(f"{summary['trials']} trials, {summary['stopped_early']} stopped early by ASHA")
+    axes[1].set_xscale("log")
+    axes[1].xaxis.set_minor_formatter(plt.NullFormatter())
+    axes[1].set_xlabel("learning rate")
+    axes[1].set_title("last running mean (hollow: stopped, black: best)")
+    save(fig, path)

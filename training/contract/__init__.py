@@ -1,0 +1,21 @@
+"""What the Spark side and the Ray side share besides the gold table: the training settings schema,
+the metric names, and how an image path resolves under the image root.
+
+This package is the only part of ``training/`` that ``jobs/`` imports (an import contract in
+pyproject.toml, run by ``make lint`` and the tests, keeps it so), so it imports neither Ray nor torch.
+"""
+
+from training.contract.files import UnsafePath, as_mode, real_root, safe_join
+from training.contract.settings import (
+    METRICS,
+    SCORED,
+    Scored,
+    SearchSettings,
+    TrainSettings,
+    add_flags,
+    from_flags,
+    to_flags,
+)
+
+__all__ = ["METRICS", "SCORED", "Scored", "SearchSettings", "TrainSettings", "UnsafePath", "add_flags", "as_mode",
+           "from_flags", "real_root", "safe_join", "to_flags"]  # fmt: skip
