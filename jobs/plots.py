@@ -177,8 +177,9 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
 
 
 def search(summary: dict, path: Path) -> None:
-    """Left: each trial's running mean against folds trained (stopped trials dashed, the best bold, ASHA's
-    rungs dotted, a cross where a trial was stopped). Right: each trial's last running mean against its learning rate."""
+    """Left: each trial's mean metric over its folds against epochs trained (stopped trials dashed, the best
+    bold, ASHA's rungs dotted, a cross where a trial was stopped). Right: each trial's last mean against its
+    learning rate."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for t in summary["results"]:
@@ -195,12 +196,11 @@ def search(summary: dict, path: Path) -> None:
     for rung in summary["rungs"]:
         axes[0].axvline(rung, color="grey", ls=":", lw=1)
     metric = summary["metric"].replace("_", "-")
-    axes[0].set_xlabel("folds trained")
-    axes[0].set_ylabel(f"running mean {metric}")
-    axes[0].set_xticks(range(1, summary["folds"] + 1))
+    axes[0].set_xlabel("epochs trained")
+    axes[0].set_ylabel(f"mean {metric} over the folds")
     axes[0].set_title(f"{summary['trials']} trials, {summary['stopped_early']} stopped early by ASHA")
     axes[1].set_xscale("log")
     axes[1].xaxis.set_minor_formatter(plt.NullFormatter())
     axes[1].set_xlabel("learning rate")
-    axes[1].set_title("last running mean (hollow: stopped, black: best)")
+    axes[1].set_title("last mean (hollow: stopped, black: best)")
     save(fig, path)

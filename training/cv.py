@@ -16,6 +16,7 @@ gold. ``fulcrum train`` draws the figures from ``cv.json`` (the Ray side draws n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from training import runtime
+from training import data, runtime
 from training.contract.settings import METRICS, TrainSettings
+from training.engine import Slot, cv_slots
 from training.gold import Gold, write_predictions
 
 log = logging.getLogger(__name__)
-TRIAL_CPU = 0.01  # a fold's Tune trial only drives its trainer
+TRIAL_CPU = 0.01  # a Tune trial that only drives a trainer
 
 
 def plan_concurrency(folds: int, workers: int, cpus_per_worker: float, cluster_cpus: float, gpus: float,
@@ -61,108 +63,107 @@ def plan_resources(s: TrainSettings, trials: int) -> tuple[bool, float, int]:
     return use_gpu, per_worker, plan_concurrency(trials, s.workers, per_worker, cpus, gpus, use_gpu, s.concurrency)
 
 
-def _fold_config(gold: Gold, s: TrainSettings, fold: int, inputs: int, train_rows: int, final: bool,
-                 epochs: int, out: Path, crash_at_epoch: int | None = None) -> dict:  # fmt: skip
-    return {**s.model_dump(exclude={"search"}), "hidden": list(s.hidden), "fold": fold, "final": final, "epochs": epochs,
-            "kind": gold.kind, "inputs": inputs, "classes": len(gold.classes), "channels": gold.image_channels,
-            "size": gold.image_size, "train_rows": train_rows, "delta_version": gold.version,
-            "crash_at_epoch": crash_at_epoch, "crash_marker": str(out / f"crashed-{fold}"),
-            "error_file": str(out / f"error-{'final' if final else f'fold-{fold}'}.json"),
-            "tensorboard_dir": str(out / "tensorboard" / ("final" if final else f"fold-{fold}")) if s.tensorboard else None}  # fmt: skip
+def slot_config(gold: Gold, s: TrainSettings, slots: list[Slot], out: Path, *, final: bool = False,
+                final_epochs: int | None = None, levels: list[str] | None = None, metric: str = "macro_f1",
+                crash_at_epoch: int | None = None) -> dict:  # fmt: skip
+    """The worker's configuration of a run: the settings, the table, the slots and where things go."""
+    categories = data.vocabulary(gold)
+    return {**s.model_dump(exclude={"search"}), "hidden": list(s.hidden), "table": gold.path, "version": gold.version,
+            "slots": [dataclasses.asdict(x) for x in slots], "final": final, "final_epochs": final_epochs,
+            "levels": levels, "categories": categories, "inputs": data.width(gold, categories),
+            "classes": len(gold.classes), "channels": gold.image_channels, "size": gold.image_size,
+            "metric": metric, "report_key": f"mean_{metric}", "crash_at_epoch": crash_at_epoch,
+            "crash_marker": str(out / "crashed"), "error_file": str(out / "error.json"),
+            "tensorboard_dir": str(out / "tensorboard") if s.tensorboard else None}  # fmt: skip
 
 
-def run_fold(gold: Gold, s: TrainSettings, fold: int, out: Path, *, final: bool = False, epochs: int | None = None,
-             use_gpu: bool = False, cpus_per_worker: float = 1.0, crash_at_epoch: int | None = None) -> dict:  # fmt: skip
-    """Train one fold (or the final model) with a TorchTrainer; returns its metrics, history and predictions.
-    ``crash_at_epoch`` is for tests: the worker process dies once, mid-training, at that epoch."""
+def run_slots(gold: Gold, s: TrainSettings, slots: list[Slot], out: Path, *, final: bool = False,
+              final_epochs: int | None = None, levels: list[str] | None = None, use_gpu: bool = False,
+              cpus_per_worker: float = 1.0, crash_at_epoch: int | None = None) -> dict[str, dict]:  # fmt: skip
+    """Train ``slots`` (then the final model when ``final``) in one pass per epoch with one worker group (a
+    ``TorchTrainer``); returns each slot's result by name. ``crash_at_epoch`` is for tests: a worker
+    process dies once, mid-run, at that epoch."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from training import data
-    from training.worker import BEST, HISTORY, PREDICTIONS, train_fold
+    from training.worker import load_results, read_error, train_slots
 
-    train, val, inputs = data.fold_datasets(gold, fold, cache=s.cache)
-    train_rows = train.count()
-    config = _fold_config(gold, s, fold, inputs, train_rows, final, epochs or s.epochs, out, crash_at_epoch)
-    name = "final" if final else f"fold-{fold}"
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config = slot_config(gold, s, slots, out, final=final, final_epochs=final_epochs, levels=levels,
+                         crash_at_epoch=crash_at_epoch)  # fmt: skip
+    Path(config["error_file"]).unlink(missing_ok=True)  # left by an earlier run into this folder
     trainer = TorchTrainer(
-        train_fold,
+        train_slots,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=s.workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),  # fmt: skip
-        datasets={"train": train, "val": val},
-        # One worker needs no split (and no split coordinator actor); several split the training rows.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if s.workers > 1 else []),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str((out / "ray").resolve()),
+            name="slots", storage_path=str((out / "ray").resolve()),
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),  # fmt: skip
     )
-    Path(config["error_file"]).unlink(missing_ok=True)  # left by an earlier run into this folder
+    names = ", ".join(x.name for x in slots) + (" + final" if final else "")
     try:
         result = trainer.fit()
     except Exception:
-        _raise_recorded(config, name)
+        _raise_recorded(config, names, read_error)
         raise
-    _raise_recorded(config, name)
+    _raise_recorded(config, names, read_error)
     with result.checkpoint.as_directory() as d:
-        history = json.loads((Path(d) / HISTORY).read_text())  # every epoch, across restarts
-        pred = dict(np.load(Path(d) / PREDICTIONS, allow_pickle=False))
-        best = Path(d) / BEST
-        weights = best.read_bytes()
-    best_metrics = json.loads(str(pred["metrics"]))
-    return {"fold": fold, "final": final, "train_rows": train_rows, "metrics": best_metrics, "history": history,
-            "val_rows": len(pred["ids"]), "ids": pred["ids"], "labels": pred["labels"],
-            "probabilities": pred["probabilities"], "confusion": pred["confusion"].tolist(),
-            "weights": weights, "resumed": any(h.get("resumed_from") is not None for h in history)}  # fmt: skip
+        return load_results(Path(d))
 
 
 class TrainingError(RuntimeError):
     """A fold's training function raised a deterministic error (recorded by the worker, not retried)."""
 
 
-def _raise_recorded(config: dict, name: str) -> None:
-    from training.worker import read_error
-
+def _raise_recorded(config: dict, name: str, read_error) -> None:
     error = read_error(config["error_file"])
     if error is not None:
         raise TrainingError(f"{name}: training failed with {error['error']} (a deterministic error in the "
                             f"training function: not retried; traceback in {config['error_file']})")  # fmt: skip
 
 
-def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dict | None = None) -> dict:
-    """All folds (concurrently as resources allow), then the final model; writes the outputs. ``search``:
-    the summary of the hyperparameter search that chose ``s``, kept in ``cv.json``."""
-    from ray import tune
+def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dict | None = None,
+                   crash_at_epoch: int | None = None) -> dict:  # fmt: skip
+    """Every fold and then the final model in one worker group, one pass over the rows per epoch (see
+    ``training.worker``); writes the outputs. ``search``: the summary of the hyperparameter search that
+    chose ``s``, kept in ``cv.json`` (its best trial's folds are reused when they are this CV's)."""
+    import torch
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    use_gpu, per_worker, slots = plan_resources(s, gold.folds)
-    log.info("cross-validation: %d folds, %d at once (%g CPUs/worker, %d worker(s)/fold, GPU: %s)", gold.folds,
-             slots, per_worker, s.workers, use_gpu)  # fmt: skip
+    use_gpu, per_worker, _ = plan_resources(s, 1)
     start = time.perf_counter()
-
-    def trial(config: dict) -> dict:
-        result = run_fold(gold, s, config["fold"], out, use_gpu=use_gpu, cpus_per_worker=per_worker)
-        save_fold(result, out / f"fold-{config['fold']}.json")
-        return {"done": True, **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}}
-
     reused = reuse_search_folds(search, gold, s, out)
-    if not reused:
-        run_grid(trial, {"fold": tune.grid_search(list(range(gold.folds)))}, slots, out / "tune", "cv",
-                 lambda c: f"fold {c['fold']}", gold.folds, start)  # fmt: skip
+    slots = [] if reused else cv_slots(gold.folds)
+    final_epochs = None
+    if reused:
+        final_epochs = _final_epochs([load_fold(out / f"fold-{f}.json") for f in range(gold.folds)])
+    groups = plan_slot_groups(gold, s, len(slots), use_gpu)
+    log.info("cross-validation: %d fold(s) %s, then the final model; %g CPUs/worker, %d worker(s), GPU: %s",
+             len(slots), "in one pass per epoch" if len(groups) <= 1 else f"in {len(groups)} groups {groups}",
+             per_worker, s.workers, use_gpu)  # fmt: skip
+    results = {}
+    for g, group in enumerate(groups if len(groups) > 1 else []):
+        results.update(run_slots(gold, s, [slots[i] for i in group], out / f"group-{g}", use_gpu=use_gpu,
+                                 cpus_per_worker=per_worker))  # fmt: skip
+    if len(groups) > 1:
+        final_epochs = _final_epochs([results[x.name] for x in slots])
+    results.update(run_slots(gold, s, slots if len(groups) <= 1 else [], out, final=True, final_epochs=final_epochs,
+                             use_gpu=use_gpu, cpus_per_worker=per_worker, crash_at_epoch=crash_at_epoch))  # fmt: skip
+    for x in slots:
+        save_fold(fold_result(results[x.name], x.fold), out / f"fold-{x.fold}.json")
     folds = [load_fold(out / f"fold-{f}.json") for f in range(gold.folds)]
+    final = results["final"]
+    epochs = len(final["history"])
     cv_seconds = time.perf_counter() - start
-    epochs = max(1, round(float(np.mean([f["metrics"]["epoch"] for f in folds])) + 1))
-    log.info("folds done in %.0f s; final model: %d epoch(s) on every non-test row, scored on the test part",
-             cv_seconds, epochs)  # fmt: skip
-    final = run_fold(gold, s, gold.folds, out, final=True, epochs=epochs, use_gpu=use_gpu,
-                     cpus_per_worker=per_worker)  # fmt: skip
-    (out / "model.pt").write_bytes(final["weights"])
+    torch.save(final["weights"], out / "model.pt")
     summary = {
         "table": gold.path, "delta_version": gold.version, "gold_run_id": gold.run_id, "kind": gold.kind,
-        "classes": list(gold.classes), "folds": gold.folds, "concurrent_folds": slots, "use_gpu": use_gpu,
+        "classes": list(gold.classes), "folds": gold.folds, "concurrent_folds": max(map(len, groups), default=gold.folds), "use_gpu": use_gpu,
         "folds_from_search": reused,
         "settings": s.model_dump(mode="json", exclude={"search"}), "cv_seconds": round(cv_seconds, 2),
         "per_fold": [{"fold": f["fold"], "train_rows": f["train_rows"], "val_rows": f["val_rows"],
@@ -173,6 +174,7 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
         "mean": {m: float(np.nanmean([f["metrics"][m] for f in folds])) for m in METRICS},
         "std": {m: float(np.nanstd([f["metrics"][m] for f in folds])) for m in METRICS},
         "final": {"epochs": epochs, "train_rows": final["train_rows"], "test_rows": len(final["ids"]),
+                  "resumed": final["resumed"],
                   **{f"test_{m}": final["metrics"][m] for m in METRICS}},
     }  # fmt: skip
     if search is not None:
@@ -181,6 +183,39 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
                                                        for f in range(gold.folds)))
     (out / "cv.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def fold_result(r: dict, fold: int) -> dict:
+    """A slot's result as a fold's (what ``save_fold`` writes)."""
+    return {"fold": fold, "final": False, "train_rows": r["train_rows"], "metrics": r["metrics"], "history": r["history"],
+            "val_rows": len(r["ids"]), "ids": r["ids"], "labels": r["labels"], "probabilities": r["probabilities"],
+            "confusion": r["confusion"], "resumed": r["resumed"]}  # fmt: skip
+
+
+def _final_epochs(folds: list[dict]) -> int:
+    return max(1, round(float(np.mean([f["metrics"]["epoch"] for f in folds])) + 1))
+
+
+def plan_slot_groups(gold: Gold, s: TrainSettings, slots: int, use_gpu: bool) -> list[range]:
+    """Slots that fit one device together (``engine.plan_groups``): a slot's memory from its model's
+    parameters and one batch, against the GPU's memory (the driver's first GPU; else 16 GiB) or, on CPUs,
+    a quarter of this node's memory per worker."""
+    import torch
+
+    from training import models
+    from training.engine import plan_groups, slot_bytes
+
+    if not slots:
+        return []
+    inputs = data.width(gold, data.vocabulary(gold)) if gold.kind != "images" else 0
+    model = models.build(gold.kind, inputs=inputs, classes=len(gold.classes), channels=gold.image_channels or 3,
+                         size=gold.image_size or 32, name=s.model, hidden=tuple(s.hidden), dropout=s.dropout)  # fmt: skip
+    row = 4 * (inputs or (gold.image_channels or 3) * (gold.image_size or 32) ** 2)
+    if use_gpu:
+        budget = torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else 16 * 2**30
+    else:
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (4 * s.workers)
+    return plan_groups(slots, slot_bytes(model, s.batch_size, row), int(budget * 0.8))
 
 
 PER_ROW = ("ids", "labels", "probabilities")
@@ -221,7 +256,8 @@ def reuse_search_folds(search: dict | None, gold: Gold, s: TrainSettings, out: P
 
 
 def run_grid(trial, param_space: dict, slots: int, storage: Path, name: str, describe, total: int, start: float,
-             *, strict: bool = True, outcome=None, progress=None, **tune_config):  # fmt: skip
+             *, strict: bool = True, outcome=None, progress=None, resources: dict | None = None,
+             **tune_config):  # fmt: skip
     """Run ``trial`` over a Tune param space, ``slots`` at once; one log line per finished trial. With
     ``strict``, raise if any trial failed. ``tune_config`` goes to ``TuneConfig`` (a searcher, a scheduler,
     ``num_samples``); ``outcome(last_result)`` words a finished trial's result, ``progress(result)`` each
@@ -247,7 +283,7 @@ def run_grid(trial, param_space: dict, slots: int, storage: Path, name: str, des
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment tables on stdout
     tuner = tune.Tuner(
-        tune.with_resources(trial, {"cpu": TRIAL_CPU}),
+        tune.with_resources(trial, resources or {"cpu": TRIAL_CPU}),
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=slots, **tune_config),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=[Progress()]),

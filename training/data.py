@@ -1,114 +1,151 @@
-"""Ray Data: the gold table at a pinned version → per-fold training and validation datasets.
+"""A worker's rows of the gold table, read once and turned into tensors once.
 
-``ray.data.read_delta`` reads the Parquet files of the pinned snapshot (delta-rs gives
-the file list). Per fold, a ``map_batches`` keeps the rows of that fold's training or
-validation set (``gold.training_mask`` / ``validation_mask``) and turns them into
-arrays: tabular rows become float32 features standardised with statistics computed on
-that fold's training rows only (categoricals one-hot over the categories seen there);
-images are decoded from the embedded PNG bytes or read from their paths under the
-image root, as uint8 ``C×H×W``. Augmentation happens on the trainer (``augment.py``).
+Each worker reads its share of the pinned snapshot's Parquet files (the file list comes from
+delta-rs at the pinned version, ``Gold.files``; worker r of W takes files r, r+W, ...) with
+pyarrow, only the columns training needs and, for a trade-off table, only the levels asked
+for (a filter pushed into the scan, skipping row groups by their statistics). The rows
+become tensors once: tabular features one float32 matrix (numeric columns as read, NaN where
+missing, then every categorical one-hot over the categories of the rows read), images uint8
+``N×C×H×W`` decoded by ``torchvision.io`` from the PNG bytes gold embeds (files under the
+image root through ``safe_join``, 16-bit ones scaled to 8 bits). Training batches hold no
+``sample_id`` strings: the ids are kept for the validation rows only, as one array.
+
+Per-slot standardisation (mean and standard deviation of each slot's own training rows,
+categories seen there) is computed from the same tensors in one pass (``slot_statistics``)
+and lives in each slot's model (``engine.SlotInput``), so one shared batch feeds every slot.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from training.contract import as_mode, safe_join
-from training.gold import Gold, read_dataset, training_mask, validation_mask
+from training.gold import Gold
 
-
-def _select(batch: pa.Table, fold: int, folds: int, part: str, level: str | None = None,
-            fraction: float = 1.0) -> pa.Table:  # fmt: skip
-    if level is not None:  # the trade-off table: this quality level's rows only
-        batch = batch.filter(pc.equal(batch.column("level"), level))
-    mask = training_mask(batch, fold, folds) if part == "train" else validation_mask(batch, fold, folds)
-    if part == "train" and fraction < 1.0:
-        mask &= batch.column("u").to_numpy(zero_copy_only=False) < fraction
-    return batch.filter(pa.array(mask))
-
-
-def rows_of(ds, gold: Gold, fold: int, part: str):
-    """The rows of fold ``fold``'s training (``part='train'``) or validation set, still as gold columns."""
-    return ds.map_batches(_select, fn_kwargs={"fold": fold, "folds": gold.folds, "part": part, "level": gold.level,
-                                              "fraction": gold.fraction},
-                          batch_format="pyarrow", zero_copy_batch=True)  # fmt: skip
+CONTRACT = ("label", "fold", "synthetic_for", "dropped_for", "augment")
 
 
 @dataclass
-class Encoder:
-    """Tabular rows → float32 features; fitted on one fold's training rows only."""
+class Rows:
+    """One worker's rows: features (or images) as a tensor, labels, and the gold columns the slots'
+    masks read. ``ids`` holds the sample ids of the rows some slot validates on (else None)."""
 
-    numeric: list[str]
-    categorical: list[str]
-    mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
-    categories: dict[str, list[str]] = field(default_factory=dict)
+    x: torch.Tensor  # float32 N×D (tabular) or uint8 N×C×H×W (images)
+    y: torch.Tensor  # int64 N
+    contract: pa.Table  # fold, synthetic_for, dropped_for (+ level, u): what the masks read
+    ids: np.ndarray  # sample ids (str), every row
+    numeric: int = 0  # the first ``numeric`` columns of x are numeric, the rest one-hot
+    categories: dict[str, list[str]] | None = None
 
-    @property
-    def width(self) -> int:
-        return len(self.numeric) + sum(len(v) for v in self.categories.values())
-
-    def fit(self, ds) -> Encoder:
-        """One pass: per-batch counts, sums and squares (and categories), summed here."""
-        numeric, categorical = self.numeric, self.categorical
-
-        def partial(batch: pa.Table) -> pa.Table:
-            x = _matrix(batch, numeric)
-            ok = ~np.isnan(x)
-            x0 = np.where(ok, x, 0.0)
-            cats = {c: sorted(pc.unique(pc.cast(batch.column(c), pa.string())).drop_null().to_pylist())
-                    for c in categorical}  # fmt: skip
-            return pa.table({"n": [ok.sum(0).tolist()], "s": [x0.sum(0).tolist()], "q": [(x0**2).sum(0).tolist()],
-                             "cats": [repr(cats)]})  # fmt: skip
-
-        parts = ds.map_batches(partial, batch_format="pyarrow").take_all()
-        n = np.sum([p["n"] for p in parts], axis=0) if parts else np.zeros(len(numeric))
-        s = np.sum([p["s"] for p in parts], axis=0) if parts else np.zeros(len(numeric))
-        q = np.sum([p["q"] for p in parts], axis=0) if parts else np.zeros(len(numeric))
-        mean = s / np.maximum(n, 1)
-        std = np.sqrt(np.maximum(q / np.maximum(n, 1) - mean**2, 0.0))
-        self.mean, self.std = mean.tolist(), np.where(std > 0, std, 1.0).tolist()
-        import ast
-
-        seen: dict[str, set[str]] = {c: set() for c in categorical}
-        for p in parts:
-            for c, values in ast.literal_eval(p["cats"]).items():
-                seen[c].update(values)
-        self.categories = {c: sorted(v) for c, v in seen.items()}
-        return self
-
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        x = (_matrix(batch, self.numeric) - np.array(self.mean)) / np.array(self.std)
-        blocks = [np.nan_to_num(x, nan=0.0)]  # a missing value sits at the training mean
-        for c, cats in self.categories.items():
-            values = pc.cast(batch.column(c), pa.string())
-            index = pc.index_in(values, value_set=pa.array(cats, pa.string())).to_numpy(zero_copy_only=False)
-            hot = np.zeros((batch.num_rows, len(cats)))
-            seen = ~np.isnan(index.astype(np.float64))  # missing and unseen categories: all zeros
-            hot[np.flatnonzero(seen), index[seen].astype(np.int64)] = 1.0
-            blocks.append(hot)
-        return {"x": np.concatenate(blocks, axis=1).astype(np.float32), "y": _labels(batch),
-                "sample_id": batch.column("sample_id").to_numpy(zero_copy_only=False)}  # fmt: skip
+    def __len__(self) -> int:
+        return len(self.y)
 
 
-def _matrix(batch: pa.Table, columns: list[str]) -> np.ndarray:
-    if not columns:
-        return np.zeros((batch.num_rows, 0))
-    return np.column_stack([batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns])
+def shard_files(files: list[str], rank: int, world: int) -> tuple[list[str], tuple[int, int] | None]:
+    """Worker ``rank``'s files, and (rank, world) when there are fewer files than workers (then every
+    worker reads them all and keeps rows rank, rank+world, ...)."""
+    if world <= 1:
+        return files, None
+    if len(files) >= world:
+        return files[rank::world], None
+    return files, (rank, world)
 
 
-def _labels(batch: pa.Table) -> np.ndarray:
-    return batch.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+def read_rows(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None) -> pa.Table:
+    """This worker's share of the pinned snapshot: the training columns, the levels asked for."""
+    import pyarrow.dataset as pads
+
+    files, stride = shard_files(gold.files(), rank, world)
+    if not files:
+        return pa.table({c: pa.array([], pa.null()) for c in gold.columns})
+    dataset = pads.dataset(files, format="parquet")  # local paths or URIs (s3://…) pyarrow resolves
+    where = pc.field("level").isin(levels) if levels is not None and gold.levels is not None else None
+    table = dataset.to_table(columns=gold.columns, filter=where)
+    if stride is not None:
+        table = table.take(pa.array(np.arange(stride[0], table.num_rows, stride[1])))
+    return table
+
+
+def vocabulary(gold: Gold) -> dict[str, list[str]]:
+    """Every categorical column's categories over the whole snapshot (sorted), so every worker one-hot
+    encodes alike; reads those columns only."""
+    import pyarrow.dataset as pads
+
+    if not gold.categorical:
+        return {}
+    table = pads.dataset(gold.files(), format="parquet").to_table(columns=gold.categorical)
+    return {c: sorted(pc.unique(pc.cast(table.column(c), pa.string())).drop_null().to_pylist()) for c in gold.categorical}
+
+
+def width(gold: Gold, categories: dict[str, list[str]]) -> int:
+    """Input values per row: the pixels, or the numeric columns plus every one-hot column."""
+    if gold.kind == "images":
+        return gold.image_channels * gold.image_size**2
+    return len(gold.numeric) + sum(len(v) for v in categories.values())
+
+
+def load(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
+         categories: dict[str, list[str]] | None = None) -> Rows:  # fmt: skip
+    """Read and convert this worker's rows (see the module docstring)."""
+    table = read_rows(gold, rank, world, levels)
+    y = torch.from_numpy(table.column("label").to_numpy(zero_copy_only=False).astype(np.int64))
+    keep = [c for c in (*CONTRACT, "level", "u") if c in table.column_names]
+    ids = table.column("sample_id").to_numpy(zero_copy_only=False).astype(str)
+    if gold.kind == "images":
+        decode = ImageDecoder(gold.image_size, gold.image_channels, gold.image_column, gold.image_root,
+                              gold.image_embedded)  # fmt: skip
+        x = decode(table.column("image" if gold.image_embedded else gold.image_column))
+        return Rows(x=x, y=y, contract=table.select(keep), ids=ids)
+    x, categories = tabular(table, gold.numeric, categories if categories is not None else vocabulary(gold))
+    return Rows(x=x, y=y, contract=table.select(keep), ids=ids, numeric=len(gold.numeric), categories=categories)
+
+
+def tabular(table: pa.Table, numeric: list[str], categories: dict[str, list[str]]) -> tuple[torch.Tensor, dict]:
+    """float32 ``N×D``: numeric columns as read (NaN where missing), then each categorical one-hot over
+    ``categories`` (values outside them: all zeros); built once, never per batch."""
+    blocks = [np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in numeric])
+              if numeric else np.zeros((table.num_rows, 0), np.float32)]  # fmt: skip
+    for c, cats in categories.items():
+        values = pc.cast(table.column(c), pa.string())
+        index = pc.index_in(values, value_set=pa.array(cats, pa.string())).to_numpy(zero_copy_only=False)
+        hot = np.zeros((table.num_rows, len(cats)), np.float32)
+        seen = ~np.isnan(index.astype(np.float64))
+        hot[np.flatnonzero(seen), index[seen].astype(np.int64)] = 1.0
+        blocks.append(hot)
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(blocks, axis=1))), categories
+
+
+def slot_statistics(x: torch.Tensor, numeric: int, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per slot (``masks``: bool S×N, each slot's training rows): the numeric columns' mean and standard
+    deviation over its non-missing values, and which one-hot columns its rows ever set. One pass for all
+    slots (sums as matrix products); every worker's sums are added before dividing (``combine``)."""
+    m = masks.to(torch.float64)
+    num = x[:, :numeric].to(torch.float64)
+    ok = ~torch.isnan(num)
+    num0 = torch.where(ok, num, torch.zeros((), dtype=torch.float64))
+    return {"n": m @ ok.to(torch.float64), "s": m @ num0, "q": m @ num0**2,
+            "seen": m @ x[:, numeric:].to(torch.float64)}  # fmt: skip
+
+
+def finish_statistics(sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean S×numeric, std S×numeric, one-hot keep S×C) from summed ``slot_statistics``."""
+    n = sums["n"].clamp(min=1)
+    mean = sums["s"] / n
+    std = (sums["q"] / n - mean**2).clamp(min=0).sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return mean.float(), std.float(), (sums["seen"] > 0).float()
 
 
 @dataclass
 class ImageDecoder:
-    """Image rows → uint8 arrays ``N×C×H×W`` at the training size, from embedded bytes or files."""
+    """Image values → uint8 ``N×C×H×W`` at the training size: PNG bytes embedded in gold by
+    ``torchvision.io.decode_image``, files under the image root by Pillow (16-bit scaled to 8 bits)."""
 
     size: int
     channels: int
@@ -116,47 +153,37 @@ class ImageDecoder:
     root: str | None = None
     embedded: bool = True
 
-    def load(self, value) -> np.ndarray:
+    def one(self, value) -> torch.Tensor:
+        if self.embedded:
+            from torchvision.io import ImageReadMode, decode_image
+
+            mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
+            img = decode_image(torch.frombuffer(bytearray(value), dtype=torch.uint8), mode=mode)
+            if tuple(img.shape[1:]) != (self.size, self.size):
+                from torchvision.transforms.v2.functional import resize
+
+                img = resize(img, [self.size, self.size], antialias=True)
+            return img
         from PIL import Image
 
-        if self.embedded:
-            img = Image.open(io.BytesIO(value))
-        else:
-            img = Image.open(safe_join(self.root, value))
-        with img:
+        with Image.open(safe_join(self.root, value)) as img:
             img = as_mode(img, "L" if self.channels == 1 else "RGB")
             if img.size != (self.size, self.size):
                 img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
-        return arr[None] if self.channels == 1 else arr.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(arr[None] if self.channels == 1 else arr.transpose(2, 0, 1)))
 
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        values = batch.column("image" if self.embedded else self.column).to_pylist()
-        x = np.stack([self.load(v) for v in values]) if values else np.zeros((0, self.channels, self.size, self.size),
-                                                                             np.uint8)  # fmt: skip
-        return {"x": x, "y": _labels(batch), "augment": batch.column("augment").to_numpy(zero_copy_only=False),
-                "sample_id": batch.column("sample_id").to_numpy(zero_copy_only=False)}  # fmt: skip
+    def __call__(self, column: pa.ChunkedArray) -> torch.Tensor:
+        values = column.to_pylist()
+        if not values:
+            return torch.zeros((0, self.channels, self.size, self.size), dtype=torch.uint8)
+        return torch.stack([self.one(v) for v in values])
 
 
-def fold_datasets(gold: Gold, fold: int, ds=None, cache: bool = True):
-    """(training dataset, validation dataset, input width) for one fold, as arrays.
+def png(array: np.ndarray) -> bytes:
+    """uint8 ``H×W`` or ``H×W×C`` as PNG bytes (tests and benchmarks build image gold tables with it)."""
+    from PIL import Image
 
-    With ``cache`` the fold's arrays are materialised once in Ray's object store (which
-    spills to disk), so epochs do not re-read and re-decode the Delta files; without it
-    every epoch streams from the table, for sets larger than the cluster's memory.
-    """
-    ds = ds if ds is not None else read_dataset(gold)
-    train, val = rows_of(ds, gold, fold, "train"), rows_of(ds, gold, fold, "val")
-    if gold.kind == "images":
-        encode = ImageDecoder(gold.image_size, gold.image_channels, gold.image_column, gold.image_root,
-                              gold.image_embedded)  # fmt: skip
-        width = gold.image_channels * gold.image_size**2
-    else:
-        if cache:
-            train = train.materialize()
-        encode = Encoder(gold.numeric, gold.categorical).fit(train)
-        width = encode.width
-    train, val = train.map_batches(encode, batch_format="pyarrow"), val.map_batches(encode, batch_format="pyarrow")
-    if cache:
-        train, val = train.materialize(), val.materialize()
-    return train, val, width
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()

@@ -1,7 +1,7 @@
 """The gold table as the Ray side sees it: a pinned Delta version and its ``fulcrum.*`` properties.
 
-The Ray side's one owner of Delta access: the table's properties (delta-rs), its rows as a Ray
-dataset (``ray.data.read_delta``), and the out-of-fold predictions written beside it.
+The Ray side's one owner of Delta access: the table's properties and the pinned snapshot's file
+list (delta-rs; ``training.data`` reads the files), and the out-of-fold predictions written beside it.
 Which rows train and which validate each fold is the gold contract (see the README):
 
 - training set of fold f: real rows with ``fold`` not in {f, -1} and f not in
@@ -40,12 +40,9 @@ class Gold:
     image_column: str | None = None
     image_root: str | None = None
     image_embedded: bool = False
-    # The trade-off table (``fulcrum tradeoff``) holds one gold-contract copy per quality level:
-    # a Gold with ``level`` reads that level's rows, and with ``fraction`` < 1 keeps the training
-    # rows whose group draws ``u`` < fraction (nested samples; validation rows are never cut).
-    level: str | None = None
-    fraction: float = 1.0
-
+    # The trade-off table (``fulcrum tradeoff``) holds one gold-contract copy per quality level (its
+    # ``level`` column) and a per-group draw ``u`` that fractions of the training rows are cut by.
+    levels: tuple[str, ...] | None = None
     @classmethod
     def open(cls, path: str, version: int | None = None, storage_options: dict | None = None) -> Gold:
         from deltalake import DeltaTable
@@ -75,7 +72,17 @@ class Gold:
             image_column=props.get("fulcrum.image_column") if image else None,
             image_root=props.get("fulcrum.image_root") if image else None,
             image_embedded=props.get("fulcrum.image_embedded") == "true",
+            levels=tuple(json.loads(props["fulcrum.tradeoff_levels"])) if "fulcrum.tradeoff_levels" in props else None,
+            storage_options=storage_options,
         )
+
+    storage_options: dict | None = None
+
+    def files(self) -> list[str]:
+        """The Parquet files of the pinned snapshot, sorted (the same order on every worker)."""
+        from deltalake import DeltaTable
+
+        return sorted(DeltaTable(self.path, version=self.version, storage_options=self.storage_options).file_uris())
 
     @property
     def numeric(self) -> list[str]:
@@ -89,7 +96,7 @@ class Gold:
     def columns(self) -> list[str]:
         """Columns training reads: the contract's, then the features or the image."""
         base = ["sample_id", "label", "fold", "synthetic_for", "dropped_for", "augment"]
-        if self.level is not None:
+        if self.levels is not None:
             base += ["level", "u"]
         if self.kind == "images":
             return base + (["image"] if self.image_embedded else [self.image_column])
@@ -125,23 +132,6 @@ def validation_mask(table: pa.Table, fold: int, folds: int) -> np.ndarray:
     real = np.array(pc.is_null(table.column("synthetic_for")).to_numpy(zero_copy_only=False), dtype=bool)
     own = table.column("fold").to_numpy(zero_copy_only=False)
     return real & (own == (-1 if fold == folds else fold))
-
-
-def read_dataset(gold: Gold, **kwargs):
-    """The pinned snapshot as a Ray dataset of the columns training reads."""
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # per-fold pipelines log through the trainer instead
-    ctx.enable_operator_progress_bars = False
-    return ray.data.read_delta(gold.path, version=gold.version, columns=gold.columns, **kwargs)
-
-
-def properties(path: str, version: int) -> dict:
-    """A table's configuration (its table properties) at ``version``."""
-    from deltalake import DeltaTable
-
-    return DeltaTable(path, version=version).metadata().configuration
 
 
 def write_predictions(gold: Gold, folds: Iterable[dict]) -> dict:

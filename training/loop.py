@@ -1,15 +1,16 @@
-"""The training loop, plain PyTorch: one epoch, evaluation, the schedule, early stopping, checkpoints.
+"""The training loop, plain PyTorch: many models (slots) trained on shared batches, evaluation, the
+schedule, early stopping, metrics.
 
-Nothing here knows about Ray: batches are any iterable of ``(x, y)`` tensors (or
-``(x, y, ids)`` for evaluation), so the loop runs and is tested the same on a laptop and
-inside a Ray Train worker.
+Nothing here knows about Ray: rows are tensors and each slot's rows a boolean mask over them, so
+the loop runs and is tested the same on a laptop and inside a Ray Train worker (which passes an
+``allreduce`` to average gradients across workers).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,63 +39,165 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
                              lr=lr)  # fmt: skip
 
 
-def without_single_rows(batches: Iterable) -> Iterable:
-    """``batches`` with no batch of one row: a last batch of one joins the batch before it.
+@dataclass
+class SlotModel:
+    """One slot's training state: its model, optimiser, schedule, scaler and early stopping."""
 
-    Batch normalisation cannot normalise one row in training mode (PyTorch raises
-    ``Expected more than 1 value per channel``), and a training set of ``batch_size × n + 1``
-    rows ends with such a batch. A set of a single row is repeated once (its gradient is the
-    same), so every set size trains.
-    """
-    held = None
-    for batch in batches:
-        if held is not None and len(batch[1]) == 1:
-            held = tuple(torch.cat([a, b]) for a, b in zip(held, batch, strict=True))
-            continue
-        if held is not None:
-            yield held
-        held = tuple(batch)
-    if held is not None:
-        yield tuple(torch.cat([a, a]) for a in held) if len(held[1]) == 1 else held
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    stopper: EarlyStopping
+    scaler: torch.amp.GradScaler | None = None
+    stopped: bool = False
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "early_stopping": self.stopper.state_dict(), "stopped": self.stopped}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        self.stopped = bool(state["stopped"])
+
+
+def batches_of(order: torch.Tensor, batch_size: int, count: int | None = None):
+    """Index batches of ``order`` (the first ``count`` of them). A last batch of one row joins the batch
+    before it: batch normalisation cannot normalise one row in training mode (the 64k+1 crash)."""
+    bounds = list(range(0, len(order), batch_size)) + [len(order)]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+    return [order[a:b] for a, b in spans[:count]]
 
 
 def train_epoch(
-    model: nn.Module,
-    batches: Iterable,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
+    slots: list[SlotModel],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    masks: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
     device: torch.device,
     *,
-    scaler: torch.amp.GradScaler | None = None,
     transform: Callable | None = None,
     mix: Callable | None = None,
-) -> float:
-    """One pass over ``batches``; returns the mean training loss. Mixed precision when ``scaler`` is set."""
-    model.train()
-    loss_fn = nn.CrossEntropyLoss()
-    total, rows = 0.0, 0
-    for x, y in without_single_rows(batches):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if transform is not None:
-            x = transform(x)
-        target = y
-        if mix is not None:
-            x, target = mix(x, y)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
-            loss = loss_fn(model(x), target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += float(loss.detach()) * len(y)
-        rows += len(y)
-    return total / max(1, rows)
+    steps: int | None = None,
+    allreduce: Callable | None = None,
+) -> list[float]:
+    """One pass over the rows ``order`` in shared batches: each batch is moved (and augmented) once and
+    every slot not stopped trains on its own rows of it (``masks``: bool S×N), a loss over those rows
+    only. Returns each slot's mean training loss (NaN for a stopped slot).
+
+    ``steps`` caps the batches (workers agree on one count); ``allreduce`` sums a flat tensor over the
+    workers: each slot's gradient is then the mean over every worker's rows, as DDP would average it.
+    """
+    sums, rows = torch.zeros(len(slots), dtype=torch.float64), torch.zeros(len(slots), dtype=torch.float64)
+    live = [s for s in slots if not s.stopped]
+    for s in live:
+        s.model.train()
+    for pick in batches_of(order, batch_size, steps):
+        xb = x[pick]
+        xb = (transform(xb) if transform is not None else xb).to(device, non_blocking=True)
+        yb = y[pick].to(device, non_blocking=True)
+        mb = masks[:, pick]
+        used = torch.zeros(len(slots), dtype=torch.float64)  # rows backpropagated per slot
+        for i, s in enumerate(slots):
+            if s.stopped:
+                continue
+            s.optimizer.zero_grad(set_to_none=True)
+            sel = mb[i].nonzero().squeeze(1)
+            if not len(sel):
+                continue
+            if len(sel) == 1:  # one row of this slot in the batch: batch norm needs two
+                sel = sel.repeat(2)
+            sel = sel.to(device)
+            loss = backward_sum(s, xb[sel], yb[sel], mix)
+            used[i] = len(sel)
+            sums[i] += loss / len(sel) * float(mb[i].sum())
+            rows[i] += float(mb[i].sum())
+        total = _average_gradients(live, slots, used, allreduce) if allreduce is not None else used
+        for i, s in enumerate(slots):
+            if not s.stopped and total[i] > 0:
+                step(s, 1.0 / float(total[i]))
+    return [float(sums[i] / rows[i]) if rows[i] and not s.stopped else float("nan") for i, s in enumerate(slots)]
+
+
+def backward_sum(s: SlotModel, x: torch.Tensor, y: torch.Tensor, mix: Callable | None = None) -> float:
+    """Backpropagate the slot's summed loss over ``x`` (scaled when mixed precision is on)."""
+    target = y
+    if mix is not None:
+        x, target = mix(x, y)
+    with torch.autocast(x.device.type, dtype=torch.float16, enabled=s.scaler is not None):
+        loss = nn.functional.cross_entropy(s.model(x), target, reduction="sum")
+    (s.scaler.scale(loss) if s.scaler is not None else loss).backward()
+    return float(loss.detach())
+
+
+def step(s: SlotModel, scale: float) -> None:
+    """Scale the slot's summed gradient into a mean, then one optimiser and schedule step."""
+    for p in s.model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(scale)
+    if s.scaler is not None:
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+    else:
+        s.optimizer.step()
+    if s.scheduler is not None:
+        s.scheduler.step()
+
+
+def _average_gradients(live: list[SlotModel], slots: list[SlotModel], used: torch.Tensor,
+                       allreduce: Callable) -> torch.Tensor:  # fmt: skip
+    """Sum every live slot's gradient (zeros where a worker had none of its rows) and row count over the
+    workers in one collective; returns the summed counts (a slot steps when any worker had rows)."""
+    params = [p for s in live for p in s.model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([used.to(params[0].device, torch.float32)] + [p.grad.reshape(-1).float() for p in params])
+    flat = allreduce(flat)
+    offset = len(slots)
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+    return flat[: len(slots)].double().cpu()
+
+
+@torch.no_grad()
+def evaluate(
+    slots: list[SlotModel],
+    x: torch.Tensor,
+    masks: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    classes: int,
+    *,
+    transform: Callable | None = None,
+) -> list[np.ndarray]:
+    """Each slot's predicted probabilities for its own rows (``masks``: bool S×N), in row order: every
+    row of the union is moved once per batch and scored by the slots it belongs to."""
+    union = masks.any(0).nonzero().squeeze(1)
+    out: list[list[np.ndarray]] = [[] for _ in slots]
+    for s in slots:
+        s.model.eval()
+    for start in range(0, len(union), batch_size):
+        pick = union[start : start + batch_size]
+        xb = x[pick]
+        xb = (transform(xb) if transform is not None else xb).to(device, non_blocking=True)
+        mb = masks[:, pick]
+        for i, s in enumerate(slots):
+            sel = mb[i].nonzero().squeeze(1)
+            if len(sel):
+                out[i].append(torch.softmax(s.model(xb[sel.to(device)]).float(), dim=1).cpu().numpy())
+    return [np.concatenate(p) if p else np.zeros((0, classes)) for p in out]
 
 
 @dataclass
@@ -102,27 +205,11 @@ class Evaluation:
     loss: float
     metrics: dict[str, float]
     confusion: list[list[int]]
-    ids: list[str] = field(default_factory=list)
-    labels: np.ndarray | None = None
-    probabilities: np.ndarray | None = None
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, device: torch.device, classes: int) -> Evaluation:
-    """Loss and metrics over every row of ``batches`` (each ``(x, y)`` or ``(x, y, ids)``), with the
-    predicted probabilities kept in row order."""
-    model.eval()
-    probs, labels, ids = [], [], []
-    for batch in batches:
-        x, y = batch[0].to(device), batch[1]
-        probs.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
-        labels.append(y.cpu().numpy())
-        if len(batch) > 2:
-            ids.extend(batch[2])
-    p = np.concatenate(probs) if probs else np.zeros((0, classes))
-    y = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, dtype=np.int64)
-    return Evaluation(loss=log_loss(y, p), metrics=metrics(y, p, classes), confusion=confusion(y, p, classes),
-                      ids=ids, labels=y, probabilities=p)  # fmt: skip
+def score(y: np.ndarray, p: np.ndarray, classes: int) -> Evaluation:
+    """Loss, metrics and confusion matrix of probabilities ``p`` for labels ``y``."""
+    return Evaluation(loss=log_loss(y, p), metrics=metrics(y, p, classes), confusion=confusion(y, p, classes))
 
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:
@@ -186,32 +273,3 @@ class EarlyStopping:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch, self.bad = state["best"], state["best_epoch"], state["bad"]
-
-
-def checkpoint_state(model: nn.Module, optimizer, scheduler, epoch: int, stopper: EarlyStopping, config: dict,
-                     version: int, scaler=None) -> dict:  # fmt: skip
-    """Everything a run needs to continue: weights, optimizer, schedule, epoch, best metric, config, version."""
-    module = model.module if hasattr(model, "module") else model
-    return {
-        "model": module.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": epoch,
-        "early_stopping": stopper.state_dict(),
-        "config": config,
-        "delta_version": version,
-    }
-
-
-def restore_state(state: dict, model: nn.Module, optimizer, scheduler, stopper: EarlyStopping, scaler=None) -> int:
-    """Load a checkpoint into live objects; returns the epoch to continue from."""
-    module = model.module if hasattr(model, "module") else model
-    module.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler"):
-        scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    stopper.load_state_dict(state["early_stopping"])
-    return int(state["epoch"]) + 1

@@ -15,7 +15,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     if summary.get("search"):
         print_search(summary["search"], console)
     table = Table(title=f"cross-validation: {summary['table']} v{summary['delta_version']} "
-                        f"({summary['folds']} folds, {summary['concurrent_folds']} at once)", title_justify="left")  # fmt: skip
+                        f"({summary['folds']} folds, {summary['concurrent_folds']} in one pass)", title_justify="left")  # fmt: skip
     for col in ("fold", "train rows", "val rows", "best epoch", *METRICS):
         table.add_column(col, justify="right", no_wrap=True)
     for f in summary["per_fold"]:
@@ -34,7 +34,7 @@ def print_search(search: dict, console: Console) -> None:
     """The search in one table: the space, what ASHA stopped, and the configuration chosen."""
     table = Table(title=f"hyperparameter search: {search['trials']} {search['algorithm']} trials over "
                         f"{search['folds']} fold(s), {search['stopped_early']} stopped early by ASHA "
-                        f"(after fold(s) {', '.join(map(str, search['rungs'])) or '-'}), {search['seconds']:.0f} s",
+                        f"(after epoch(s) {', '.join(map(str, search['rungs'])) or '-'}), {search['seconds']:.0f} s",
                   title_justify="left")  # fmt: skip
     for col in ("", "lr", "weight decay", "dropout", "batch size", f"mean {search['metric']}"):
         table.add_column(col, justify="right", no_wrap=True)

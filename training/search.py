@@ -1,10 +1,11 @@
 """Hyperparameter search on Ray Tune, scored by the mean cross-validation metric, with ASHA.
 
 A trial is one configuration (learning rate, weight decay, dropout, batch size) drawn at
-random or by Optuna's TPE (``bayesian``). It trains the split's folds one after the other
-with the same ``run_fold`` as cross-validation and reports, after each fold, the running
-mean of the fold metric; ASHA treats a fold as its unit of time, so after ``grace`` folds
-(then ``grace × reduction``, ...) a trial whose running mean is below the top
+random or by Optuna's TPE (``bayesian``). It trains the split's folds together on the same
+engine as the cross-validation (one pass over the rows per epoch, each fold a slot, run in
+the trial's own process) and reports after every epoch the folds' mean metric (each fold
+at its best epoch so far); ASHA treats an epoch as its unit of time, so after ``grace``
+epochs (then ``grace × reduction``, ...) a trial whose mean is below the top
 ``1/reduction`` of the trials that got that far is stopped and its CPUs go to the next
 one. Trials run concurrently as the cluster's resources allow (the CV driver's plan).
 
@@ -29,8 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from training.contract.settings import SearchSettings, TrainSettings
-from training.cv import plan_resources, run_fold, run_grid, save_fold
+from training.cv import fold_result, load_fold, plan_resources, run_grid, save_fold, slot_config
+from training.engine import cv_slots
 from training.gold import Gold
+from training.worker import read_error
 
 log = logging.getLogger(__name__)
 PARAMS = ("lr", "weight_decay", "dropout", "batch_size")
@@ -101,51 +104,51 @@ def run(gold: Gold, s: TrainSettings, search: SearchSettings, out: str | Path) -
     base = s.tuned(epochs=search.epochs or s.epochs)
     use_gpu, per_worker, slots = plan_resources(base, search.trials)
     key = f"mean_{search.metric}"
-    steps = rungs(folds, search.grace, search.reduction) if search.asha else []
-    log.info("hyperparameter search: %d %s trial(s) × up to %d fold(s), %d at once; ASHA compares after fold(s) %s",
-             search.trials, search.algorithm, folds, slots, steps or "none")  # fmt: skip
+    steps = rungs(base.epochs, search.grace, search.reduction) if search.asha else []
+    log.info("hyperparameter search: %d %s trial(s), each %d fold(s) in one pass per epoch for up to %d epoch(s), "
+             "%d at once; ASHA compares after epoch(s) %s", search.trials, search.algorithm, folds, base.epochs, slots,
+             steps or "none")  # fmt: skip
     start = time.perf_counter()
 
     def trial(config: dict) -> None:
+        from training.worker import train_slots
+
         where = out / "trials" / tune.get_context().get_trial_id()
         where.mkdir(parents=True, exist_ok=True)
         (where / "config.json").write_text(json.dumps(config))
-        settings, scores = apply(base, config), []
-        for fold in range(folds):
-            result = run_fold(gold, settings, fold, where, use_gpu=use_gpu, cpus_per_worker=per_worker)
-            save_fold(result, where / f"fold-{fold}.json")
-            scores.append(float(result["metrics"][search.metric]))
-            tune.report({key: float(np.nanmean(scores)) if not all(map(math.isnan, scores)) else float("nan"),
-                         "fold": fold, "folds_done": len(scores), "fold_score": scores[-1],
-                         **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}})  # fmt: skip
+        run = slot_config(gold, apply(base, config), cv_slots(gold.folds, folds), where, metric=search.metric)
+        results = train_slots({**run, "use_gpu": use_gpu}, report=tune.report)
+        if results is None:
+            raise RuntimeError(f"trial failed: {(read_error(run['error_file']) or {}).get('error')}")
+        for f in range(folds):  # the trial ran to its end (not stopped by ASHA): its folds, as the CV's
+            save_fold(fold_result(results[f"fold-{f}"], f), where / f"fold-{f}.json")
 
     algorithm = searcher(search, key, s.seed)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=key, mode="max", max_t=folds,
-                               grace_period=min(search.grace, folds), reduction_factor=search.reduction)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=key, mode="max", max_t=base.epochs,
+                               grace_period=min(search.grace, base.epochs), reduction_factor=search.reduction)
                  if search.asha else tune.schedulers.FIFOScheduler())  # fmt: skip
     metric = search.metric.replace("_", "-")
 
-    def progress(r: dict) -> str:
-        return f"fold {r['fold']} {metric} {r['fold_score']:.3f}, running mean {r[key]:.3f}"
-
     def outcome(r: dict) -> str:
-        done = r.get("folds_done", 0)
-        return (f"mean {metric} {r.get(key, float('nan')):.3f} over {done} fold(s)"
-                + (", stopped early by ASHA" if done < folds else ""))  # fmt: skip
+        done = r.get("epoch", -1) + 1
+        return (f"mean {metric} {r.get(key, float('nan')):.3f} over {folds} fold(s) after {done} epoch(s)"
+                + (", stopped early by ASHA" if r.get("active") and done < base.epochs else ""))  # fmt: skip
 
     grid = run_grid(trial, space(search), slots, out / "tune", "search", _describe, search.trials, start,
-                    strict=False, outcome=outcome, progress=progress, search_alg=algorithm, scheduler=scheduler,
-                    num_samples=search.trials)  # fmt: skip
+                    strict=False, outcome=outcome, search_alg=algorithm, scheduler=scheduler,
+                    num_samples=search.trials, resources={"cpu": per_worker, "gpu": 1 if use_gpu else 0})  # fmt: skip
     trials = []
     for r in grid:
         history = r.metrics_dataframe
-        scores = [] if history is None or "fold_score" not in history else history["fold_score"].tolist()
+        where = out / "trials" / str((r.metrics or {}).get("trial_id"))
+        files = [where / f"fold-{f}.json" for f in range(folds)]
+        scores = [float(load_fold(f)["metrics"][search.metric]) for f in files] if all(f.is_file() for f in files) else []
         trials.append({
             "trial": (r.metrics or {}).get("trial_id"),
             "config": {p: r.config[p] for p in PARAMS}, "scores": scores,
-            "running": [] if not scores else history[key].tolist(),
+            "running": [] if history is None or key not in history else history[key].tolist(),
             "score": float(np.nanmean(scores)) if scores and not all(map(math.isnan, scores)) else float("nan"),
-            "stopped_early": bool(not r.error and len(scores) < folds), "error": str(r.error) if r.error else None,
+            "stopped_early": bool(not r.error and not scores), "error": str(r.error) if r.error else None,
         })  # fmt: skip
     best = best_trial(trials, folds)
     if best is None:

@@ -3,9 +3,9 @@
 ``python -m training.tradeoff --table PATH --levels raw,clean --fractions 0.25,1 ...``
 reads the trade-off table that ``fulcrum tradeoff`` writes (one gold-contract copy of the
 data per quality level, a ``level`` column, and ``u``: a uniform draw per duplicate
-group), and trains one fold per (level, fraction, fold) with the same ``run_fold`` as
-cross-validation, all of them as one Ray Tune grid so that they run concurrently as the
-cluster's resources allow. Every level is scored on the same validation rows of each fold;
+group), and trains one model per (level, fraction, fold), each a slot of one run of the
+training engine (one pass over the rows per epoch, one worker group; slots that do not fit
+one device together run as groups). Every level is scored on the same validation rows of each fold;
 a fraction keeps the training rows whose group draws ``u`` < fraction, so the samples are
 nested (the 25 % sample holds the 10 % one). No final model is trained.
 
@@ -17,7 +17,6 @@ training rows, validation metrics). Exit codes: 0 ok, 2 usage or not a trade-off
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -27,44 +26,34 @@ from pathlib import Path
 
 from training import runtime
 from training.contract.settings import METRICS, TrainSettings, add_flags, from_flags
-from training.cv import plan_resources, run_fold, run_grid
-from training.gold import Gold, GoldError, properties
+from training.cv import plan_resources, plan_slot_groups, run_slots
+from training.engine import grid_slots
+from training.gold import Gold, GoldError
 
 log = logging.getLogger(__name__)
 
 
 def grid(table: Gold, s: TrainSettings, levels: list[str], fractions: list[float], folds: list[int],
          out: str | Path) -> dict:  # fmt: skip
-    """Train every (level, fraction, fold) of the grid; returns and writes ``tradeoff.json``."""
-    from ray import tune
-
+    """Train every (level, fraction, fold) cell of the grid, each a slot of one run (one pass over the rows
+    per epoch; slots that do not fit one device together run as groups); returns and writes ``tradeoff.json``."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    total = len(levels) * len(fractions) * len(folds)
-    use_gpu, per_worker, slots = plan_resources(s, total)
-    log.info("trade-off grid: %d level(s) × %d fraction(s) × %d fold(s) = %d trainings, %d at once", len(levels),
-             len(fractions), len(folds), total, slots)  # fmt: skip
+    cells = grid_slots(levels, fractions, folds)
+    use_gpu, per_worker, _ = plan_resources(s, 1)
+    groups = plan_slot_groups(table, s, len(cells), use_gpu)
+    log.info("trade-off grid: %d level(s) × %d fraction(s) × %d fold(s) = %d models, %s", len(levels),
+             len(fractions), len(folds), len(cells),
+             "in one pass per epoch" if len(groups) == 1 else f"in {len(groups)} groups {groups}")  # fmt: skip
     start = time.perf_counter()
-
-    def trial(config: dict) -> dict:
-        level, fraction, fold = config["level"], config["fraction"], config["fold"]
-        where = out / "trials" / f"{level}-{fraction:g}"
-        where.mkdir(parents=True, exist_ok=True)
-        view = dataclasses.replace(table, level=level, fraction=fraction)
-        result = run_fold(view, s, fold, where, use_gpu=use_gpu, cpus_per_worker=per_worker)
-        entry = {"level": level, "fraction": fraction, "fold": fold, "train_rows": result["train_rows"],
-                 "val_rows": len(result["ids"]), "metrics": result["metrics"]}  # fmt: skip
-        (where / f"fold-{fold}.json").write_text(json.dumps(entry, default=float))
-        return {"done": True, **{f"val_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}}
-
-    space = {"level": tune.grid_search(levels), "fraction": tune.grid_search(fractions),
-             "fold": tune.grid_search(folds)}  # fmt: skip
-    run_grid(trial, space, slots, out / "tune", "tradeoff",
-             lambda c: f"{c['level']} at {c['fraction']:.0%}, fold {c['fold']}", total, start)  # fmt: skip
-    trials = [json.loads((out / "trials" / f"{lv}-{fr:g}" / f"fold-{f}.json").read_text())
-              for lv in levels for fr in fractions for f in folds]  # fmt: skip
+    results: dict[str, dict] = {}
+    for g, group in enumerate(groups):
+        results.update(run_slots(table, s, [cells[i] for i in group], out / f"group-{g}", levels=levels,
+                                 use_gpu=use_gpu, cpus_per_worker=per_worker))  # fmt: skip
+    trials = [{"level": c.level, "fraction": c.fraction, "fold": c.fold, "train_rows": results[c.name]["train_rows"],
+               "val_rows": len(results[c.name]["ids"]), "metrics": results[c.name]["metrics"]} for c in cells]  # fmt: skip
     summary = {"table": table.path, "delta_version": table.version, "levels": levels, "fractions": fractions,
-               "folds": folds, "metrics": list(METRICS), "concurrent": slots, "use_gpu": use_gpu,
+               "folds": folds, "metrics": list(METRICS), "concurrent": max(map(len, groups)), "use_gpu": use_gpu,
                "seconds": round(time.perf_counter() - start, 2), "settings": s.model_dump(mode="json", exclude={"search"}),
                "trials": trials}  # fmt: skip
     (out / "tradeoff.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -101,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bad = [f for f in args.fractions if not 0 < f <= 1]
-    if bad or "fulcrum.tradeoff_levels" not in properties(args.table, table.version):
+    if bad or table.levels is None:
         print(f"error: {args.table} is not a trade-off table written by `fulcrum tradeoff`"
               if not bad else f"error: fractions must be in (0, 1], got {bad}", file=sys.stderr)  # fmt: skip
         return 2

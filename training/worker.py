@@ -1,14 +1,21 @@
-"""What each Ray Train worker runs for one fold: DDP model, dataset shards, the loop, checkpoints.
+"""What each worker runs: every slot of a run in one pass per epoch (the Ray glue around ``loop``).
 
-Every worker trains on its shard of the fold's training rows (``get_dataset_shard``)
-and evaluates the *whole* validation set, which is never split (splitting may drop rows
-to equalise workers): all workers see the same loss, so early stopping agrees without
-communication, and rank 0 alone logs, checkpoints and keeps the predictions. Each
-checkpoint holds the state to resume (model, optimizer, scheduler, scaler, epoch, early
-stopping, config, Delta version) and the best epoch's weights and validation
-probabilities; a restarted worker group continues from the latest one. Rank 0 also writes
-every epoch's metrics as TensorBoard event files (``<out>/tensorboard/<fold>``), so a
-run can be watched with ``tensorboard --logdir <out>/tensorboard`` while it trains.
+A worker reads its share of gold once (``data.load``), computes every slot's row masks and
+encoder statistics from it (summed over the workers), builds one model per slot and then,
+each epoch, streams its rows once in shared batches: each slot trains on its own rows of a
+batch and, after the epoch, scores its own validation rows; a slot stops on its own when
+its validation loss has not improved for ``patience`` epochs. Workers average every slot's
+gradient in one collective per batch; each scores the validation rows it holds and the
+predictions are gathered, so every validation row is scored exactly once per slot and every
+worker takes the same early-stopping decisions.
+
+A cross-validation runs in two phases in the same worker group: the folds, then the final
+model on every non-test row for the folds' mean best epoch (scored on the test part).
+Under Ray Train, rank 0 checkpoints every slot after each epoch (model, optimiser,
+schedule, scaler, early stopping, best weights and predictions, history) and a restarted
+worker group resumes from there; it also writes each slot's metrics as TensorBoard event
+files (``<out>/tensorboard/<slot>``). A search trial runs the same function in its Tune
+trial's process (one worker) and reports the folds' mean metric after every epoch.
 """
 
 from __future__ import annotations
@@ -18,90 +25,28 @@ import logging
 import os
 import tempfile
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training import augment, loop, models
+from training import augment, data, loop, models
+from training.engine import Slot, SlotInput
+from training.gold import Gold
 
 log = logging.getLogger(__name__)
-STATE, BEST, PREDICTIONS, HISTORY = "state.pt", "best_model.pt", "predictions.npz", "history.json"
+STATE, HISTORY, RESULTS = "state.pt", "history.json", "results.json"
+PER_ROW = ("ids", "labels", "probabilities")
 
 
-def _collate(batch: dict, with_ids: bool) -> tuple:
-    x = torch.from_numpy(np.array(batch["x"]))  # a writable copy of Ray's read-only block
-    y = torch.from_numpy(np.array(batch["y"], dtype=np.int64))
-    return (x, y, list(batch["sample_id"])) if with_ids else (x, y)
+def best_file(i: int) -> str:
+    return f"best-{i}.pt"
 
 
-def _batches(shard, batch_size: int, transform=None, with_ids: bool = False, local_shuffle: int = 0):
-    """One pass over a Ray Data shard as tensor batches, exactly as Ray Data delivers them."""
-    it = shard.iter_torch_batches(batch_size=batch_size, collate_fn=lambda b: _collate(b, with_ids),
-                                  local_shuffle_buffer_size=local_shuffle or None)  # fmt: skip
-    for batch in it:
-        if transform is not None:
-            batch = (transform(batch[0]), *batch[1:])
-        yield batch
-
-
-class ShardCache:
-    """A worker's shard, streamed from Ray Data in the first epoch and, when it fits in ``limit_mb``,
-    kept in the worker's memory for the next ones (reshuffled each epoch; transforms still applied
-    per epoch). Small and medium folds then pay Ray Data's per-epoch coordination once, not every
-    epoch; a shard larger than the limit streams every epoch."""
-
-    def __init__(self, shard, batch_size: int, limit_mb: float, *, shuffle: bool, with_ids: bool = False,
-                 seed: int = 0):  # fmt: skip
-        self.shard, self.batch_size, self.limit = shard, batch_size, limit_mb * 2**20
-        self.shuffle, self.with_ids, self.seed = shuffle, with_ids, seed
-        self.parts: tuple | None = None  # (x, y, ids) of the whole shard once a full pass fitted
-        self.streaming = limit_mb <= 0
-
-    def epoch(self, epoch: int, transform=None):
-        if self.parts is not None:
-            yield from self._replay(epoch, transform)
-            return
-        keep: list[tuple] | None = None if self.streaming else []
-        size = 0
-        for batch in _batches(self.shard, self.batch_size, with_ids=self.with_ids,
-                              local_shuffle=4 * self.batch_size if self.shuffle else 0):  # fmt: skip
-            if keep is not None:
-                size += batch[0].element_size() * batch[0].nelement()
-                if size > self.limit:
-                    keep, self.streaming = None, True  # too big: stream every epoch
-                else:
-                    keep.append(batch)
-            yield (transform(batch[0]), *batch[1:]) if transform is not None else batch
-        if keep is not None:  # joined once here, not on every replayed epoch
-            ids = [i for b in keep for i in b[2]] if self.with_ids else None
-            self.parts = (torch.cat([b[0] for b in keep]), torch.cat([b[1] for b in keep]), ids)
-
-    def _replay(self, epoch: int, transform):
-        x, y, ids = self.parts
-        order = (torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed + epoch))
-                 if self.shuffle else torch.arange(len(x)))  # fmt: skip
-        for i in range(0, len(x), self.batch_size):
-            pick = order[i : i + self.batch_size]
-            xb = x[pick]
-            out = (transform(xb) if transform is not None else xb, y[pick])
-            yield (*out, [ids[j] for j in pick.tolist()]) if ids is not None else out
-
-
-def _scalars(metrics: dict) -> dict[str, float]:
-    """The per-epoch figures TensorBoard plots (losses and validation metrics; NaN ROC-AUC is left out)."""
-    return {k: float(v) for k, v in metrics.items()
-            if k not in ("epoch", "best_epoch", "resumed_from", "val_rows") and isinstance(v, (int, float))
-            and not isinstance(v, bool) and v == v}  # fmt: skip
-
-
-def tensorboard_writer(log_dir: str | None, start: int):
-    """Rank 0's event-file writer; ``purge_step`` drops the points a restarted run redoes."""
-    if not log_dir:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=log_dir, purge_step=start if start else None)
+def predictions_file(i: int) -> str:
+    return f"predictions-{i}.npz"
 
 
 def transient_errors() -> tuple[type[BaseException], ...]:
@@ -118,30 +63,29 @@ def transient_errors() -> tuple[type[BaseException], ...]:
 
 
 def read_error(path: str | Path) -> dict | None:
-    """The deterministic error a fold's training recorded, if any."""
+    """The deterministic error a run's training recorded, if any."""
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def train_fold(config: dict) -> None:
-    """The ``train_loop_per_worker`` of a fold's ``TorchTrainer``.
+def train_slots(config: dict, report: Callable | None = None) -> dict | None:
+    """The ``train_loop_per_worker`` of a run's ``TorchTrainer`` (``report`` None), or a search trial's
+    body (``report``: Tune's). Returns every slot's result when it runs in-process (a search trial).
 
-    A deterministic error in the loop (an exception from its own code, not a dead worker
-    or node) is written to ``config["error_file"]`` and the worker returns: Ray Train does
-    not retry it ``max_failures`` times. With several workers it is raised as well, so the
-    group is torn down rather than left waiting in a collective; the retried attempt finds
-    the file and returns at once.
+    A deterministic error in the loop (an exception from its own code, not a dead worker or node) is
+    written to ``config["error_file"]`` and the worker returns: Ray Train does not retry it
+    ``max_failures`` times. With several workers it is raised as well, so the group is torn down rather
+    than left waiting in a collective; the retried attempt finds the file and returns at once.
     """
-    import ray.train
-
     error_file = Path(config["error_file"])
     recorded = read_error(error_file)
     if recorded is not None:  # an earlier attempt failed deterministically: do not train again
         recorded["attempts"] += 1
         error_file.write_text(json.dumps(recorded))
-        return
+        return None
     try:
-        _train_fold(config)
+        results = Run(config, report).train()
+        return results if report is not None else None  # under Ray Train the checkpoint carries them
     except transient_errors():
         raise
     except Exception as exc:
@@ -149,87 +93,292 @@ def train_fold(config: dict) -> None:
 
         error_file.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}", "attempts": 1,
                                           "traceback": traceback.format_exc()}))  # fmt: skip
-        if ray.train.get_context().get_world_size() > 1:
-            raise
+        if report is None:
+            import ray.train
+
+            if ray.train.get_context().get_world_size() > 1:
+                raise
+        return None
 
 
-def _train_fold(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
+class Run:
+    """One worker's run: its rows, the slots of each phase, their state, checkpoints and reports."""
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(config["seed"] + config["fold"])
-    images = config["kind"] == "images"
-    model = models.build(config["kind"], inputs=config["inputs"], classes=config["classes"],
-                         channels=config.get("channels") or 3, size=config.get("size") or 32,
-                         name=config.get("model"), hidden=tuple(config["hidden"]), dropout=config["dropout"])  # fmt: skip
-    model = ray.train.torch.prepare_model(model)
-    optimizer = loop.make_optimizer(model, config["lr"], config["weight_decay"])
-    steps = max(1, -(-config["train_rows"] // (config["batch_size"] * world)))
-    scheduler = loop.cosine_with_warmup(optimizer, min(steps, config["warmup_steps"]), steps * config["epochs"])
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and config["amp"] else None
-    stopper = loop.EarlyStopping(patience=config["patience"] if not config["final"] else 10**9)
-    start, resumed = 0, None
-    best_state = best_pred = None
-    history: list[dict] = []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE, map_location=device, weights_only=True)
-            start = resumed = loop.restore_state(state, model, optimizer, scheduler, stopper, scaler)
-            history = json.loads((Path(d) / HISTORY).read_text())
-            if (Path(d) / BEST).exists():
-                best_state = torch.load(Path(d) / BEST, map_location="cpu", weights_only=True)
-                best_pred = dict(np.load(Path(d) / PREDICTIONS, allow_pickle=False))
-    train_tf = augment.augmenter(config["size"], config["channels"], config["flip"]) if images else None
-    val_tf = augment.normalise if images else None
-    mix = augment.mixer(config.get("mix"), config["classes"]) if images else None
-    limit = config.get("worker_cache_mb", 0)
-    train_data = ShardCache(ray.train.get_dataset_shard("train"), config["batch_size"], limit, shuffle=True,
-                            seed=config["seed"] + 1000 * rank)  # fmt: skip
-    val_data = ShardCache(ray.train.get_dataset_shard("val"), 4 * config["batch_size"], limit, shuffle=False,
-                          with_ids=True)  # fmt: skip
-    writer = tensorboard_writer(config.get("tensorboard_dir"), start) if rank == 0 else None
-    for epoch in range(start, config["epochs"]):
-        train_loss = loop.train_epoch(model, train_data.epoch(epoch, train_tf), optimizer, scheduler, device,
-                                      scaler=scaler, transform=None, mix=mix)  # fmt: skip
-        ev = loop.evaluate(model, val_data.epoch(epoch, val_tf), device, config["classes"])
-        if config.get("crash_at_epoch") == epoch and not Path(config["crash_marker"]).exists():
-            # Tests: the worker process dies mid-epoch, once. Ray Train's controller collects reports on its
-            # health check (every 2 s); the delay lets it register the last checkpoint, as any real epoch would.
-            time.sleep(6)
-            Path(config["crash_marker"]).write_text(str(epoch))
-            os._exit(1)
-        improved = stopper.step(ev.loss, epoch) or config["final"]
-        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": ev.loss, "val_rows": len(ev.ids),
-                   **{f"val_{k}": v for k, v in ev.metrics.items()}, "best_epoch": stopper.best_epoch,
-                   "resumed_from": resumed}  # fmt: skip
-        history.append(metrics)
-        if writer is not None:
-            for key, value in _scalars(metrics).items():
-                writer.add_scalar(key, value, epoch)
-            writer.flush()  # readable while the fold runs, and complete if the worker dies next
-        if rank == 0:
-            if improved:
-                module = model.module if hasattr(model, "module") else model
-                best_state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-                best_pred = {"ids": np.asarray(ev.ids, dtype=np.str_), "labels": ev.labels,
-                             "probabilities": ev.probabilities, "confusion": np.asarray(ev.confusion),
-                             "metrics": np.asarray(json.dumps({**ev.metrics, "loss": ev.loss, "epoch": epoch}))}  # fmt: skip
-            with tempfile.TemporaryDirectory() as d:
-                state = loop.checkpoint_state(model, optimizer, scheduler, epoch, stopper, config,
-                                              config["delta_version"], scaler)  # fmt: skip
-                torch.save(state, Path(d) / STATE)
-                (Path(d) / HISTORY).write_text(json.dumps(history))
-                if best_state is not None:
-                    torch.save(best_state, Path(d) / BEST)
-                    np.savez(Path(d) / PREDICTIONS, **best_pred)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    def __init__(self, config: dict, report: Callable | None):
+        self.config, self.report = config, report
+        if report is None:
+            import ray.train
+            import ray.train.torch
+
+            ctx = ray.train.get_context()
+            self.rank, self.world, self.device = ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
         else:
-            ray.train.report(metrics)
-        if stopper.stop:
-            break
-    if writer is not None:
-        writer.close()
+            cuda = config.get("use_gpu") and torch.cuda.is_available()
+            self.rank, self.world, self.device = 0, 1, torch.device("cuda" if cuda else "cpu")
+        self.gold = Gold.open(config["table"], config["version"])
+        self.images = self.gold.kind == "images"
+        self.history: dict[str, list[dict]] = {}
+        self.results: dict[str, dict] = {}
+
+    def allreduce(self, t: torch.Tensor) -> torch.Tensor:
+        torch.distributed.all_reduce(t)
+        return t
+
+    def gather(self, value):
+        """Every worker's ``value``, in rank order (one worker: just its own)."""
+        if self.world == 1:
+            return [value]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, value)
+        return out
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        c = self.config
+        self.rows = data.load(self.gold, self.rank, self.world, levels=c.get("levels"))
+        phases = [[Slot(**s) for s in c["slots"]]] if c["slots"] else []
+        final = Slot(self.gold.folds, final=True)
+        if c.get("final"):
+            phases.append([final])
+        state = self._restore()
+        start_phase = state["phase"] if state else 0
+        for p in range(start_phase, len(phases)):
+            slots = phases[p]
+            epochs = c["epochs"]
+            if slots == [final]:
+                epochs = c.get("final_epochs") or self._final_epochs()
+                self.results.setdefault("final_epochs", {"epochs": epochs})
+            self._phase(p, slots, epochs, state if p == start_phase else None)
+        return self.results
+
+    def _final_epochs(self) -> int:
+        """The final model trains for the folds' mean best epoch (1-based)."""
+        best = [r["metrics"]["epoch"] for name, r in self.results.items() if name.startswith("fold-")]
+        return max(1, round(float(np.mean(best))) + 1) if best else self.config["epochs"]
+
+    def _phase(self, phase: int, slots: list[Slot], epochs: int, state: dict | None) -> None:
+        c, rows, folds = self.config, self.rows, self.gold.folds
+        final = [s.final for s in slots]
+        masks = [s.masks(rows.contract, folds) for s in slots]
+        train_m = torch.from_numpy(np.stack([m[0] for m in masks]))
+        val_m = torch.from_numpy(np.stack([m[1] for m in masks]))
+        models_ = self._build(slots, train_m, epochs)
+        start, resumed = 0, None
+        best: list[dict | None] = [None] * len(slots)
+        if state is not None:
+            for s, saved in zip(models_, state["slots"], strict=True):
+                s.load_state_dict(saved)
+            start = resumed = int(state["epoch"]) + 1
+            best = state["best"]
+        union = train_m.any(0).nonzero().squeeze(1)
+        steps = len(loop.batches_of(union, c["batch_size"]))
+        if self.world > 1:  # every worker takes the same number of steps
+            steps = self._min_reduce(steps)
+        train_tf = augment.augmenter(c["size"], c["channels"], c["flip"]) if self.images else None
+        val_tf = augment.normalise if self.images else None
+        mix = augment.mixer(c.get("mix"), c["classes"]) if self.images else None
+        writers = self._writers(slots, start)
+        val_ids = [rows.ids[m.numpy()] for m in val_m]
+        val_y = [rows.y[m].numpy() for m in val_m]
+        for epoch in range(start, epochs):
+            if all(s.stopped for s in models_):
+                break
+            torch.manual_seed(c["seed"] * 1000 + epoch)  # dropout and augmentation, the same on a resumed run
+            order = union[torch.randperm(len(union), generator=torch.Generator().manual_seed(
+                c["seed"] + 7919 * epoch + 104729 * self.rank))]  # fmt: skip
+            losses = loop.train_epoch(models_, rows.x, rows.y, train_m, order, c["batch_size"], self.device,
+                                      transform=train_tf, mix=mix, steps=steps,
+                                      allreduce=self.allreduce if self.world > 1 else None)  # fmt: skip
+            probs = loop.evaluate(models_, rows.x, val_m, 4 * c["batch_size"], self.device, c["classes"],
+                                  transform=val_tf)  # fmt: skip
+            gathered = self.gather([(val_ids[i], val_y[i], probs[i]) for i in range(len(slots))])
+            if c.get("crash_at_epoch") == epoch and phase == 0 and not Path(c["crash_marker"]).exists():
+                # Tests: the worker process dies mid-run, once. Ray Train's controller collects reports on its
+                # health check (every 2 s); the delay lets it register the last checkpoint, as any real epoch would.
+                time.sleep(6)
+                Path(c["crash_marker"]).write_text(str(epoch))
+                os._exit(1)
+            for i, (slot, s) in enumerate(zip(slots, models_, strict=True)):
+                if s.stopped:
+                    continue
+                ids = np.concatenate([g[i][0] for g in gathered])
+                y = np.concatenate([g[i][1] for g in gathered])
+                p = np.concatenate([g[i][2] for g in gathered])
+                ev = loop.score(y, p, c["classes"])
+                improved = s.stopper.step(ev.loss, epoch) or final[i]
+                s.stopped = s.stopper.stop and not final[i]
+                metrics = {"epoch": epoch, "train_loss": losses[i], "val_loss": ev.loss, "val_rows": len(ids),
+                           **{f"val_{k}": v for k, v in ev.metrics.items()}, "best_epoch": s.stopper.best_epoch,
+                           "resumed_from": resumed}  # fmt: skip
+                self.history.setdefault(slot.name, []).append(metrics)
+                if improved:
+                    module = s.model
+                    best[i] = {"weights": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+                               "ids": ids, "labels": y, "probabilities": p, "confusion": ev.confusion,
+                               "metrics": {**ev.metrics, "loss": ev.loss, "epoch": epoch}}  # fmt: skip
+                if writers:
+                    for key, value in _scalars(metrics).items():
+                        writers[i].add_scalar(key, value, epoch)
+                    writers[i].flush()  # readable while the run goes on, and complete if the worker dies next
+            self._collect(slots, best, train_m)
+            self._report(phase, epoch, slots, models_, best)
+        for w in writers:
+            w.close()
+        self._collect(slots, best, train_m)
+
+    def _min_reduce(self, value: int) -> int:
+        t = torch.tensor([float(value)])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return int(t.item())
+
+    def _build(self, slots: list[Slot], train_m: torch.Tensor, epochs: int) -> list[loop.SlotModel]:
+        """One model per slot, initialised from a seed of its own (a slot trained alone starts the same)."""
+        c = self.config
+        stats = None
+        if not self.images:
+            sums = data.slot_statistics(self.rows.x, self.rows.numeric, train_m)
+            if self.world > 1:
+                sums = {k: self.allreduce(v) for k, v in sums.items()}
+            stats = data.finish_statistics(sums)
+        union = int(self._sum(train_m.any(0).sum().item()))
+        steps = max(1, -(-union // (c["batch_size"] * self.world)))
+        out = []
+        for i, slot in enumerate(slots):
+            torch.manual_seed(c["seed"] + zlib.crc32(slot.name.encode()) % 100_003)
+            net = models.build(self.gold.kind, inputs=c["inputs"], classes=c["classes"], channels=c["channels"] or 3,
+                               size=c["size"] or 32, name=c.get("model"), hidden=tuple(c["hidden"]),
+                               dropout=c["dropout"])  # fmt: skip
+            if stats is not None:
+                net = torch.nn.Sequential(SlotInput(stats[0][i], stats[1][i], stats[2][i]), net)
+            net = net.to(self.device)
+            optimizer = loop.make_optimizer(net, c["lr"], c["weight_decay"])
+            scheduler = loop.cosine_with_warmup(optimizer, min(steps, c["warmup_steps"]), steps * epochs)
+            scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" and c["amp"] else None
+            patience = 10**9 if slot.final else c["patience"]
+            out.append(loop.SlotModel(net, optimizer, scheduler, loop.EarlyStopping(patience=patience), scaler))
+        return out
+
+    def _sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        return float(self.allreduce(torch.tensor([float(value)], dtype=torch.float64)).item())
+
+    def _collect(self, slots: list[Slot], best: list[dict | None], train_m: torch.Tensor) -> None:
+        train_rows = [int(self._sum(int(m.sum()))) for m in train_m] if self.world > 1 else [int(m.sum()) for m in train_m]
+        for i, slot in enumerate(slots):
+            if best[i] is None:
+                continue
+            history = self.history.get(slot.name, [])
+            self.results[slot.name] = {**best[i], "train_rows": train_rows[i], "history": history,
+                                       "resumed": any(h.get("resumed_from") is not None for h in history)}  # fmt: skip
+
+    # -- checkpoints and reports ----------------------------------------------------------------------
+    def _report(self, phase: int, epoch: int, slots: list[Slot], models_: list[loop.SlotModel],
+                best: list[dict | None]) -> None:  # fmt: skip
+        c = self.config
+        scores = [b["metrics"][c["metric"]] for b in best if b is not None]
+        summary = {"phase": phase, "epoch": epoch, "active": sum(not s.stopped for s in models_),
+                   c["report_key"]: float(np.nanmean(scores)) if scores and not np.all(np.isnan(scores)) else float("nan")}  # fmt: skip
+        if self.report is not None:  # a search trial: Tune's report, no checkpoint
+            self.report(summary)
+            return
+        import ray.train
+
+        if self.rank != 0:
+            ray.train.report(summary)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            state = {"phase": phase, "epoch": epoch, "slots": [s.state_dict() for s in models_],
+                     "best": [None if b is None else {k: v for k, v in b.items() if k != "weights"} for b in best]}  # fmt: skip
+            torch.save(_tensors(state), Path(d) / STATE)
+            for i, b in enumerate(best):
+                if b is not None:
+                    torch.save(b["weights"], Path(d) / best_file(i))
+            (Path(d) / HISTORY).write_text(json.dumps(self.history))
+            save_results(self.results, Path(d))
+            ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def _restore(self) -> dict | None:
+        """The latest checkpoint's state (Ray Train restarted the worker group), or None."""
+        if self.report is not None:
+            return None
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return None
+        with checkpoint.as_directory() as d:
+            state = _arrays(torch.load(Path(d) / STATE, map_location="cpu", weights_only=True))
+            self.history = json.loads((Path(d) / HISTORY).read_text())
+            self.results = load_results(Path(d))
+            for i, b in enumerate(state["best"]):
+                if b is not None:
+                    b["weights"] = torch.load(Path(d) / best_file(i), map_location="cpu", weights_only=True)
+        return state
+
+    def _writers(self, slots: list[Slot], start: int) -> list:
+        """Rank 0's event-file writer per slot; ``purge_step`` drops the points a restarted run redoes."""
+        if self.rank != 0 or not self.config.get("tensorboard_dir"):
+            return []
+        from torch.utils.tensorboard import SummaryWriter
+
+        root = Path(self.config["tensorboard_dir"])
+        return [SummaryWriter(log_dir=str(root / s.name), purge_step=start or None) for s in slots]
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    """The per-epoch figures TensorBoard plots (losses and validation metrics; NaN ROC-AUC is left out)."""
+    return {k: float(v) for k, v in metrics.items()
+            if k not in ("epoch", "best_epoch", "resumed_from", "val_rows") and isinstance(v, (int, float))
+            and not isinstance(v, bool) and v == v}  # fmt: skip
+
+
+def _tensors(value):
+    """numpy arrays → tensors (strings → lists), so a checkpoint loads with ``weights_only=True``."""
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.dtype.kind in "US" else torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, dict):
+        return {k: _tensors(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_tensors(v) for v in value)
+    return value
+
+
+def _arrays(value):
+    """The inverse of ``_tensors`` for the saved predictions (tensors stay tensors in model states)."""
+    if isinstance(value, dict):
+        out = {k: _arrays(v) for k, v in value.items()}
+        for key in ("ids", "labels", "probabilities"):
+            if key in out and not isinstance(out[key], np.ndarray):
+                out[key] = np.asarray(out[key].numpy() if isinstance(out[key], torch.Tensor) else out[key])
+        return out
+    if isinstance(value, list):
+        return [_arrays(v) for v in value]
+    return value
+
+
+def save_results(results: dict, folder: Path) -> None:
+    """Each finished slot's result: scalars and history in ``results.json``, its validation rows' ids, labels
+    and probabilities in ``results-<k>.npz``, the final model's weights in ``results-<k>.pt``."""
+    names = sorted(k for k in results if k != "final_epochs")
+    (folder / RESULTS).write_text(json.dumps({"names": names, "final_epochs": results.get("final_epochs"),
+                                              "results": {n: {k: v for k, v in results[n].items()
+                                                              if k not in PER_ROW and k != "weights"}
+                                                          for n in names}}, default=float))  # fmt: skip
+    for k, name in enumerate(names):
+        r = results[name]
+        np.savez(folder / f"results-{k}.npz", ids=np.asarray(r["ids"], dtype=np.str_), labels=np.asarray(r["labels"]),
+                 probabilities=np.asarray(r["probabilities"]))  # fmt: skip
+        if name == "final" and "weights" in r:
+            torch.save(r["weights"], folder / f"results-{k}.pt")
+
+
+def load_results(folder: Path) -> dict:
+    saved = json.loads((folder / RESULTS).read_text())
+    out: dict = {"final_epochs": saved["final_epochs"]} if saved.get("final_epochs") else {}
+    for k, name in enumerate(saved["names"]):
+        with np.load(folder / f"results-{k}.npz", allow_pickle=False) as arrays:
+            out[name] = {**saved["results"][name], **{key: arrays[key] for key in PER_ROW}}
+        if (folder / f"results-{k}.pt").is_file():
+            out[name]["weights"] = torch.load(folder / f"results-{k}.pt", map_location="cpu", weights_only=True)
+    return out

@@ -56,9 +56,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("training").setLevel(logging.INFO)  # one line per fold of a trial and per trial
     from training import runtime
-    from training.cv import Settings
+    from training.contract import SearchSettings as Search
+    from training.contract import TrainSettings as Settings
     from training.gold import Gold
-    from training.search import Search, run
+    from training.search import run
 
     rows, runs = [], {}
     with tempfile.TemporaryDirectory() as d:

@@ -1,10 +1,10 @@
 """Training benchmarks, each figure beside its peer in the same run.
 
-(a) Ingestion: rows per second that the training data path delivers (``ray.data.read_delta``
-    at a pinned version → fold 0's training rows → standardised float32 tensors in batches)
-    against a raw pyarrow scan of the same Parquet files into the same tensors.
-(b) Cross-validation scaling: k=5 folds run concurrently (slots planned from the cluster)
-    against the same folds one at a time, and against the ideal (one fold × k / slots).
+(a) Ingestion: rows per second that a training step receives (the engine's data path: the
+    pinned snapshot's Parquet files read by pyarrow, float32 built once, shared batches of the
+    rows any slot trains on) against a raw pyarrow scan of the same files into the same tensors.
+(b) One pass, many models: 5-fold cross-validation plus the final model in one run against one
+    fold trained alone in the same run (one worker group each; target ≤ 1.5×).
 (c) Image model throughput: ResNet-18 training images per second through the real loop, on
     the GPU when there is one (with its utilisation), else on the CPU.
 
@@ -61,9 +61,9 @@ def ingestion(gold_path: str, features: int, batch: int) -> list[list]:
     import torch
     from deltalake import DeltaTable
 
-    from training import data
+    from training import data, loop
+    from training.engine import cv_slots
     from training.gold import Gold
-    from training.worker import _batches
 
     gold = Gold.open(gold_path)
     files = DeltaTable(gold_path, version=gold.version).file_uris()
@@ -77,46 +77,52 @@ def ingestion(gold_path: str, features: int, batch: int) -> list[list]:
     raw = time.perf_counter() - start
 
     start = time.perf_counter()
-    train, _, _ = data.fold_datasets(gold, 0, cache=False)  # lazy, after the encoder's one fitting pass
-    fit = time.perf_counter() - start
-    start = time.perf_counter()
+    rows = data.load(gold)  # what each worker does once: its files, float32 once
+    masks = torch.from_numpy(np.stack([s.masks(rows.contract, gold.folds)[0] for s in cv_slots(gold.folds)]))
+    union = masks.any(0).nonzero().squeeze(1)
+    loaded = time.perf_counter() - start
     delivered = 0
-    for x, _ in _batches(train, batch):  # exactly what each Ray Train worker iterates
-        delivered += len(x)
-    ours = time.perf_counter() - start
-    total = DeltaTable(gold_path, version=gold.version).to_pyarrow_dataset().count_rows()
+    for pick in loop.batches_of(union[torch.randperm(len(union))], batch):  # exactly what train_epoch iterates
+        xb, yb, mb = rows.x[pick], rows.y[pick], masks[:, pick]
+        delivered += len(xb) if len(yb) == mb.shape[1] else 0
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for pick in loop.batches_of(union[torch.randperm(len(union))], batch):  # a later epoch: no read
+        xb, yb, mb = rows.x[pick], rows.y[pick], masks[:, pick]
+    later = time.perf_counter() - start
+    rate = scanned / raw
     return [
-        ["raw pyarrow scan → tensors (all rows)", scanned, round(raw, 2), round(scanned / raw), "", 1.0],
-        ["fulcrum fold 0 training set (rows delivered)", delivered, round(ours, 2), round(delivered / ours),
-         f"encoder fit {fit:.1f} s", round(delivered / ours / (scanned / raw), 3)],
-        ["fulcrum, gold rows read per second", total, round(ours, 2), round(total / ours), "", round(total / ours / (scanned / raw), 3)],
+        ["raw pyarrow scan → tensors (all rows)", scanned, round(raw, 2), round(rate), "", 1.0],
+        ["fulcrum, first epoch (read + float32 once + batches)", delivered, round(first, 2), round(delivered / first),
+         f"read {loaded:.1f} s", round(delivered / first / rate, 3)],
+        ["fulcrum, every later epoch (batches from memory)", delivered, round(later, 2), round(delivered / later), "",
+         round(delivered / later / rate, 3)],
     ]  # fmt: skip
 
 
-def scaling(gold_path: str, epochs: int, out: Path) -> tuple[list[list], dict]:
+def one_pass(gold_path: str, epochs: int, out: Path) -> tuple[list[list], dict]:
     import ray
 
-    from training.cv import Settings, cross_validate, run_fold
+    from training.contract import TrainSettings
+    from training.cv import cross_validate, run_slots
+    from training.engine import Slot
     from training.gold import Gold
 
     gold = Gold.open(gold_path)
-    s = Settings(epochs=epochs, batch_size=256, patience=epochs, warmup_steps=5, hidden=(64, 32))
+    s = TrainSettings(epochs=epochs, batch_size=256, patience=epochs, warmup_steps=5, hidden=(64, 32), tensorboard=False)
     cpus = ray.cluster_resources()["CPU"]
     start = time.perf_counter()
-    run_fold(gold, s, 0, out / "one", cpus_per_worker=0.5)
+    run_slots(gold, s, [Slot(0)], out / "one", cpus_per_worker=0.5)
     one = time.perf_counter() - start
-    sequential = cross_validate(gold, Settings(**{**s.__dict__, "concurrency": 1}), out / "seq")
-    concurrent = cross_validate(gold, s, out / "par")
-    slots = concurrent["concurrent_folds"]
-    ideal = one * math.ceil(FOLDS / slots)
+    start = time.perf_counter()
+    cv = cross_validate(gold, s, out / "cv")
+    everything = time.perf_counter() - start
     rows = [
-        ["one fold alone", 1, round(one, 1), "", ""],
-        [f"{FOLDS} folds, one at a time", 1, sequential["cv_seconds"], round(one * FOLDS, 1),
-         round(one * FOLDS / sequential["cv_seconds"], 2)],
-        [f"{FOLDS} folds concurrently", slots, concurrent["cv_seconds"], round(ideal, 1),
-         round(ideal / concurrent["cv_seconds"], 2)],
+        ["one fold alone (its own worker group)", 1, round(one, 1), 1.0, ""],
+        [f"{FOLDS} folds + the final model (one worker group)", FOLDS + 1, round(everything, 1),
+         round(everything / one, 2), "target ≤ 1.5"],
     ]  # fmt: skip
-    return rows, {"cluster_cpus": cpus, "speedup_vs_sequential": round(sequential["cv_seconds"] / concurrent["cv_seconds"], 2)}
+    return rows, {"cluster_cpus": cpus, "ratio": round(everything / one, 2), "cv_seconds": cv["cv_seconds"]}
 
 
 def image_model(images: int, size: int, batch: int) -> list[list]:
@@ -135,16 +141,19 @@ def image_model(images: int, size: int, batch: int) -> list[list]:
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     tf = augment.augmenter(size, 3, True)
 
-    def batches():
-        for i in range(0, images, batch):
-            yield tf(x[i : i + batch]), y[i : i + batch]
+    slot = [loop.SlotModel(model, opt, sched, loop.EarlyStopping(), scaler)]
+    every = torch.ones(1, images, dtype=torch.bool)
 
-    loop.train_epoch(model, batches(), opt, sched, device, scaler=scaler)  # warm-up (cuDNN autotune, allocator)
+    def epoch():
+        return loop.train_epoch(slot, x, y, every, torch.arange(images), batch, device,
+                                transform=lambda xb: tf(xb))  # fmt: skip
+
+    epoch()  # warm-up (cuDNN autotune, allocator)
     util = None
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    loop.train_epoch(model, batches(), opt, sched, device, scaler=scaler)
+    epoch()
     if device.type == "cuda":
         torch.cuda.synchronize()
         try:
@@ -163,7 +172,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--cv-rows", type=int, default=20_000, help="gold rows for (b)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per fold for (b)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per fold for (b)")
     parser.add_argument("--images", type=int, default=None, help="images for (c) (default: 512 CPU, 20000 GPU)")
     args = parser.parse_args()
 
@@ -185,10 +194,10 @@ def main() -> None:
         report("training_ingestion", f"(a) training data path vs raw pyarrow scan: {args.rows:,} gold rows × "
                f"{args.features} features, batches of {args.batch}",
                ["path", "rows", "seconds", "rows/s", "note", "vs raw scan"], a)  # fmt: skip
-        b, extra = scaling(str(tmp / "small"), args.epochs, tmp / "cv")
-        report("training_cv_scaling", f"(b) cross-validation scaling: {args.cv_rows:,} rows, {FOLDS} folds × "
+        b, extra = one_pass(str(tmp / "small"), args.epochs, tmp / "cv")
+        report("training_one_pass", f"(b) one pass, many models: {args.cv_rows:,} rows, {FOLDS} folds + final × "
                f"{args.epochs} epochs, {extra['cluster_cpus']:g} logical CPUs",
-               ["run", "folds at once", "seconds", "ideal seconds", "ideal / measured"], b, extra)  # fmt: skip
+               ["run", "models", "seconds", "× one fold alone", "target"], b, extra)  # fmt: skip
     finally:
         runtime.shutdown()
     gpu = torch.cuda.is_available()

@@ -1,14 +1,17 @@
-"""Training from gold on real local Ray (Ray Data, Ray Train, Ray Tune) and real PyTorch, tiny data."""
+"""The training engine on a real gold table: real Delta files, real PyTorch, real local Ray Train."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from training import data
 from training.contract import TrainSettings as Settings
-from training.cv import plan_concurrency, run_fold
+from training.cv import plan_concurrency, run_slots, slot_config
+from training.engine import Slot, cv_slots
 from training.gold import Gold, GoldError
+from training.worker import train_slots
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray]
 
@@ -19,77 +22,115 @@ def _rows(path: str) -> dict[str, dict]:
     return {r["sample_id"]: r for r in DeltaTable(path).to_pyarrow_table().to_pylist()}
 
 
-def test_fold_batches_hold_exactly_the_contracts_rows(ray_local, cancer_gold):
+def _in_process(gold: Gold, s: Settings, slots: list[Slot], out, final: bool = False) -> dict:
+    """The engine in this process, as a search trial runs it (no Ray Train; one worker, the CPU)."""
+    reports = []
+    results = train_slots(slot_config(gold, s, slots, out, final=final), report=reports.append)
+    assert results is not None, (out / "error.json").read_text()
+    return {**results, "reports": reports}
+
+
+def test_each_slots_rows_follow_the_contract_and_its_own_statistics(cancer_gold):
     gold = Gold.open(cancer_gold)
     rows = _rows(cancer_gold)
     assert gold.folds == 2 and gold.classes == ("benign", "malignant") and gold.kind == "tabular"
+    loaded = data.load(gold)
+    assert loaded.x.dtype == torch.float32 and len(loaded) == len(rows)
+    assert loaded.x.shape[1] == data.width(gold, data.vocabulary(gold)) == len(gold.numeric) + 3  # texture: 3 one-hot
     for f in range(gold.folds + 1):
-        train, val, width = data.fold_datasets(gold, f)
-        assert width == len(gold.numeric) + 3  # texture_grade one-hot: low, mid, high
-        seen_train = [i for b in train.iter_batches(batch_size=64, batch_format="numpy") for i in b["sample_id"]]
-        seen_val = [i for b in val.iter_batches(batch_size=64, batch_format="numpy") for i in b["sample_id"]]
-        for sid in seen_train:
+        train, val = Slot(f, final=f == gold.folds).masks(loaded.contract, gold.folds)
+        for sid in loaded.ids[train]:
             r = rows[sid]
-            if r["synthetic_for"] is None:
-                assert r["fold"] not in (f, -1), r
-            else:
-                assert r["synthetic_for"] == f, r  # no synthetic row made for another fold
-        for sid in seen_val:  # real rows of this fold only (for the final model: the test part)
-            assert rows[sid]["synthetic_for"] is None and rows[sid]["fold"] == (f if f < gold.folds else -1)
-        assert len(seen_val) == len(set(seen_val))
+            assert r["fold"] not in (f, -1) if r["synthetic_for"] is None else r["synthetic_for"] == f, r
         expected = {s for s, r in rows.items() if r["synthetic_for"] is None and r["fold"] == (f if f < 2 else -1)}
-        assert set(seen_val) == expected  # every validation row, exactly once
-        batch = next(iter(train.iter_batches(batch_size=1000, batch_format="numpy")))
-        assert batch["x"].dtype == np.float32 and abs(batch["x"][:, 0].mean()) < 0.2  # standardised on train
+        assert sorted(loaded.ids[val]) == sorted(expected)  # every validation row, exactly once
+    masks = torch.from_numpy(np.stack([Slot(f).masks(loaded.contract, 2)[0] for f in range(2)]))
+    mean, std, keep = data.finish_statistics(data.slot_statistics(loaded.x, loaded.numeric, masks))
+    from training.engine import SlotInput
+
+    for f in range(2):  # each slot standardises with its own training rows' statistics
+        seen = SlotInput(mean[f], std[f], keep[f])(loaded.x[masks[f]])[:, : loaded.numeric]
+        assert seen.mean(0).abs().max() < 1e-3 and (seen.std(0) - 1).abs().max() < 0.05
+        assert mean[0][0] != mean[1][0]
 
 
-def test_a_workers_shard_is_kept_in_memory_after_the_first_epoch_when_it_fits(ray_local):
-    import ray
+def test_slots_stop_on_their_own_and_a_fold_among_k_matches_it_alone(cancer_gold, tmp_path):
+    gold = Gold.open(cancer_gold)
+    s = Settings(epochs=14, batch_size=32, hidden=(32,), patience=2, warmup_steps=4, tensorboard=False)
+    together = _in_process(gold, s, cv_slots(2), tmp_path / "k")
+    for f in range(2):  # each slot stopped exactly when its own validation loss ran out of patience
+        losses = [h["val_loss"] for h in together[f"fold-{f}"]["history"]]
+        best, bad, stop = np.inf, 0, len(losses)
+        for epoch, loss in enumerate(losses):
+            best, bad = (loss, 0) if loss < best else (best, bad + 1)
+            if bad >= s.patience:
+                stop = epoch + 1
+                break
+        assert len(losses) == stop
+    alone = _in_process(gold, s, [Slot(0)], tmp_path / "one")
+    scores = [together[f"fold-{f}"]["metrics"]["accuracy"] for f in range(2)]
+    spread = max(float(np.std(scores)), 0.02)
+    assert abs(alone["fold-0"]["metrics"]["accuracy"] - scores[0]) <= spread  # within the folds' spread
+    assert alone["fold-0"]["train_rows"] == together["fold-0"]["train_rows"]
 
-    from training.worker import ShardCache
 
-    n = 300
-    ds = ray.data.from_items([{"x": np.full(4, i, np.float32), "y": i % 3, "sample_id": f"s{i}"} for i in range(n)])
-    cache = ShardCache(ds, 64, limit_mb=1, shuffle=True, with_ids=True, seed=1)
-    first = [b for b in cache.epoch(0)]
-    assert cache.parts is not None and not cache.streaming
-    second = [b for b in cache.epoch(1)]
-    ids = lambda batches: [i for b in batches for i in b[2]]  # noqa: E731
-    assert sorted(ids(first)) == sorted(ids(second)) == sorted(f"s{i}" for i in range(n))  # every row, once
-    assert ids(second) != ids(list(cache.epoch(2)))  # reshuffled every epoch (seeded)
-    for x, y, sid in second:  # rows stay whole: features, label and id move together
-        assert all(int(x[r, 0]) == int(s[1:]) and int(y[r]) == int(s[1:]) % 3 for r, s in enumerate(sid))
-    tiny = ShardCache(ds, 64, limit_mb=0.001, shuffle=False)
-    assert sum(len(b[0]) for b in tiny.epoch(0)) == n and tiny.parts is None and tiny.streaming
-    assert sum(len(b[0]) for b in tiny.epoch(1)) == n  # streamed again
+def test_the_same_seed_and_gold_version_give_the_same_predictions(cancer_gold, tmp_path):
+    """Deterministic on the CPU: two runs flag the same rows in the audit."""
+    gold = Gold.open(cancer_gold)
+    s = Settings(epochs=3, batch_size=32, patience=5, warmup_steps=2, tensorboard=False)
+    a = _in_process(gold, s, cv_slots(2), tmp_path / "a")
+    b = _in_process(gold, s, cv_slots(2), tmp_path / "b")
+    for f in range(2):
+        assert np.array_equal(a[f"fold-{f}"]["ids"], b[f"fold-{f}"]["ids"])
+        assert np.array_equal(a[f"fold-{f}"]["probabilities"], b[f"fold-{f}"]["probabilities"])
 
 
-def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, cancer_gold, tmp_path):
+def test_a_killed_worker_resumes_every_slot_from_the_checkpoint(ray_local, cancer_gold, tmp_path):
     gold = Gold.open(cancer_gold)
     s = Settings(epochs=3, batch_size=64, patience=10, warmup_steps=2, max_failures=1)
-    result = run_fold(gold, s, 0, tmp_path, cpus_per_worker=0.5, crash_at_epoch=1)
-    assert (tmp_path / "crashed-0").read_text() == "1"  # the worker process really died at epoch 1
-    assert result["resumed"]
-    assert [h["epoch"] for h in result["history"]] == [0, 1, 2]  # epoch 0 from the first worker, not redone
-    assert [h["resumed_from"] for h in result["history"]] == [None, 1, 1]
-    # TensorBoard: rank 0's event files hold every epoch once, across the restart (the redone epoch purged).
+    results = run_slots(gold, s, cv_slots(2), tmp_path, final=True, cpus_per_worker=0.5, crash_at_epoch=1)
+    assert (tmp_path / "crashed").read_text() == "1"  # the worker process really died at epoch 1
+    for name in ("fold-0", "fold-1"):
+        r = results[name]
+        assert r["resumed"]
+        assert [h["epoch"] for h in r["history"]] == [0, 1, 2]  # epoch 0 from the first worker, not redone
+        assert [h["resumed_from"] for h in r["history"]] == [None, 1, 1]
+    assert [h["epoch"] for h in results["final"]["history"]] == list(range(results["final_epochs"]["epochs"]))
+    assert "weights" in results["final"]
+    # TensorBoard: rank 0's event files hold every epoch of each slot once, across the restart (purged, redone).
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / "tensorboard" / "fold-0")).Reload()
-    assert {"train_loss", "val_loss", "val_accuracy", "val_macro_f1"} <= set(events.Tags()["scalars"])
-    losses = events.Scalars("train_loss")
-    assert [e.step for e in losses] == [0, 1, 2]
-    assert [round(e.value, 4) for e in losses] == [round(h["train_loss"], 4) for h in result["history"]]
+    for name in ("fold-0", "fold-1"):
+        events = EventAccumulator(str(tmp_path / "tensorboard" / name)).Reload()
+        assert {"train_loss", "val_loss", "val_accuracy", "val_macro_f1"} <= set(events.Tags()["scalars"])
+        losses = events.Scalars("train_loss")
+        assert [e.step for e in losses] == [0, 1, 2]
+        assert [round(e.value, 4) for e in losses] == [round(h["train_loss"], 4) for h in results[name]["history"]]
 
 
-def test_a_training_set_that_ends_in_a_batch_of_one_row_trains(ray_local, cancer_gold, tmp_path):
-    """A fold of batch_size·k + 1 rows (the 64k+1 crash on real data): the last row joins the batch before it."""
+def test_two_workers_score_every_validation_row_once_per_slot(ray_local, cancer_gold, tmp_path):
     gold = Gold.open(cancer_gold)
-    rows = data.fold_datasets(gold, 0)[0].count()
-    s = Settings(epochs=1, batch_size=rows - 1, patience=10, warmup_steps=1, tensorboard=False)
-    assert rows % s.batch_size == 1
-    result = run_fold(gold, s, 0, tmp_path, cpus_per_worker=0.5)
-    assert result["train_rows"] == rows and np.isfinite(result["history"][0]["train_loss"])
+    rows = _rows(cancer_gold)
+    s = Settings(epochs=2, batch_size=32, workers=2, warmup_steps=1, tensorboard=False)
+    results = run_slots(gold, s, cv_slots(2), tmp_path, cpus_per_worker=0.5)
+    for f in range(2):
+        ids = results[f"fold-{f}"]["ids"]
+        expected = {i for i, r in rows.items() if r["synthetic_for"] is None and r["fold"] == f}
+        assert len(ids) == len(set(ids)) and set(ids) == expected
+        assert results[f"fold-{f}"]["train_rows"] == sum(
+            (r["synthetic_for"] == f) if r["synthetic_for"] is not None else r["fold"] not in (f, -1)
+            for r in rows.values())  # fmt: skip
+
+
+def test_a_training_set_that_ends_in_a_batch_of_one_row_trains(cancer_gold, tmp_path):
+    """Shared batches of batch_size·k + 1 rows (the 64k+1 crash on real data): the last row joins the batch
+    before it; a slot with one row in a batch trains on it twice."""
+    gold = Gold.open(cancer_gold)
+    loaded = data.load(gold)
+    union = int(np.stack([Slot(f).masks(loaded.contract, 2)[0] for f in range(2)]).any(0).sum())
+    s = Settings(epochs=1, batch_size=union - 1, patience=10, warmup_steps=1, tensorboard=False)
+    result = _in_process(gold, s, cv_slots(2), tmp_path)
+    assert np.isfinite(result["fold-0"]["history"][0]["train_loss"])
 
 
 def test_a_deterministic_error_in_the_training_function_is_not_retried(ray_local, cancer_gold, tmp_path):
@@ -99,8 +140,8 @@ def test_a_deterministic_error_in_the_training_function_is_not_retried(ray_local
     gold = Gold.open(cancer_gold)
     s = Settings(epochs=2, model="resnet18", max_failures=2, tensorboard=False)  # resnet18 on a tabular table
     with pytest.raises(TrainingError, match="fold-0: training failed with ValueError: model resnet18 needs an image"):
-        run_fold(gold, s, 0, tmp_path, cpus_per_worker=0.5)
-    error = read_error(tmp_path / "error-fold-0.json")
+        run_slots(gold, s, [Slot(0)], tmp_path, cpus_per_worker=0.5)
+    error = read_error(tmp_path / "error.json")
     assert error["attempts"] == 1 and "Traceback" in error["traceback"]  # one attempt of max_failures + 1
 
 
@@ -123,6 +164,6 @@ def test_a_search_that_cannot_run_is_refused_before_ray_starts(cancer_gold, caps
     from training.__main__ import main
 
     assert main(["--table", cancer_gold, "--search-trials", "3", "--search-folds", "3"]) == 2
-    assert "search folds must be between 1 and the table's 2 folds" in capsys.readouterr().err
+    assert "search.folds must be between 1 and the table's 2 folds" in capsys.readouterr().err
     assert main(["--table", cancer_gold, "--search-trials", "3", "--search-lr", "0.1,0.001"]) == 2
-    assert "search lr must be a range" in capsys.readouterr().err
+    assert "search.lr must be [low, high] with 0 < low <= high" in capsys.readouterr().err

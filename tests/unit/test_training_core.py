@@ -53,24 +53,66 @@ def test_models_fit_their_inputs():
         models.build("tabular", inputs=3, classes=2, name="resnet18")
 
 
+def _slot(model, lr=1e-2, total=80) -> loop.SlotModel:
+    opt = loop.make_optimizer(model, lr=lr, weight_decay=1e-4)
+    return loop.SlotModel(model, opt, loop.cosine_with_warmup(opt, 8, total), loop.EarlyStopping(patience=3))
+
+
+class Recorder(torch.nn.Module):
+    """Records the row numbers (feature 0) it is trained on, then passes the other features on."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.seen = net, []
+
+    def forward(self, x):
+        if self.training:
+            self.seen += x[:, 0].long().tolist()
+        return self.net(x[:, 1:])
+
+
+def test_each_slot_trains_on_exactly_its_masks_rows_of_the_shared_batches():
+    """On a literal gold table: every slot (the folds, the final model) trains on its training mask's rows,
+    each once per epoch, never a validation row or another fold's synthetic row."""
+    from training.engine import Slot
+
+    t = gold_rows()
+    slots = [Slot(0), Slot(1), Slot(2), Slot(3, final=True)]
+    masks = torch.from_numpy(np.stack([s.masks(t, 3)[0] for s in slots]))
+    x = torch.cat([torch.arange(t.num_rows, dtype=torch.float32)[:, None], torch.randn(t.num_rows, 2)], dim=1)
+    y = torch.randint(0, 2, (t.num_rows,))
+    torch.manual_seed(0)
+    models_ = [_slot(Recorder(models.build("tabular", inputs=2, classes=2, hidden=(4,)))) for _ in slots]
+    order = masks.any(0).nonzero().squeeze(1)
+    losses = loop.train_epoch(models_, x, y, masks, order[torch.randperm(len(order))], 3, torch.device("cpu"))
+    ids = t.column("sample_id").to_pylist()
+    for s, m, mask in zip(slots, models_, masks, strict=True):
+        seen = sorted({ids[i] for i in m.model.seen})
+        assert seen == sorted(chosen(mask.numpy(), t)), s  # e.g. fold 0: b, c, s0
+        assert sorted(set(m.model.seen)) == sorted(mask.nonzero().squeeze(1).tolist())
+    assert all(np.isfinite(losses))
+    models_[1].stopped = True  # a stopped slot trains no more; the others go on
+    before = [p.clone() for p in models_[1].model.parameters()]
+    loop.train_epoch(models_, x, y, masks, order, 3, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(before, models_[1].model.parameters(), strict=True))
+
+
 def test_the_loop_learns_a_separable_problem_and_evaluates_every_row():
     torch.manual_seed(0)
     x = torch.randn(256, 4)
     y = (x[:, 0] + x[:, 1] > 0).long()
-    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32)]
-    model = models.build("tabular", inputs=4, classes=2, hidden=(16,), dropout=0.0)
-    opt = loop.make_optimizer(model, lr=1e-2, weight_decay=1e-4)
-    sched = loop.cosine_with_warmup(opt, warmup_steps=8, total_steps=8 * 10)
+    masks = torch.ones(1, 256, dtype=torch.bool)
+    s = _slot(models.build("tabular", inputs=4, classes=2, hidden=(16,), dropout=0.0))
     device = torch.device("cpu")
-    losses = [loop.train_epoch(model, batches, opt, sched, device) for _ in range(10)]
+    losses = [loop.train_epoch([s], x, y, masks, torch.randperm(256), 32, device)[0] for _ in range(10)]
     assert losses[-1] < losses[0] * 0.6
-    ids = [f"r{i}" for i in range(256)]
-    ev = loop.evaluate(model, [(x[i : i + 50], y[i : i + 50], ids[i : i + 50]) for i in range(0, 256, 50)],
-                       device, classes=2)  # fmt: skip
-    assert ev.ids == ids and ev.probabilities.shape == (256, 2)
+    val = torch.zeros(2, 256, dtype=torch.bool)
+    val[0, :100], val[1, 50:] = True, True  # two slots' validation rows, overlapping
+    p = loop.evaluate([s, s], x, val, 50, device, classes=2)
+    assert p[0].shape == (100, 2) and p[1].shape == (206, 2) and np.allclose(p[0][50:], p[1][:50])
+    ev = loop.score(y[50:].numpy(), p[1], 2)
     assert ev.metrics["accuracy"] > 0.9 and ev.metrics["roc_auc"] > 0.95
-    assert np.allclose(ev.probabilities.sum(1), 1, atol=1e-5)
-    assert sum(map(sum, ev.confusion)) == 256
+    assert np.allclose(p[1].sum(1), 1, atol=1e-5) and sum(map(sum, ev.confusion)) == 206
 
 
 @pytest.mark.parametrize("rows", [1, 2, 33, 64 + 1, 64 * 3 + 1])
@@ -78,15 +120,15 @@ def test_every_training_set_size_trains_including_a_last_batch_of_one_row(rows):
     """64·k + 1 rows end with a batch of one, which batch norm refuses in training mode."""
     torch.manual_seed(0)
     x, y = torch.randn(rows, 3), torch.randint(0, 2, (rows,))
-    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, rows, 64)]
     model = models.build("tabular", inputs=3, classes=2, hidden=(8,))
     with pytest.raises(ValueError, match="more than 1 value per channel"):  # what crashed real runs
         model.train()(torch.randn(1, 3))
-    opt = loop.make_optimizer(model, 1e-2, 0.0)
-    assert np.isfinite(loop.train_epoch(model, batches, opt, None, torch.device("cpu")))
-    merged = list(loop.without_single_rows(batches))
-    assert all(len(b[1]) > 1 for b in merged)
-    assert sum(len(b[1]) for b in merged) == (rows if rows > 1 else 2)  # no row lost; a lone row repeated
+    loss = loop.train_epoch([_slot(model)], x, y, torch.ones(1, rows, dtype=torch.bool), torch.arange(rows), 64,
+                            torch.device("cpu"))[0]  # fmt: skip
+    assert np.isfinite(loss)
+    batches = loop.batches_of(torch.arange(rows), 64)
+    assert all(len(b) > 1 for b in batches) or rows == 1
+    assert sum(len(b) for b in batches) == rows  # no row lost
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -112,27 +154,20 @@ def test_metrics_and_early_stopping():
     assert not stop.step(1.2, 2) and stop.stop and stop.best_epoch == 0
 
 
-def test_checkpoints_restore_the_run_exactly(tmp_path):
+def test_checkpoints_restore_a_slot_exactly(tmp_path):
     torch.manual_seed(0)
-    model = models.build("tabular", inputs=3, classes=2, hidden=(8,))
-    opt = loop.make_optimizer(model, 1e-2, 0.01)
-    sched = loop.cosine_with_warmup(opt, 2, 10)
-    stop = loop.EarlyStopping(patience=3)
-    batches = [(torch.randn(16, 3), torch.randint(0, 2, (16,)))]
-    loop.train_epoch(model, batches, opt, sched, torch.device("cpu"))
-    stop.step(0.5, 0)
-    state = loop.checkpoint_state(model, opt, sched, 0, stop, {"lr": 1e-2, "hidden": [8]}, version=7)
+    s = _slot(models.build("tabular", inputs=3, classes=2, hidden=(8,)), total=10)
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    loop.train_epoch([s], x, y, torch.ones(1, 16, dtype=torch.bool), torch.arange(16), 8, torch.device("cpu"))
+    s.stopper.step(0.5, 0)
     path = tmp_path / "state.pt"
-    torch.save(state, path)
+    torch.save(s.state_dict(), path)
     state = torch.load(path, weights_only=True)  # no pickle: a checkpoint is plain tensors and values
-    twin = models.build("tabular", inputs=3, classes=2, hidden=(8,))
-    opt2 = loop.make_optimizer(twin, 1e-2, 0.01)
-    sched2 = loop.cosine_with_warmup(opt2, 2, 10)
-    stop2 = loop.EarlyStopping(patience=3)
-    assert loop.restore_state(state, twin, opt2, sched2, stop2) == 1
-    for a, b in zip(model.state_dict().values(), twin.state_dict().values(), strict=True):
+    twin = _slot(models.build("tabular", inputs=3, classes=2, hidden=(8,)), total=10)
+    twin.load_state_dict(state)
+    for a, b in zip(s.model.state_dict().values(), twin.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert sched2.last_epoch == sched.last_epoch and stop2.best == 0.5 and state["delta_version"] == 7
+    assert twin.scheduler.last_epoch == s.scheduler.last_epoch == 2 and twin.stopper.best == 0.5
 
 
 def test_the_entry_point_parses_settings_and_refuses_a_table_that_is_not_gold(tmp_path, capsys):
@@ -160,7 +195,7 @@ def test_fulcrum_train_passes_the_config_train_section_as_flags(tmp_path):
     args = parser().parse_args(cmd[3:])
     assert args.table == str(tmp_path / "d" / "gold") and args.version == 4 and args.num_cpus == 6
     s = from_flags(args)
-    assert (s.epochs, s.hidden, s.use_gpu, s.lr, s.mix, s.cache) == (3, (32,), False, 0.01, None, True)
+    assert (s.epochs, s.hidden, s.use_gpu, s.lr, s.mix, s.amp) == (3, (32,), False, 0.01, None, True)
     assert s == cfg.train  # the flags carry the validated section whole
     assert args.out.endswith("r-1/train")
     # ray.address naming the Jobs API: the same entry point, submitted as a Ray job that joins that cluster.

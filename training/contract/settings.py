@@ -27,7 +27,7 @@ class Strict(BaseModel):
 
 
 class SearchSettings(Strict):
-    """``train.search``: a Ray Tune search scored by mean CV metric, ASHA stopping bad trials between folds."""
+    """``train.search``: a Ray Tune search scored by mean CV metric, ASHA stopping bad trials between epochs."""
 
     trials: int = Field(default=8, ge=2, description="configurations to try")
     algorithm: Literal["random", "bayesian"] = Field(default="random", description="bayesian: Optuna's TPE")
@@ -35,7 +35,7 @@ class SearchSettings(Strict):
     epochs: int | None = Field(default=None, ge=1, description="epochs per fold of a trial (default: train.epochs)")
     metric: Scored = Field(default="macro_f1", description="maximised")
     asha: bool = Field(default=True, description="stop bad trials early with ASHA (false: every trial, every fold)")
-    grace: int = Field(default=1, ge=1, description="folds every trial trains before ASHA may stop it")
+    grace: int = Field(default=1, ge=1, description="epochs every trial trains before ASHA may stop it")
     reduction: int = Field(default=2, ge=2, description="ASHA keeps the best 1/reduction at each rung")
     lr: tuple[float, float] = Field(default=(1e-4, 1e-2), description="low, high (log-uniform)")
     weight_decay: tuple[float, float] = Field(default=(1e-6, 1e-2), description="low, high (log-uniform)")
@@ -73,17 +73,14 @@ class TrainSettings(Strict):
     patience: int = Field(default=5, ge=1, description="early stopping: epochs without a better validation loss")
     warmup_steps: int = Field(default=20, ge=0, description="linear learning-rate warm-up, in optimiser steps")
     model: Literal["mlp", "resnet18"] | None = Field(default=None, description="default: from the table kind")
-    workers: int = Field(default=1, ge=1, description="Ray Train workers per fold (DDP)")
+    workers: int = Field(default=1, ge=1, description="Ray Train workers of the run (data-parallel)")
     cpus_per_worker: float | None = Field(default=None, gt=0)
     use_gpu: bool | None = Field(default=None, description="default: when the cluster has GPUs")
     amp: bool = Field(default=True, description="mixed precision (float16 autocast, gradient scaler) on a GPU")
     mix: Literal["mixup", "cutmix"] | None = None
     flip: bool = Field(default=True, description="random horizontal flips of images")
     max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
-    concurrency: int | None = Field(default=None, ge=1, description="folds at once (default: what fits)")
-    cache: bool = Field(default=True, description="keep a fold's arrays in Ray's object store across epochs")
-    worker_cache_mb: int = Field(default=512, ge=0, description="a worker's shard kept in its memory after "
-                                 "the first epoch when it fits (0: stream every epoch)")  # fmt: skip
+    concurrency: int | None = Field(default=None, ge=1, description="search trials at once (default: what fits)")
     seed: int = Field(default=42, description="default in a pipeline config: its top-level seed")
     tensorboard: bool = Field(default=True, description="write per-epoch metrics as TensorBoard event files "
                               "under <reports>/<run_id>/train/tensorboard/")  # fmt: skip

@@ -1,0 +1,98 @@
+"""Model slots: many models trained in one pass over the table.
+
+A training run holds a set of *slots*, each a row mask over gold (``Slot.masks``): fold f
+trains on the real rows with ``fold ∉ {f, −1}`` not undersampled out of it plus the rows with
+``synthetic_for = f`` and validates on the real rows with ``fold = f``; the final model (f = k)
+trains on every real non-test row plus ``synthetic_for = k`` and is scored on the test part; a
+trade-off cell adds its quality level and the fraction of its training groups. Every shared
+batch is decoded once and each slot trains on its own rows of it (its loss over those rows
+only), validates on its own rows and early-stops on its own (``training.worker``).
+
+Slots that do not fit one device together are split into groups (``plan_groups``), each
+group one worker group; a slot's memory is estimated from its parameters (weights, gradients
+and AdamW's two moments) and the activations of one batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import nn
+
+from training.gold import training_mask, validation_mask
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One model of a run: a fold (``fold`` < folds), the final model (``fold`` = folds), or a trade-off
+    cell (a fold at one quality ``level`` with a ``fraction`` of its training groups)."""
+
+    fold: int
+    level: str | None = None
+    fraction: float = 1.0
+    final: bool = False  # the final model: ``fold`` is the number of folds, scored on the test part
+
+    @property
+    def name(self) -> str:
+        if self.final:
+            return "final"
+        base = f"fold-{self.fold}"
+        return base if self.level is None else f"{self.level}-{self.fraction:g}-{base}"
+
+    def masks(self, contract: pa.Table, folds: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training rows, validation rows) of this slot among ``contract``'s rows."""
+        train, val = training_mask(contract, self.fold, folds), validation_mask(contract, self.fold, folds)
+        if self.level is not None:
+            mine = pc.equal(contract.column("level"), self.level).to_numpy(zero_copy_only=False).astype(bool)
+            train, val = train & mine, val & mine
+        if self.fraction < 1.0:
+            train = train & (contract.column("u").to_numpy(zero_copy_only=False) < self.fraction)
+        return train, val
+
+
+def cv_slots(folds: int, first: int | None = None) -> list[Slot]:
+    """The folds of a cross-validation (the first ``first`` of them)."""
+    return [Slot(f) for f in range(first or folds)]
+
+
+def grid_slots(levels: list[str], fractions: list[float], folds: list[int]) -> list[Slot]:
+    """Every cell of a trade-off grid."""
+    return [Slot(f, lv, fr) for lv in levels for fr in fractions for f in folds]
+
+
+class SlotInput(nn.Module):
+    """A slot's own view of the shared tabular features: missing numeric values at its training mean,
+    numeric columns standardised with its training rows' statistics, one-hot columns of categories its
+    training rows never had set to zero. Saved with the model, so the weights carry their encoding."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, keep: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+        self.register_buffer("keep", keep.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.mean.shape[0]
+        num = x[:, :n]
+        num = (torch.where(torch.isnan(num), self.mean, num) - self.mean) / self.std
+        return torch.cat([num, x[:, n:] * self.keep], dim=1)
+
+
+def slot_bytes(model: nn.Module, batch_size: int, row_bytes: int) -> int:
+    """A slot's training memory: parameters ×4 (weights, gradients, AdamW's moments) plus one batch's
+    activations, taken as 64 float32 values per input value (a ResNet at small sizes keeps fewer)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 4 * params + 64 * batch_size * row_bytes
+
+
+def plan_groups(slots: int, per_slot: int, budget: int) -> list[range]:
+    """Consecutive ranges of slot indices whose memory fits ``budget`` together (at least one slot each)."""
+    fit = max(1, budget // max(1, per_slot))
+    groups = math.ceil(slots / fit)
+    size = math.ceil(slots / groups)  # even groups
+    return [range(i, min(slots, i + size)) for i in range(0, slots, size)]
