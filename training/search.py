@@ -122,6 +122,7 @@ def run(gold: Gold, s: TrainSettings, search: SearchSettings, out: str | Path) -
             raise RuntimeError(f"trial failed: {(read_error(run['error_file']) or {}).get('error')}")
         for f in range(folds):  # the trial ran to its end (not stopped by ASHA): its folds, as the CV's
             save_fold(fold_result(results[f"fold-{f}"], f), where / f"fold-{f}.json")
+        tune.report(results["report"])  # the last epoch's, once its folds are saved
 
     algorithm = searcher(search, key, s.seed)
     scheduler = (ASHAScheduler(time_attr="training_iteration", metric=key, mode="max", max_t=base.epochs,

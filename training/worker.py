@@ -221,7 +221,7 @@ class Run:
                         writers[i].add_scalar(key, value, epoch)
                     writers[i].flush()  # readable while the run goes on, and complete if the worker dies next
             self._collect(slots, best, train_m)
-            self._report(phase, epoch, slots, models_, best)
+            self._report(phase, epoch, slots, models_, best, last=epoch == epochs - 1 or all(s.stopped for s in models_))
         for w in writers:
             w.close()
         self._collect(slots, best, train_m)
@@ -274,13 +274,16 @@ class Run:
 
     # -- checkpoints and reports ----------------------------------------------------------------------
     def _report(self, phase: int, epoch: int, slots: list[Slot], models_: list[loop.SlotModel],
-                best: list[dict | None]) -> None:  # fmt: skip
+                best: list[dict | None], last: bool = False) -> None:  # fmt: skip
         c = self.config
         scores = [b["metrics"][c["metric"]] for b in best if b is not None]
         summary = {"phase": phase, "epoch": epoch, "active": sum(not s.stopped for s in models_),
                    c["report_key"]: float(np.nanmean(scores)) if scores and not np.all(np.isnan(scores)) else float("nan")}  # fmt: skip
         if self.report is not None:  # a search trial: Tune's report, no checkpoint
-            self.report(summary)
+            if last:  # the caller reports it after saving the results: a scheduler may stop the trial at a report
+                self.results["report"] = summary
+            else:
+                self.report(summary)
             return
         import ray.train
 
@@ -360,7 +363,7 @@ def _arrays(value):
 def save_results(results: dict, folder: Path) -> None:
     """Each finished slot's result: scalars and history in ``results.json``, its validation rows' ids, labels
     and probabilities in ``results-<k>.npz``, the final model's weights in ``results-<k>.pt``."""
-    names = sorted(k for k in results if k != "final_epochs")
+    names = sorted(k for k in results if k not in ("final_epochs", "report"))
     (folder / RESULTS).write_text(json.dumps({"names": names, "final_epochs": results.get("final_epochs"),
                                               "results": {n: {k: v for k, v in results[n].items()
                                                               if k not in PER_ROW and k != "weights"}
