@@ -41,6 +41,7 @@ class Rows:
     contract: pa.Table  # fold, synthetic_for, dropped_for (+ level, u): what the masks read
     ids: np.ndarray  # sample ids (str), every row
     numeric: int = 0  # the first ``numeric`` columns of x are numeric, the rest one-hot
+    augment: torch.Tensor | None = None  # bool N: the rows gold flags for augmentation
     categories: dict[str, list[str]] | None = None
 
     def __len__(self) -> int:
@@ -101,7 +102,8 @@ def load(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = N
         decode = ImageDecoder(gold.image_size, gold.image_channels, gold.image_column, gold.image_root,
                               gold.image_embedded)  # fmt: skip
         x = decode(table.column("image" if gold.image_embedded else gold.image_column))
-        return Rows(x=x, y=y, contract=table.select(keep), ids=ids)
+        flags = table.column("augment").fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+        return Rows(x=x, y=y, contract=table.select(keep), ids=ids, augment=torch.from_numpy(flags))
     x, categories = tabular(table, gold.numeric, categories if categories is not None else vocabulary(gold))
     return Rows(x=x, y=y, contract=table.select(keep), ids=ids, numeric=len(gold.numeric), categories=categories)
 

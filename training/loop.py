@@ -90,6 +90,8 @@ def train_epoch(
     mix: Callable | None = None,
     steps: int | None = None,
     allreduce: Callable | None = None,
+    flagged: torch.Tensor | None = None,
+    plain: Callable | None = None,
 ) -> list[float]:
     """One pass over the rows ``order`` in shared batches: each batch is moved (and augmented) once and
     every slot not stopped trains on its own rows of it (``masks``: bool S×N), a loss over those rows
@@ -97,14 +99,15 @@ def train_epoch(
 
     ``steps`` caps the batches (workers agree on one count); ``allreduce`` sums a flat tensor over the
     workers: each slot's gradient is then the mean over every worker's rows, as DDP would average it.
+    With ``flagged`` (bool N), ``transform`` applies to the flagged rows only and ``plain`` to the others.
     """
     sums, rows = torch.zeros(len(slots), dtype=torch.float64), torch.zeros(len(slots), dtype=torch.float64)
     live = [s for s in slots if not s.stopped]
     for s in live:
         s.model.train()
     for pick in batches_of(order, batch_size, steps):
-        xb = x[pick]
-        xb = (transform(xb) if transform is not None else xb).to(device, non_blocking=True)
+        xb = _transformed(x[pick], transform, None if flagged is None else flagged[pick], plain)
+        xb = xb.to(device, non_blocking=True)
         yb = y[pick].to(device, non_blocking=True)
         mb = masks[:, pick]
         used = torch.zeros(len(slots), dtype=torch.float64)  # rows backpropagated per slot
@@ -127,6 +130,18 @@ def train_epoch(
             if not s.stopped and total[i] > 0:
                 step(s, 1.0 / float(total[i]))
     return [float(sums[i] / rows[i]) if rows[i] and not s.stopped else float("nan") for i, s in enumerate(slots)]
+
+
+def _transformed(xb: torch.Tensor, transform: Callable | None, flags: torch.Tensor | None,
+                 plain: Callable | None) -> torch.Tensor:  # fmt: skip
+    if transform is None:
+        return xb
+    if flags is None:
+        return transform(xb)
+    out = plain(xb)
+    if flags.any():
+        out[flags] = transform(xb[flags]).to(out.dtype)
+    return out
 
 
 def backward_sum(s: SlotModel, x: torch.Tensor, y: torch.Tensor, mix: Callable | None = None) -> float:

@@ -188,7 +188,9 @@ class Run:
                 c["seed"] + 7919 * epoch + 104729 * self.rank))]  # fmt: skip
             losses = loop.train_epoch(models_, rows.x, rows.y, train_m, order, c["batch_size"], self.device,
                                       transform=train_tf, mix=mix, steps=steps,
-                                      allreduce=self.allreduce if self.world > 1 else None)  # fmt: skip
+                                      allreduce=self.allreduce if self.world > 1 else None,
+                                      flagged=rows.augment if self.images and c["augment"] == "flagged" else None,
+                                      plain=val_tf)  # fmt: skip
             probs = loop.evaluate(models_, rows.x, val_m, 4 * c["batch_size"], self.device, c["classes"],
                                   transform=val_tf)  # fmt: skip
             gathered = self.gather([(val_ids[i], val_y[i], probs[i]) for i in range(len(slots))])

@@ -97,6 +97,14 @@ def test_each_slot_trains_on_exactly_its_masks_rows_of_the_shared_batches():
     assert all(torch.equal(a, b) for a, b in zip(before, models_[1].model.parameters(), strict=True))
 
 
+def test_only_the_flagged_rows_are_augmented_when_asked():
+    x = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
+    flags = torch.tensor([True, False, True, False, False, True])
+    out = loop._transformed(x, lambda b: torch.full(b.shape, 7.0), flags, lambda b: b.float())
+    assert out[:, 0, 0, 0].tolist() == [7.0, 0.0, 7.0, 0.0, 0.0, 7.0]
+    assert loop._transformed(x, lambda b: torch.full(b.shape, 7.0), None, None).eq(7).all()  # augment: all
+
+
 def test_the_loop_learns_a_separable_problem_and_evaluates_every_row():
     torch.manual_seed(0)
     x = torch.randn(256, 4)

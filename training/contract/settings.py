@@ -79,6 +79,8 @@ class TrainSettings(Strict):
     amp: bool = Field(default=True, description="mixed precision (float16 autocast, gradient scaler) on a GPU")
     mix: Literal["mixup", "cutmix"] | None = None
     flip: bool = Field(default=True, description="random horizontal flips of images")
+    augment: Literal["all", "flagged"] = Field(default="all", description="images: augment every training image, or "
+                                               "only the rows gold flags (augment = true: repeated minority images)")
     max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
     concurrency: int | None = Field(default=None, ge=1, description="search trials at once (default: what fits)")
     seed: int = Field(default=42, description="default in a pipeline config: its top-level seed")
