@@ -114,6 +114,11 @@ def test_the_grid_runs_on_ray_and_writes_curves_plot_and_page(spark, ray_local, 
     assert result["conclusion"]["text"][0] in " ".join(page.text)
     lake = tables.Lake(cfg.lake_dir)
     assert tables.version(spark, lake.path("tradeoff")) == 0  # the table of levels is one commit
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+
+    files = DeltaTable(lake.path("tradeoff")).file_uris()  # one level per file: the Ray side's filter skips files
+    assert all(len(set(pq.read_table(f, columns=["level"]).column("level").to_pylist())) == 1 for f in files)
     assert tables.read(spark, lake.path("tradeoff")).count() == report.rows_in
     runs = tables.read(spark, lake.path("runs")).where("stage = 'tradeoff'").collect()
     assert [r["status"] for r in runs] == ["succeeded"]
