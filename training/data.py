@@ -39,13 +39,17 @@ class Rows:
     x: torch.Tensor  # float32 N×D (tabular) or uint8 N×C×H×W (images)
     y: torch.Tensor  # int64 N
     contract: pa.Table  # fold, synthetic_for, dropped_for (+ level, u): what the masks read
-    ids: np.ndarray  # sample ids (str), every row
+    ids: pa.ChunkedArray  # sample ids, every row, left in Arrow: only validation rows become strings
     numeric: int = 0  # the first ``numeric`` columns of x are numeric, the rest one-hot
     augment: torch.Tensor | None = None  # bool N: the rows gold flags for augmentation
     categories: dict[str, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def ids_of(self, mask: np.ndarray) -> np.ndarray:
+        """The sample ids of the rows ``mask`` selects, as a string array."""
+        return np.asarray(self.ids.take(pa.array(np.flatnonzero(mask))).to_pylist(), dtype=np.str_)
 
 
 def shard_files(files: list[str], rank: int, world: int) -> tuple[list[str], tuple[int, int] | None]:
@@ -97,7 +101,7 @@ def load(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = N
     table = read_rows(gold, rank, world, levels)
     y = torch.from_numpy(table.column("label").to_numpy(zero_copy_only=False).astype(np.int64))
     keep = [c for c in (*CONTRACT, "level", "u") if c in table.column_names]
-    ids = table.column("sample_id").to_numpy(zero_copy_only=False).astype(str)
+    ids = table.column("sample_id")
     if gold.kind == "images":
         decode = ImageDecoder(gold.image_size, gold.image_channels, gold.image_column, gold.image_root,
                               gold.image_embedded)  # fmt: skip

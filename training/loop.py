@@ -67,14 +67,18 @@ class SlotModel:
         self.stopped = bool(state["stopped"])
 
 
-def batches_of(order: torch.Tensor, batch_size: int, count: int | None = None):
-    """Index batches of ``order`` (the first ``count`` of them). A last batch of one row joins the batch
-    before it: batch normalisation cannot normalise one row in training mode (the 64k+1 crash)."""
-    bounds = list(range(0, len(order), batch_size)) + [len(order)]
+def spans_of(rows: int, batch_size: int, count: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of each batch over ``rows`` rows (the first ``count``). A last batch of one row joins the
+    batch before it: batch normalisation cannot normalise one row in training mode (the 64k+1 crash)."""
+    bounds = list(range(0, rows, batch_size)) + [rows]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
         del bounds[-2]
-    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
-    return [order[a:b] for a, b in spans[:count]]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))[:count]
+
+
+def batches_of(order: torch.Tensor, batch_size: int, count: int | None = None) -> list[torch.Tensor]:
+    """The index batches of ``order`` (see ``spans_of``)."""
+    return [order[a:b] for a, b in spans_of(len(order), batch_size, count)]
 
 
 def train_epoch(
@@ -105,11 +109,15 @@ def train_epoch(
     live = [s for s in slots if not s.stopped]
     for s in live:
         s.model.train()
-    for pick in batches_of(order, batch_size, steps):
-        xb = _transformed(x[pick], transform, None if flagged is None else flagged[pick], plain)
+    # One gather per epoch into the shuffled order; every batch is then a slice of it (a view, no copy).
+    xs, ys = torch.index_select(x, 0, order), torch.index_select(y, 0, order)
+    ms = torch.index_select(masks.t().contiguous(), 0, order).t()  # rows gathered whole: S×B views below
+    fs = torch.index_select(flagged, 0, order) if flagged is not None else None
+    for a, b in spans_of(len(order), batch_size, steps):
+        xb = _transformed(xs[a:b], transform, None if fs is None else fs[a:b], plain)
         xb = xb.to(device, non_blocking=True)
-        yb = y[pick].to(device, non_blocking=True)
-        mb = masks[:, pick]
+        yb = ys[a:b].to(device, non_blocking=True)
+        mb = ms[:, a:b]
         used = torch.zeros(len(slots), dtype=torch.float64)  # rows backpropagated per slot
         for i, s in enumerate(slots):
             if s.stopped:

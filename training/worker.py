@@ -178,7 +178,7 @@ class Run:
         val_tf = augment.normalise if self.images else None
         mix = augment.mixer(c.get("mix"), c["classes"]) if self.images else None
         writers = self._writers(slots, start)
-        val_ids = [rows.ids[m.numpy()] for m in val_m]
+        val_ids = [rows.ids_of(m.numpy()) for m in val_m]
         val_y = [rows.y[m].numpy() for m in val_m]
         for epoch in range(start, epochs):
             if all(s.stopped for s in models_):

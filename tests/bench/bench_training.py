@@ -81,14 +81,16 @@ def ingestion(gold_path: str, features: int, batch: int) -> list[list]:
     masks = torch.from_numpy(np.stack([s.masks(rows.contract, gold.folds)[0] for s in cv_slots(gold.folds)]))
     union = masks.any(0).nonzero().squeeze(1)
     loaded = time.perf_counter() - start
-    delivered = 0
-    for pick in loop.batches_of(union[torch.randperm(len(union))], batch):  # exactly what train_epoch iterates
-        xb, yb, mb = rows.x[pick], rows.y[pick], masks[:, pick]
-        delivered += len(xb) if len(yb) == mb.shape[1] else 0
+    def epoch() -> int:  # exactly what train_epoch does before the models: one gather, then slices
+        order = union[torch.randperm(len(union))]
+        xs, ys = torch.index_select(rows.x, 0, order), torch.index_select(rows.y, 0, order)
+        ms = torch.index_select(masks.t().contiguous(), 0, order).t()
+        return sum(len(xs[a:b]) for a, b in loop.spans_of(len(order), batch) if len(ys[a:b]) == ms[:, a:b].shape[1])
+
+    delivered = epoch()
     first = time.perf_counter() - start
     start = time.perf_counter()
-    for pick in loop.batches_of(union[torch.randperm(len(union))], batch):  # a later epoch: no read
-        xb, yb, mb = rows.x[pick], rows.y[pick], masks[:, pick]
+    epoch()  # a later epoch: no read
     later = time.perf_counter() - start
     rate = scanned / raw
     return [

@@ -39,11 +39,11 @@ def test_each_slots_rows_follow_the_contract_and_its_own_statistics(cancer_gold)
     assert loaded.x.shape[1] == data.width(gold, data.vocabulary(gold)) == len(gold.numeric) + 3  # texture: 3 one-hot
     for f in range(gold.folds + 1):
         train, val = Slot(f, final=f == gold.folds).masks(loaded.contract, gold.folds)
-        for sid in loaded.ids[train]:
+        for sid in loaded.ids_of(train):
             r = rows[sid]
             assert r["fold"] not in (f, -1) if r["synthetic_for"] is None else r["synthetic_for"] == f, r
         expected = {s for s, r in rows.items() if r["synthetic_for"] is None and r["fold"] == (f if f < 2 else -1)}
-        assert sorted(loaded.ids[val]) == sorted(expected)  # every validation row, exactly once
+        assert sorted(loaded.ids_of(val)) == sorted(expected)  # every validation row, exactly once
     masks = torch.from_numpy(np.stack([Slot(f).masks(loaded.contract, 2)[0] for f in range(2)]))
     mean, std, keep = data.finish_statistics(data.slot_statistics(loaded.x, loaded.numeric, masks))
     from training.engine import SlotInput
