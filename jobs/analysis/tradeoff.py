@@ -313,9 +313,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         start = time.perf_counter()
         table, info = build_table(spark, cfg, lake)
         record.inputs.append(("gold", lake.path("gold"), info["gold_version"]))
-        # One level per file: the Ray side's level filter (a cell reads its own levels) then skips whole files
-        # by their Parquet statistics instead of reading and dropping rows.
-        table = table.repartitionByRange(max(1, len(info["levels"])), "level")
+        # Clustered by level (range-partitioned, sorted within each file): the Ray side's level filter then skips
+        # files and row groups of other levels by their Parquet statistics instead of reading and dropping rows.
+        # (A small table may still land in one file: Spark coalesces small partitions; reading it whole is cheap.)
+        table = table.repartitionByRange(max(1, len(info["levels"])), "level").sortWithinPartitions("level")
         version = tables.overwrite(table, lake.path("tradeoff"), run_id, STAGE, info.pop("props"))
         record.outputs.append(("tradeoff", lake.path("tradeoff"), version))
         written = tables.read(spark, lake.path("tradeoff"), version)
