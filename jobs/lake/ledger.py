@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
-from jobs.lake import tables
 from jobs.errors import FulcrumError
+from jobs.lake import tables
 
 log = logging.getLogger(__name__)
 # One JSON line per stage attempt (counts, seconds, outputs): for log shippers and schedulers.
