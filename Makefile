@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 # Resolves the Delta jars from Maven Central once (Ivy cache) and round-trips a Delta table.
 warm: java $(STAMP)
-	$(BIN)/python -m jobs.lake.session
+	$(BIN)/python -m jobs.lakehouse.session
 
 demo: setup
 	$(BIN)/fulcrum demo --out $(DEMO_DIR)

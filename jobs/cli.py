@@ -92,8 +92,8 @@ def ingest(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = Non
     Example: fulcrum ingest samples/cancer/cancer.yaml --spark-master spark://127.0.0.1:7077
     """
     from jobs import ingest as stage
-    from jobs.lake.ledger import new_run_id
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.ledger import new_run_id
+    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
@@ -125,8 +125,8 @@ def validate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = N
     Example: fulcrum validate samples/cancer/cancer.yaml --set validate.policies.diagnosis_canonical=drop
     """
     from jobs.errors import DataFailedError
-    from jobs.lake.ledger import new_run_id
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.ledger import new_run_id
+    from jobs.lakehouse.session import build_spark
     from jobs.validation import validate as stage
 
     cfg = _load(config, set_, spark_master)
@@ -170,8 +170,8 @@ def curate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = Non
     Example: fulcrum curate samples/cancer/cancer.yaml --set split.folds=10
     """
     from jobs.curation import curate as stage
-    from jobs.lake.ledger import new_run_id
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.ledger import new_run_id
+    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
@@ -206,8 +206,8 @@ def oversample(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt =
     Example: fulcrum oversample samples/cancer/cancer.yaml --set oversample.undersample=0.5
     """
     from jobs.balancing import oversample as stage
-    from jobs.lake.ledger import new_run_id
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.ledger import new_run_id
+    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
@@ -223,8 +223,8 @@ def train(config: ConfigArg, set_: SetOpt = None, version: Annotated[int | None,
     Example: fulcrum train samples/cancer/cancer.yaml --set train.epochs=5
     """
     from jobs import launch as stage
-    from jobs.lake.ledger import new_run_id
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.ledger import new_run_id
+    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, None)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id(), version)
@@ -270,8 +270,8 @@ def audit(
     Example: fulcrum audit samples/cancer/cancer.yaml --set audit.method=prune_by_class
     """
     from jobs.analysis import audit as stage
-    from jobs.lake.ledger import new_run_id
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.ledger import new_run_id
+    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     run_id = new_run_id()
@@ -318,8 +318,8 @@ def tradeoff(
     Example: fulcrum tradeoff samples/cancer/cancer.yaml --set tradeoff.fractions=[0.25,0.5,1]
     """
     from jobs.analysis import tradeoff as stage
-    from jobs.lake.ledger import new_run_id
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.ledger import new_run_id
+    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
@@ -352,8 +352,8 @@ def run_(
 
     Example: fulcrum run samples/cancer/cancer.yaml --from curate --until oversample
     """
-    from jobs.lake.ledger import new_run_id
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.ledger import new_run_id
+    from jobs.lakehouse.session import build_spark
     from jobs.pipeline import iter_pipeline, select_stages
     from jobs.report import write_report
 
@@ -384,7 +384,7 @@ def report(
 
     Example: fulcrum report samples/cancer/cancer.yaml 20261123T101500Z-1a2b3c4d
     """
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
     from jobs.report import write_report
 
     cfg = _load(config, set_, None)
@@ -408,7 +408,7 @@ def suite_init(
 
     Example: fulcrum suite init samples/cancer/cancer.yaml --out expectations/cancer.json --force
     """
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
     from jobs.validation.profile import init_suite
 
     cfg = _load(config, set_, None)
@@ -427,9 +427,9 @@ def runs(
 
     Example: fulcrum runs samples/cancer/cancer.yaml --limit 5
     """
-    from jobs.lake import tables
-    from jobs.lake.ledger import history
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse import tables
+    from jobs.lakehouse.ledger import history
+    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, None)
     df = history(build_spark(cfg.spark), tables.Lake(cfg.lake_dir))

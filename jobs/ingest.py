@@ -19,7 +19,7 @@ from pyspark.sql import types as T
 
 from jobs.config import PipelineConfig
 from jobs.errors import SchemaMismatchError, SourceError
-from jobs.lake import ledger, tables
+from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport, StageResult
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from pyspark.sql import SparkSession
 from jobs import plots
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, FulcrumError
-from jobs.lake import ledger, tables
+from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
 from training.contract import to_flags
 

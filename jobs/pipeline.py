@@ -14,8 +14,8 @@ from jobs.balancing import oversample
 from jobs.config import PipelineConfig, load_config
 from jobs.curation import curate
 from jobs.errors import ConfigError
-from jobs.lake import ledger
-from jobs.lake.ledger import new_run_id
+from jobs.lakehouse import ledger
+from jobs.lakehouse.ledger import new_run_id
 from jobs.stage import StageReport
 from jobs.validation import validate
 
@@ -98,7 +98,7 @@ def demo(outdir: str | Path, seed: int = 7, spark_master: str | None = None,
          overrides: dict | None = None) -> list[tuple[str, list[StageReport], Path]]:  # fmt: skip
     """Build both samples under outdir and run every stage on each (``overrides``: dotted config keys
     applied to both samples' configs); returns each dataset's reports and its HTML run report."""
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
     from jobs.report import write_report
 
     configs = [load_config(p, overrides) for p in samples.make_samples(outdir, seed)]

@@ -21,8 +21,8 @@ from pyspark.sql import functions as F
 from jobs import plots
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
-from jobs.lake import ledger, tables
-from jobs.lake.ranks import rank_within
+from jobs.lakehouse import ledger, tables
+from jobs.lakehouse.ranks import rank_within
 from training.contract import METRICS, UnsafePath, as_mode, safe_join
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
 def spark():
     """Real local Spark with Delta: local[2], UI off, few shuffle partitions."""
     from jobs.config import SparkConfig
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
 
     session = build_spark(SparkConfig(master="local[2]", shuffle_partitions=2, app_name="fulcrum-tests"))
     yield session
@@ -81,7 +81,7 @@ def cancer_gold(spark, curated, tmp_path_factory):
 
     from jobs.balancing import oversample
     from jobs.curation import curate
-    from jobs.lake import tables
+    from jobs.lakehouse import tables
 
     cfg = curated["cancer"]
     root = tmp_path_factory.mktemp("gold-lake")
@@ -98,7 +98,7 @@ def audited(spark, ray_local, curated, cancer_gold, tmp_path_factory):
     import shutil
 
     from jobs.analysis import audit
-    from jobs.lake import tables
+    from jobs.lakehouse import tables
     from training.contract import TrainSettings as Settings
     from training.cv import cross_validate
     from training.gold import Gold

@@ -22,7 +22,7 @@ RUN_ID = "airflow-{{ ts_nodash }}"
 # The Spark stages: the submit's options add the Delta jars (--packages) and the Delta session conf.
 SPARK_STAGES = (
     "spark-submit --master {{ var.value.spark_master }} --deploy-mode client "
-    "$(python -m jobs.lake.session submit-args) run " + CONFIG + " --until oversample --run-id " + RUN_ID
+    "$(python -m jobs.lakehouse.session submit-args) run " + CONFIG + " --until oversample --run-id " + RUN_ID
 )
 # Training: the train stage with ray.address set to the Jobs API submits `python -m training` as a Ray job
 # (`ray job submit` waits, streams the job's log, exits non-zero when the job fails) and records the run.
@@ -31,7 +31,7 @@ TRAIN = "fulcrum run " + CONFIG + " --from train --until train --run-id " + RUN_
 # The label audit of the job's out-of-fold predictions (written beside gold): Spark again.
 AUDIT = (
     "spark-submit --master {{ var.value.spark_master }} --deploy-mode client "
-    "$(python -m jobs.lake.session submit-args) run " + CONFIG + " --from audit --run-id " + RUN_ID
+    "$(python -m jobs.lakehouse.session submit-args) run " + CONFIG + " --from audit --run-id " + RUN_ID
 )
 REPORT = "fulcrum report " + CONFIG + " " + RUN_ID
 

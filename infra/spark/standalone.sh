@@ -3,12 +3,12 @@
 #
 #   infra/spark/standalone.sh spark://MASTER:7077 CONFIG [fulcrum run flags...]
 #
-# `python -m jobs.lake.session submit-args` prints the options that make it work on any cluster manager:
+# `python -m jobs.lakehouse.session submit-args` prints the options that make it work on any cluster manager:
 #   --packages io.delta:delta-spark_<spark>_2.13:<version>   Delta's jars: Spark resolves them from Maven
 #       Central (or the mirror in spark.jars.ivySettings) and ships them to every executor;
 #   --conf spark.sql.extensions=... / spark.sql.catalog.spark_catalog=...   the Delta session;
 #   --conf spark.pyspark.python=...   executors run the same interpreter (same path on every node: the image);
-# and the application file (jobs/lake/submit.py, fulcrum's CLI).
+# and the application file (jobs/lakehouse/submit.py, fulcrum's CLI).
 # Offline clusters: set spark.jars in the config to local delta-spark and delta-storage jars instead.
 #
 # A local cluster to try it on (from the installed pyspark):
@@ -22,4 +22,4 @@ shift 2
 # shellcheck disable=SC2046  # the options are meant to split
 exec spark-submit --master "$MASTER" --deploy-mode client \
   --driver-memory "${DRIVER_MEMORY:-2g}" --executor-memory "${EXECUTOR_MEMORY:-4g}" \
-  $(python -m jobs.lake.session submit-args) run "$CONFIG" --until oversample "$@"
+  $(python -m jobs.lakehouse.session submit-args) run "$CONFIG" --until oversample "$@"

@@ -38,8 +38,8 @@ from pyspark.sql import functions as F
 from jobs import plots
 from jobs.config import AuditConfig, PipelineConfig
 from jobs.errors import ConfigError, DataFailedError
-from jobs.lake import ledger, tables
-from jobs.lake.ranks import rank_within
+from jobs.lakehouse import ledger, tables
+from jobs.lakehouse.ranks import rank_within
 from jobs.stage import StageReport, StageResult
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from jobs import plots
 from jobs.config import PipelineConfig
 from jobs.curation import curate
 from jobs.errors import ConfigError, DataFailedError, FulcrumError
-from jobs.lake import ledger, tables
+from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
 from training.contract import to_flags
 

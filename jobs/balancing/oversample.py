@@ -43,8 +43,8 @@ from jobs import plots
 from jobs.balancing import knn
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
-from jobs.lake import ledger, tables
-from jobs.lake.ranks import hash_bucket, rank_within
+from jobs.lakehouse import ledger, tables
+from jobs.lakehouse.ranks import hash_bucket, rank_within
 from jobs.stage import StageReport
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from jobs import plots
 from jobs.config import PipelineConfig
 from jobs.curation import clean, dedup, split
 from jobs.errors import ConfigError, DataFailedError
-from jobs.lake import ledger, tables
+from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
 from jobs.validation.probe import probe_images
 

@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.config import PipelineConfig
-from jobs.lake.ranks import hash_bucket, rank_within
+from jobs.lakehouse.ranks import hash_bucket, rank_within
 from jobs.stage import StageReport, StageResult
 
 STAGE = "split"
@@ -26,7 +26,7 @@ def assign_folds(groups: DataFrame, seed: int, k: int, test: float) -> DataFrame
     """(dup_group, _class) → (dup_group, fold): each class's groups ranked by a seeded hash.
 
     The rank is that of one window over the whole class, computed without one
-    (``jobs.lake.ranks.rank_within`` on the hash's top bits), so a majority class of a billion
+    (``jobs.lakehouse.ranks.rank_within`` on the hash's top bits), so a majority class of a billion
     rows is not sorted on one executor.
     """
     h = F.xxhash64(F.lit(seed), "dup_group")

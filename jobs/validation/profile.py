@@ -101,7 +101,7 @@ def probe_expectations() -> list[dict[str, Any]]:
 def init_suite(spark, cfg, out: str | Path, force: bool = False) -> tuple[Path, int]:
     """Job: profile bronze and write a starter suite to ``out``; return the path and expectation count."""
     from jobs.errors import ConfigError
-    from jobs.lake import tables
+    from jobs.lakehouse import tables
 
     out = Path(out)
     if out.exists() and not force:

@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, DataFailedError
-from jobs.lake import ledger, tables
+from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport, StageResult
 from jobs.validation import fused
 from jobs.validation.probe import probe_images

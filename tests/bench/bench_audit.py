@@ -41,7 +41,7 @@ def sample_quality(spark, tmp: Path, epochs: int) -> list[list]:
     from jobs import pipeline
     from jobs.analysis import audit
     from jobs.config import AuditConfig, load_config
-    from jobs.lake import tables
+    from jobs.lakehouse import tables
     from jobs.samples import make_samples
 
     rows = []
@@ -148,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jobs.config import SparkConfig
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
 
     spark = build_spark(SparkConfig(master="local[*]", driver_memory="6g"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-audit-"))

@@ -36,7 +36,7 @@ def sample_quality(spark, tmp: Path) -> list[list]:
     from jobs import ingest
     from jobs.config import load_config
     from jobs.curation import curate
-    from jobs.lake import tables
+    from jobs.lakehouse import tables
     from jobs.samples import make_samples
     from jobs.validation import validate
 
@@ -207,7 +207,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jobs.config import SparkConfig
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
 
     spark = build_spark(SparkConfig(master="local[*]", shuffle_partitions=8, driver_memory="8g"))
     tmp = Path(tempfile.mkdtemp(prefix="fulcrum-bench-"))

@@ -40,7 +40,7 @@ def main() -> None:
 
     from jobs import ingest
     from jobs.config import load_config
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
 
     tmp = Path(tempfile.mkdtemp(prefix="fulcrum-bench-"))
     make_source(tmp / "src", args.rows, args.features)

@@ -107,7 +107,7 @@ def run_fulcrum(data: Path, out: Path, capped: bool) -> dict:
 
     from jobs.balancing import oversample
     from jobs.config import SparkConfig, parse_config
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
 
     heap = "2g" if capped else "6g"
     spark = build_spark(SparkConfig(master="local[2]", shuffle_partitions=16, driver_memory=heap))

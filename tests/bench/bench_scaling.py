@@ -173,7 +173,7 @@ def main() -> None:
     factors = [int(f) for f in args.factors.split(",")]
 
     from jobs.config import SparkConfig
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
 
     spark = build_spark(SparkConfig(master="local[*]", driver_memory="8g"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaling-"))

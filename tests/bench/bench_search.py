@@ -30,8 +30,8 @@ from tests.bench.common import report  # noqa: E402
 def gold_table(tmp: Path, folds: int) -> str:
     from jobs import pipeline
     from jobs.config import SparkConfig, load_config
-    from jobs.lake import tables
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse import tables
+    from jobs.lakehouse.session import build_spark
     from jobs.samples import make_samples
 
     path = make_samples(tmp / "samples", seed=7)[0]  # cancer

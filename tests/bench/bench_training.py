@@ -29,13 +29,13 @@ FOLDS = 5
 
 
 def make_gold(spark, path: str, rows: int, features: int, seed: int = 0) -> None:
-    """A gold-contract table written by the pipeline's own Delta writer (``jobs.lake.tables.overwrite``): three
+    """A gold-contract table written by the pipeline's own Delta writer (``jobs.lakehouse.tables.overwrite``): three
     classes, 20% held-out test rows, 5 folds, 10% synthetic rows per fold."""
     import json
 
     from pyspark.sql import functions as F
 
-    from jobs.lake import tables
+    from jobs.lakehouse import tables
 
     ids = spark.range(rows, numPartitions=max(4, rows // 250_000))
     synthetic = F.rand(seed + 1) < 0.1
@@ -181,7 +181,7 @@ def main() -> None:
     import torch
 
     from jobs.config import SparkConfig
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
     from training import runtime
 
     tmp = Path(tempfile.mkdtemp(prefix="fulcrum-bench-train-"))

@@ -62,7 +62,7 @@ def scans(stats: dict) -> str:
 
 def bench_validate(spark, rows: int, tmp: Path, repeats: int = 2) -> tuple[list[list], dict]:
     """Both paths on clean data (every expectation passes) and on dirty data (faults injected)."""
-    from jobs.lake import tables
+    from jobs.lakehouse import tables
     from jobs.validation import validate
     from jobs.validation.suites import load_suite
 
@@ -172,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jobs.config import SparkConfig
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
 
     spark = build_spark(
         SparkConfig(master="local[*]", shuffle_partitions=4, driver_memory="8g")

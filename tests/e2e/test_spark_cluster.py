@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from deltalake import DeltaTable
 
-from jobs.lake.session import submit_args
+from jobs.lakehouse.session import submit_args
 from jobs.samples import make_samples
 from tests.clusters import BIN, _spark_json, spark_standalone
 from tests.html_report import decode, parse

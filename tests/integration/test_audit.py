@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from jobs.analysis import audit
 from jobs.config import AuditConfig
-from jobs.lake import tables
+from jobs.lakehouse import tables
 
 pytestmark = pytest.mark.spark
 
@@ -131,6 +131,6 @@ def test_curate_drops_or_relabels_the_audited_rows(spark, audited, lake_copy, po
 
 
 def _inputs(spark, lake, run_id):
-    from jobs.lake.ledger import history
+    from jobs.lakehouse.ledger import history
 
     return history(spark, lake, run_id).first()["inputs"]

@@ -31,7 +31,7 @@ from jobs import ingest
 from jobs.config import load_config
 from jobs.curation import curate
 from jobs.errors import FulcrumError
-from jobs.lake import tables
+from jobs.lakehouse import tables
 from jobs.samples import _bomb_png
 from jobs.validation import validate
 from jobs.validation.profile import probe_expectations

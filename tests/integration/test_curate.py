@@ -12,8 +12,8 @@ from jobs import ingest
 from jobs.config import load_config, parse_config
 from jobs.curation import clean, curate, dedup, split
 from jobs.errors import ConfigError, DataFailedError
-from jobs.lake import tables
-from jobs.lake.ranks import HASH_RANGE_SHIFT
+from jobs.lakehouse import tables
+from jobs.lakehouse.ranks import HASH_RANGE_SHIFT
 from jobs.validation import validate
 
 pytestmark = pytest.mark.spark

@@ -3,7 +3,7 @@
 import pytest
 from deltalake import DeltaTable as RsTable
 
-from jobs.lake import tables
+from jobs.lakehouse import tables
 
 pytestmark = pytest.mark.spark
 

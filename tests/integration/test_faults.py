@@ -16,7 +16,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from jobs.errors import ConcurrentWriteError
-from jobs.lake import tables
+from jobs.lakehouse import tables
 
 pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WRITER = textwrap.dedent("""
     import sys, time
     from pyspark.sql import functions as F
-    from jobs.lake import tables
+    from jobs.lakehouse import tables
     from jobs.config import SparkConfig
-    from jobs.lake.session import build_spark
+    from jobs.lakehouse.session import build_spark
 
     path, rows, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     spark = build_spark(SparkConfig(master="local[2]", shuffle_partitions=2))

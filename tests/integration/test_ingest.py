@@ -9,7 +9,7 @@ import yaml
 from jobs import ingest
 from jobs.config import load_config
 from jobs.errors import SchemaMismatchError, SourceError
-from jobs.lake import tables
+from jobs.lakehouse import tables
 
 pytestmark = pytest.mark.spark
 

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from jobs.balancing import knn, oversample
 from jobs.config import load_config
 from jobs.errors import ConfigError
-from jobs.lake import tables
+from jobs.lakehouse import tables
 
 pytestmark = pytest.mark.spark
 

@@ -4,7 +4,7 @@ import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from jobs.lake.ranks import rank_within
+from jobs.lakehouse.ranks import rank_within
 
 pytestmark = pytest.mark.spark
 

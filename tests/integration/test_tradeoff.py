@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from jobs.analysis import tradeoff
 from jobs.errors import ConfigError
-from jobs.lake import tables
+from jobs.lakehouse import tables
 from tests.html_report import parse
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray]

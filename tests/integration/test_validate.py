@@ -8,7 +8,7 @@ import yaml
 from jobs import ingest
 from jobs.config import load_config
 from jobs.errors import DataFailedError
-from jobs.lake import tables
+from jobs.lakehouse import tables
 from jobs.validation import validate
 from jobs.validation.suites import load_suite
 

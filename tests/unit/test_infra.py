@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from jobs.cli import app
-from jobs.lake.session import DELTA_CONF, delta_package
+from jobs.lakehouse.session import DELTA_CONF, delta_package
 from training.__main__ import parser as training_parser
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
@@ -34,7 +34,7 @@ def test_spark_application_ships_the_installed_delta_jars_and_session():
     assert delta_package() in spec["deps"]["packages"]  # the jar that matches the installed delta-spark
     for key, value in DELTA_CONF.items():
         assert spec["sparkConf"][key] == value
-    assert spec["mainApplicationFile"].endswith("jobs/lake/submit.py")
+    assert spec["mainApplicationFile"].endswith("jobs/lakehouse/submit.py")
     assert spec["arguments"][0] in COMMANDS
 
 
@@ -62,11 +62,11 @@ def test_airflow_dag_tasks_call_real_commands():
     consts = {t.id: eval(compile(ast.Expression(n.value), "dag", "eval"), {"__builtins__": {}}, names)  # noqa: S307
               for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
               if isinstance(t, ast.Name) and t.id in ("SPARK_STAGES", "TRAIN", "AUDIT", "REPORT")}  # fmt: skip
-    assert "$(python -m jobs.lake.session submit-args) run C --until oversample" in consts["SPARK_STAGES"]
+    assert "$(python -m jobs.lakehouse.session submit-args) run C --until oversample" in consts["SPARK_STAGES"]
     train = shlex.split(re.sub(r"\{\{.*?\}\}", "http://x:8265", consts["TRAIN"]))  # Jinja -> a value
     assert train == ["fulcrum", "run", "C", "--from", "train", "--until", "train", "--run-id", "R",
                      "--set", "ray.address=http://x:8265"]  # the train stage, submitted as a Ray job  # fmt: skip
-    assert "$(python -m jobs.lake.session submit-args) run C --from audit --run-id R" in consts["AUDIT"]
+    assert "$(python -m jobs.lakehouse.session submit-args) run C --from audit --run-id R" in consts["AUDIT"]
     assert shlex.split(consts["REPORT"])[:2] == ["fulcrum", "report"]
     if importlib.util.find_spec("airflow") is None:
         pytest.skip("Airflow is not installed: the DAG was parsed, not imported")
@@ -83,7 +83,7 @@ def test_dockerfile_installs_pyprojects_dependency_set_with_java_17():
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     for top in {p.split(".")[0] for p in packages}:  # every package pyproject installs is copied in
         assert f"COPY {top}/ {top}/" in text
-    assert "RUN python -m jobs.lake.session" in text  # the Delta jars cached in the image
+    assert "RUN python -m jobs.lakehouse.session" in text  # the Delta jars cached in the image
 
 
 def test_shell_recipes_parse():

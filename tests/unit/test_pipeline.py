@@ -10,7 +10,7 @@ import pytest
 
 def test_the_pipeline_sets_up_stage_events_when_called_from_python(monkeypatch):
     from jobs import pipeline
-    from jobs.lake import ledger
+    from jobs.lakehouse import ledger
 
     monkeypatch.delattr(ledger.events, "fulcrum_format", raising=False)  # no CLI ran in this process
     monkeypatch.setattr(pipeline, "STAGES", {"ingest": lambda spark, cfg, run_id: ledger.events.info(

@@ -1,7 +1,7 @@
 import pytest
 
 from jobs.errors import EnvironmentSetupError
-from jobs.lake.session import java_version
+from jobs.lakehouse.session import java_version
 
 
 def test_missing_java_names_the_fix(monkeypatch, tmp_path):

@@ -68,7 +68,7 @@ def submit_args() -> list[str]:
     executors); the Delta session settings go as ``--conf``; executors run this interpreter (the same
     path in the container image on a real cluster). Usage::
 
-        spark-submit --master spark://HOST:7077 $(python -m jobs.lake.session submit-args) run CONFIG --until oversample
+        spark-submit --master spark://HOST:7077 $(python -m jobs.lakehouse.session submit-args) run CONFIG --until oversample
     """
 
     args = ["--packages", delta_package()]
@@ -142,7 +142,7 @@ def _require_delta(spark) -> None:
     except Exception as exc:
         raise EnvironmentSetupError(
             "the Delta jars are not on this spark-submit's classpath",
-            fix="pass `$(python -m jobs.lake.session submit-args)` to spark-submit (it adds --packages "
+            fix="pass `$(python -m jobs.lakehouse.session submit-args)` to spark-submit (it adds --packages "
             f"{delta_package()}), or --jars with local delta-spark and delta-storage jars",
         ) from exc
 
@@ -158,7 +158,7 @@ def warm(directory: str) -> str:
     return f"spark {spark.version}, delta-spark {version('delta-spark')} ok ({rows} rows)"
 
 
-if __name__ == "__main__":  # `python -m jobs.lake.session`: warm the Delta jar cache; `... submit-args`: see above
+if __name__ == "__main__":  # `python -m jobs.lakehouse.session`: warm the Delta jar cache; `... submit-args`: see above
     import shlex
     import tempfile
 

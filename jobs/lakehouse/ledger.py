@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from jobs.errors import FulcrumError
-from jobs.lake import tables
+from jobs.lakehouse import tables
 
 log = logging.getLogger(__name__)
 # One JSON line per stage attempt (counts, seconds, outputs): for log shippers and schedulers.
