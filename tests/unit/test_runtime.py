@@ -15,3 +15,15 @@ def test_workers_leave_a_quarter_of_the_cpus_for_ray_data():
     assert 2 * worker_cpus(2, 2) <= 2 * 0.75
     with pytest.raises(ValueError, match="do not fit"):
         worker_cpus(100, 4)
+
+
+def test_ray_train_polls_its_workers_often_and_the_setting_reaches_the_controller(monkeypatch):
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from training.runtime import HEALTH_CHECK_S, train_env
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    assert train_env() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(HEALTH_CHECK_S)} and HEALTH_CHECK_S <= 0.5
+    assert get_env_vars_to_propagate()["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == str(HEALTH_CHECK_S)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")  # a user's own value wins
+    assert train_env() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.5"}
