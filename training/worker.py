@@ -112,6 +112,12 @@ class Run:
 
             ctx = ray.train.get_context()
             self.rank, self.world, self.device = ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+            if self.device.type == "cpu":
+                # Ray gives a worker with a fraction of a CPU one OpenMP thread. The node's cores are this run's
+                # (the data path needs no Ray tasks and the stages run one at a time): share them among the
+                # node's workers, so one worker on 2 cores computes on both.
+                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+                torch.set_num_threads(max(1, cores // max(1, ctx.get_local_world_size())))
         else:
             cuda = config.get("use_gpu") and torch.cuda.is_available()
             self.rank, self.world, self.device = 0, 1, torch.device("cuda" if cuda else "cpu")

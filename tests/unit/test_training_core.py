@@ -51,6 +51,25 @@ def test_models_fit_their_inputs():
     assert models.build("images", classes=2, channels=3, size=64)(torch.randn(2, 3, 64, 64)).shape == (2, 2)
     with pytest.raises(ValueError, match="resnet18 needs an image table"):
         models.build("tabular", inputs=3, classes=2, name="resnet18")
+    cnn = models.build("images", classes=10, channels=1, size=16, name="cnn")
+    assert cnn(torch.randn(2, 1, 16, 16)).shape == (2, 10) and cnn(torch.randn(2, 1, 40, 28)).shape == (2, 10)
+    assert sum(p.numel() for p in cnn.parameters()) < sum(p.numel() for p in net.parameters()) / 100
+    with pytest.raises(ValueError, match="cnn needs an image table"):
+        models.build("tabular", inputs=3, classes=2, name="cnn")
+
+
+def test_augmentation_draws_per_image_on_the_whole_batch_and_repeats_under_a_seed():
+    from training import augment
+
+    tf = augment.augmenter(16, 3)
+    x = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8).repeat(8, 1, 1, 1)  # eight copies of one image
+    torch.manual_seed(3)
+    a = tf(x)
+    assert a.shape == (8, 3, 16, 16) and a.dtype == torch.float32 and a.min() >= -1 and a.max() <= 1
+    assert len({tuple(img.flatten().tolist()) for img in a}) == 8  # each copy drew its own crop, turn and jitter
+    torch.manual_seed(3)
+    assert torch.equal(tf(x), a)  # a seeded epoch augments the same way
+    assert torch.equal(augment.normalise(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
 
 
 def _slot(model, lr=1e-2, total=80) -> loop.SlotModel:

@@ -72,7 +72,7 @@ class TrainSettings(Strict):
     hidden: tuple[int, ...] = Field(default=(128, 64), min_length=1, description="MLP hidden widths")
     patience: int = Field(default=5, ge=1, description="early stopping: epochs without a better validation loss")
     warmup_steps: int = Field(default=20, ge=0, description="linear learning-rate warm-up, in optimiser steps")
-    model: Literal["mlp", "resnet18"] | None = Field(default=None, description="default: from the table kind")
+    model: Literal["mlp", "cnn", "resnet18"] | None = Field(default=None, description="default: from the table kind")
     workers: int = Field(default=1, ge=1, description="Ray Train workers of the run (data-parallel)")
     cpus_per_worker: float | None = Field(default=None, gt=0)
     use_gpu: bool | None = Field(default=None, description="default: when the cluster has GPUs")
