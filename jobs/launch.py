@@ -123,10 +123,12 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | No
 
 def draw(folder: Path, summary: dict) -> None:
     """The training's figures beside its JSON: metrics per fold, learning curves, the out-of-fold confusion
-    matrix, and the search's trials when a search ran."""
+    matrix, the reliability diagram, and the search's trials when a search ran."""
     plots.fold_metrics(summary, folder / "fold_metrics.png")
     plots.learning_curves(summary["per_fold"], folder / "learning_curves.png")
     plots.confusion(np.asarray(summary["confusion"]), summary["classes"], folder / "confusion.png")
+    if summary.get("calibration"):
+        plots.reliability(summary["calibration"], folder / "reliability.png")
     search = folder / "search" / "search.json"
     if search.is_file():
         plots.search(json.loads(search.read_text()), folder / "search" / "search.png")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.contract import METRICS
+from training.contract import METRICS, SCORED
 
 
 def _pyplot():
@@ -129,7 +129,7 @@ def tradeoff_curves(curve: dict[str, list[dict]], metric: str, names: dict[str, 
 
 def fold_metrics(summary: dict, path: Path) -> None:
     plt = _pyplot()
-    names = [m for m in METRICS if m != "log_loss"]  # the ones in [0, 1]
+    names = [m for m in METRICS if m in SCORED]  # higher is better, in [0, 1]
     folds = summary["per_fold"]
     fig, ax = plt.subplots(figsize=(8, 3.4))
     width = 0.8 / (len(folds) + 1)
@@ -173,6 +173,35 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("out-of-fold confusion")
+    save(fig, path)
+
+
+def reliability(calibration: dict, path: Path) -> None:
+    """The reliability diagram: per confidence bin, accuracy against mean confidence (the diagonal is perfect
+    calibration; below it the model is over-confident), for the pooled out-of-fold rows and the test part,
+    with each bin's share of the rows under it and the expected calibration error in the legend."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for (name, r), colour in zip(calibration.items(), ("tab:blue", "tab:orange"), strict=False):
+        rows = np.asarray(r["rows"], dtype=float)
+        if not rows.sum():
+            continue
+        keep = rows > 0
+        conf, acc = np.asarray(r["confidence"], dtype=float), np.asarray(r["accuracy"], dtype=float)
+        ax.plot(conf[keep], acc[keep], marker="o", color=colour,
+                label=f"{name.replace('_', '-')} (ECE {r['ece']:.3f}, {int(rows.sum()):,} rows)")  # fmt: skip
+        edges = np.linspace(0, 1, r["bins"] + 1)
+        hist.bar(edges[:-1], rows / rows.sum(), width=1 / r["bins"], align="edge", alpha=0.5, color=colour)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("reliability: top-class confidence vs accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    hist.set_xlabel("confidence (probability of the predicted class)")
+    hist.set_ylabel("share of rows")
+    hist.grid(alpha=0.3)
     save(fig, path)
 
 

@@ -179,8 +179,14 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
     }  # fmt: skip
     if search is not None:
         summary["search"] = {k: v for k, v in search.items() if k != "results"}
-    summary["predictions"] = write_predictions(gold, (load_fold(out / f"fold-{f}.json", rows=True)
-                                                       for f in range(gold.folds)))
+    from training import loop
+
+    scored = [load_fold(out / f"fold-{f}.json", rows=True) for f in range(gold.folds)]
+    summary["calibration"] = {  # the reliability diagram's bins: out-of-fold rows pooled, and the test part
+        "out_of_fold": loop.reliability(np.concatenate([f["labels"] for f in scored]),
+                                        np.concatenate([f["probabilities"] for f in scored])),
+        "test": loop.reliability(np.asarray(final["labels"]), np.asarray(final["probabilities"]))}  # fmt: skip
+    summary["predictions"] = write_predictions(gold, iter(scored))
     (out / "cv.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 

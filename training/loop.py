@@ -249,12 +249,36 @@ def confusion(y: np.ndarray, p: np.ndarray, classes: int) -> list[list[int]]:
     return confusion_matrix(y, p.argmax(1), labels=list(range(classes))).tolist() if len(y) else []
 
 
+CALIBRATION_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017), "On Calibration of Modern Neural Networks"
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Top-label calibration of probabilities ``p`` for labels ``y``: per equal-width confidence bin its rows,
+    mean confidence (the top probability) and accuracy, and the expected calibration error, the rows-weighted
+    mean of |accuracy − confidence| over the bins (Guo et al. 2017)."""
+    if not len(y):
+        return {"bins": bins, "rows": [0] * bins, "confidence": [float("nan")] * bins,
+                "accuracy": [float("nan")] * bins, "ece": float("nan")}  # fmt: skip
+    conf, right = p.max(1), (p.argmax(1) == y).astype(float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)  # bin b holds (b/bins, (b+1)/bins]; 1.0 in the last
+    which = np.where((conf * bins == which) & (which > 0), which - 1, which)  # an edge belongs to the bin below
+    rows = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, conf, minlength=bins) / rows
+        accuracy = np.bincount(which, right, minlength=bins) / rows
+    ece = float(np.nansum(rows * np.abs(accuracy - mean_conf)) / len(y))
+    return {"bins": bins, "rows": rows.tolist(), "confidence": mean_conf.tolist(), "accuracy": accuracy.tolist(),
+            "ece": ece}  # fmt: skip
+
+
 def metrics(y: np.ndarray, p: np.ndarray, classes: int) -> dict[str, float]:
-    """Accuracy, macro-F1, ROC-AUC (one-vs-rest, macro; NaN when a class is absent) and log loss."""
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+    """Accuracy, macro-F1, ROC-AUC (one-vs-rest, macro; NaN when a class is absent), log loss, the Brier score
+    (scikit-learn's: halved for two classes, the multi-class sum over classes otherwise) and the expected
+    calibration error (``reliability``)."""
+    from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, roc_auc_score
 
     if not len(y):
-        return {"accuracy": float("nan"), "macro_f1": float("nan"), "roc_auc": float("nan"), "log_loss": float("nan")}
+        return {m: float("nan") for m in ("accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")}
     pred = p.argmax(1)
     try:
         if classes == 2:
@@ -268,6 +292,8 @@ def metrics(y: np.ndarray, p: np.ndarray, classes: int) -> dict[str, float]:
         "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(classes)), zero_division=0)),
         "roc_auc": auc,
         "log_loss": log_loss(y, p),
+        "brier": float(brier_score_loss(y, p, labels=list(range(classes)))),
+        "ece": reliability(y, p)["ece"],
     }
 
 

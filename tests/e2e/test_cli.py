@@ -106,7 +106,8 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
         (html,) = (tmp_path / "demo" / "lake" / dataset / "reports").glob("*/report.html")
         page = parse(html)
         assert "mean ± std" in page.text and "Training did not run in this run." not in page.text
-        for plot in ("CV metrics per fold", "learning curves", "confusion matrix (final model on the test rows)",
+        for plot in ("CV metrics per fold", "learning curves", "confusion matrix (out-of-fold predictions)",
+                     "calibration: reliability diagram (CV out-of-fold rows and the test part)",
                      "label audit: confident joint and noise matrix"):
             assert [decode(src) for alt, src in page.images if alt == plot]
         # The label audit ran last: its table beside gold and its section in the report.
@@ -124,6 +125,10 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     assert {k: cv["settings"][k] for k in best["config"]} == best["config"]
     # It scored both folds at the training's epochs: its folds are the CV's, not trained twice.
     assert cv["folds_from_search"] and [f["macro_f1"] for f in cv["per_fold"]] == best["scores"]
+    # Calibration beside the other metrics, and the reliability diagram's bins over every out-of-fold row.
+    assert all(0 <= f["brier"] <= 1 and 0 <= f["ece"] <= 1 for f in cv["per_fold"])
+    assert sum(cv["calibration"]["out_of_fold"]["rows"]) == sum(f["val_rows"] for f in cv["per_fold"])
+    assert sum(cv["calibration"]["test"]["rows"]) == cv["final"]["test_rows"] and "brier" in result.stdout
     assert all(len(t["scores"]) == 2 and not t["stopped_early"] for t in search["results"])
     page = parse(next((tmp_path / "demo" / "lake" / "cancer" / "reports").glob("*/report.html")))
     assert "stopped early by ASHA" in " ".join(page.text)

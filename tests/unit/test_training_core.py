@@ -181,6 +181,27 @@ def test_metrics_and_early_stopping():
     assert not stop.step(1.2, 2) and stop.stop and stop.best_epoch == 0
 
 
+def test_calibration_metrics_against_hand_computed_values():
+    # Two classes, four rows. Top-class confidences 0.9, 0.8, 0.6, 0.7; right, right, wrong, wrong.
+    y = np.array([0, 1, 1, 0])
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    m = loop.metrics(y, p, 2)
+    # Brier, two classes: mean squared error of the positive-class probability.
+    assert m["brier"] == pytest.approx(np.mean([0.1**2, 0.2**2, 0.6**2, 0.7**2]))
+    r = loop.reliability(y, p, bins=5)  # bins (0, .2], (.2, .4], (.4, .6], (.6, .8], (.8, 1]
+    assert r["rows"] == [0, 0, 1, 2, 1]  # 0.6 | 0.8, 0.7 | 0.9: an edge belongs to the bin below
+    assert r["confidence"][3] == pytest.approx(0.75) and r["accuracy"][3] == pytest.approx(0.5)
+    # ECE = sum over bins of rows/N * |accuracy - confidence| = (1*|0-.6| + 2*|.5-.75| + 1*|1-.9|) / 4
+    assert r["ece"] == pytest.approx((0.6 + 2 * 0.25 + 0.1) / 4) and m["ece"] == pytest.approx(loop.reliability(y, p)["ece"])
+    # Three classes: the multi-class Brier score sums over the classes (range [0, 2]).
+    y3, p3 = np.array([0, 2]), np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    expected = np.mean([(0.5 - 1) ** 2 + 0.3**2 + 0.2**2, 0.1**2 + 0.1**2 + (0.8 - 1) ** 2])
+    assert loop.metrics(y3, p3, 3)["brier"] == pytest.approx(expected)
+    perfect = loop.reliability(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    assert perfect["ece"] == 0 and perfect["rows"][-1] == 2  # confidence 1.0 falls in the last bin
+    assert np.isnan(loop.metrics(np.array([], int), np.zeros((0, 2)), 2)["ece"])
+
+
 def test_checkpoints_restore_a_slot_exactly(tmp_path):
     torch.manual_seed(0)
     s = _slot(models.build("tabular", inputs=3, classes=2, hidden=(8,)), total=10)

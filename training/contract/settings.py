@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-METRICS = ("accuracy", "macro_f1", "roc_auc", "log_loss")  # what each fold reports, in this order
+METRICS = ("accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")  # what each fold reports, in this order
 Scored = Literal["macro_f1", "accuracy", "roc_auc"]  # higher is better: what a search or a curve may maximise
 SCORED = typing.get_args(Scored)
 ALGORITHMS = ("random", "bayesian")
