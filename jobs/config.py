@@ -106,7 +106,10 @@ class OutliersConfig(Strict):
 
 class LabelsConfig(Strict):
     classes: list[str] | None = Field(default=None, description="the class map; other labels are quarantined")
-    synonyms: dict[str, str] = Field(default_factory=dict, description="spelling -> class (after case/space folding)")
+    synonyms: dict[str, str] = Field(default_factory=dict,
+                                     description="spelling -> class (matched with case, space, _ and - folded)")
+    fuzzy: bool = Field(default=False, description="map an unknown label to its nearest class (edit distance)")
+    fuzzy_distance: int = Field(default=2, ge=1, description="the most edits fuzzy mapping accepts")
 
 
 class PiiConfig(Strict):

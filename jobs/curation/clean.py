@@ -8,7 +8,9 @@ the rows that no earlier check rejected, from the data itself.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -19,6 +21,8 @@ from pyspark.sql import types as T
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
 from jobs.stage import StageReport, StageResult
+
+log = logging.getLogger(__name__)
 
 STAGE = "clean"
 ORIGINAL = "__original"
@@ -32,8 +36,18 @@ def fold_label(col: Column) -> Column:
     return F.lower(F.trim(F.regexp_replace(col, r"\s+", " ")))
 
 
+def label_key(col: Column) -> Column:
+    """What two spellings of one label share: case, whitespace and the separators ``_`` and ``-`` folded, so
+    'Class_1', 'class 1' and ' CLASS-1' all have the key 'class 1'."""
+    return F.trim(F.regexp_replace(F.lower(col), r"[\s_\-]+", " "))
+
+
 def _fold(text: str) -> str:
     return " ".join(text.split()).lower()
+
+
+def _key(text: str) -> str:
+    return " ".join(re.split(r"[\s_\-]+", text.lower())).strip()
 
 
 def _add_reason(df: DataFrame, name: str | Column, when: Column) -> DataFrame:
@@ -44,22 +58,78 @@ def _add_reason(df: DataFrame, name: str | Column, when: Column) -> DataFrame:
     return df.withColumn(REASONS, F.concat(F.col(REASONS), F.when(when, F.array(tag)).otherwise(F.array().cast("array<string>"))))
 
 
+MAX_SPELLINGS = 10_000  # distinct label keys collected to pick each key's spelling when no class map is given
+
+
 def normalise_labels(df: DataFrame, cfg: PipelineConfig) -> tuple[DataFrame, dict[str, Any]]:
-    """Fold case/space, apply synonyms, and tag labels outside the class map (``label_unknown``)."""
+    """One spelling per class: labels are matched on ``label_key`` (case, whitespace, ``_`` and ``-`` folded)
+    to the class map's own spelling (case/space-folded, as before), synonyms matched the same way; a label
+    still outside the map is tagged ``label_unknown``, its nearest class named (Spark's Levenshtein distance
+    over the keys) and, with ``clean.labels.fuzzy``, mapped to it when that class is the only one within
+    ``clean.labels.fuzzy_distance`` edits. Without a class map, each key takes its most frequent spelling."""
     label, labels = cfg.columns.label, cfg.clean.labels
-    folded = fold_label(F.col(label).cast("string"))
-    synonyms = {_fold(k): _fold(v) for k, v in labels.synonyms.items()}
-    mapped = folded
-    if synonyms:
-        mapping = F.create_map(*[F.lit(x) for kv in synonyms.items() for x in kv])
-        mapped = F.coalesce(F.element_at(mapping, folded), folded)
-    df = df.withColumn(label, mapped)
+    raw = F.col(label).cast("string")
+    key = label_key(raw)
+    info: dict[str, Any] = {"classes": labels.classes}
     if labels.classes:
-        classes = [_fold(c) for c in labels.classes]
-        df = _add_reason(df, "label_unknown", F.col(label).isNull() | ~F.col(label).isin(classes))
+        canonical = {_key(c): _fold(c) for c in labels.classes}
+    else:  # the data's own spellings: per key, the commonest (ties: the first in sort order)
+        spellings = (df.where(raw.isNotNull()).groupBy(key.alias("k"), fold_label(raw).alias("s")).count()
+                     .limit(MAX_SPELLINGS * 4).collect())  # fmt: skip
+        best: dict[str, tuple[int, str]] = {}
+        for r in spellings:
+            if r["k"] not in best or (-r["count"], r["s"]) < (-best[r["k"]][0], best[r["k"]][1]):
+                best[r["k"]] = (r["count"], r["s"])
+        canonical = {k: v[1] for k, v in best.items()} if len(best) <= MAX_SPELLINGS else {}
+    synonyms = {_key(k): canonical.get(_key(v), _fold(v)) for k, v in labels.synonyms.items()}
+    table = {**canonical, **synonyms}  # a synonym named in the config wins over a class's own key
+    info["synonyms"] = synonyms
+
+    def mapped_by(entries: dict[str, str]) -> Column:
+        if not entries:
+            return F.lit(None).cast("string")
+        return F.element_at(F.create_map(*[F.lit(x) for kv in entries.items() for x in kv]), key)
+
+    mapped = mapped_by(table)
+    if labels.classes:
+        suggestions = nearest_classes(df.where(raw.isNotNull() & mapped.isNull()).select(key.alias("k"),
+                                                                                         fold_label(raw).alias("s")),
+                                      canonical)  # fmt: skip
+        mapped_fuzzy = {}
+        for spelling, s in suggestions.items():
+            s["mapped"] = bool(labels.fuzzy and s["unique"] and s["distance"] <= labels.fuzzy_distance)
+            if s["mapped"]:
+                mapped_fuzzy[_key(spelling)] = s["class"]
+            log.warning("label %r is not a class: nearest %r (%d edit(s)%s); %s", spelling, s["class"], s["distance"],
+                        "" if s["unique"] else ", tied", "mapped to it (clean.labels.fuzzy)" if s["mapped"] else
+                        "quarantined as label_unknown; map it with clean.labels.synonyms or clean.labels.fuzzy: true")  # fmt: skip
+        info["unknown"] = suggestions
+        if mapped_fuzzy:
+            mapped = F.coalesce(mapped, mapped_by(mapped_fuzzy))
+        df = df.withColumn(label, F.coalesce(mapped, fold_label(raw)))
+        df = _add_reason(df, "label_unknown", F.col(label).isNull() | ~F.col(label).isin(list(canonical.values())))
     else:
+        df = df.withColumn(label, F.coalesce(mapped, fold_label(raw)))
         df = _add_reason(df, "label_missing", F.col(label).isNull() | (F.col(label) == ""))
-    return df, {"synonyms": synonyms, "classes": labels.classes}
+    return df, info
+
+
+def nearest_classes(unknown: DataFrame, canonical: dict[str, str], limit: int = 100) -> dict[str, dict[str, Any]]:
+    """For each distinct unknown spelling (column ``s``, key ``k``; at most ``limit``): the class whose key is
+    the fewest edits away (``levenshtein``), that distance, and whether no other class is as near."""
+    if not canonical:
+        return {}
+    classes = unknown.sparkSession.createDataFrame(list(canonical.items()), "ck string, cls string")
+    pairs = (unknown.distinct().limit(limit).crossJoin(F.broadcast(classes))
+             .withColumn("d", F.levenshtein("k", "ck")).collect())  # fmt: skip
+    out: dict[str, dict[str, Any]] = {}
+    for r in sorted(pairs, key=lambda r: (r["s"], r["d"], r["cls"])):
+        s = out.get(r["s"])
+        if s is None:
+            out[r["s"]] = {"class": r["cls"], "distance": int(r["d"]), "unique": True}
+        elif r["d"] == s["distance"] and r["cls"] != s["class"]:
+            s["unique"] = False
+    return out
 
 
 def apply_label_issues(df: DataFrame, cfg: PipelineConfig, issues: DataFrame | None) -> DataFrame:

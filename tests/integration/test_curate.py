@@ -66,6 +66,44 @@ def test_clean_folds_labels_coerces_and_quarantines_with_exact_reasons(spark):
     assert result.report.rows_in == 6 and result.report.rows_out == 2
 
 
+LABELS = [  # raw label, label after clean without fuzzy, with fuzzy (None: quarantined as label_unknown)
+    ("Class_1", "class_1", "class_1"),
+    ("class 1", "class_1", "class_1"),  # another separator
+    (" CLASS-1 ", "class_1", "class_1"),
+    ("class__2", "class_2", "class_2"),  # separators run together
+    ("Big Cat", "big-cat", "big-cat"),  # the class map's own spelling is kept
+    ("kitty", "big-cat", "big-cat"),  # a synonym
+    ("clas 1", None, "class_1"),  # one edit from class_1 only
+    ("class 3", None, None),  # one edit from class_1 and class_2: a tie is never mapped
+    ("zebra", None, None),  # far from every class
+]
+
+
+@pytest.mark.parametrize("fuzzy", [False, True])
+def test_labels_fold_separators_and_name_the_nearest_class(spark, fuzzy):
+    cfg = config(clean={"labels": {"classes": ["class_1", "class_2", "big-cat"], "synonyms": {"Kitty": "big cat"},
+                                   "fuzzy": fuzzy}, "outliers": {"method": "none"}})  # fmt: skip
+    rows = [(f"s{i}", "1", 1.0, "x", raw) for i, (raw, _, _) in enumerate(LABELS)]
+    result = clean.clean(frame(spark, rows), cfg)
+    kept = {r["sample_id"]: r["y"] for r in result.kept.collect()}
+    want = {f"s{i}": (f if fuzzy else plain) for i, (_, plain, f) in enumerate(LABELS)}
+    assert kept == {k: v for k, v in want.items() if v is not None}
+    assert reasons(result) == {k: ["label_unknown"] for k, v in want.items() if v is None}
+    unknown = result.report.details["labels"]["unknown"]
+    assert unknown["clas 1"] == {"class": "class_1", "distance": 1, "unique": True, "mapped": fuzzy}
+    assert unknown["class 3"]["distance"] == 1 and not unknown["class 3"]["unique"] and not unknown["class 3"]["mapped"]
+    assert unknown["zebra"]["distance"] > 2 and not unknown["zebra"]["mapped"]
+
+
+def test_labels_without_a_class_map_take_each_keys_commonest_spelling(spark):
+    cfg = config(clean={"outliers": {"method": "none"}})
+    raw = ["t-shirt", "T-Shirt", "t shirt", "coat", "Coat ", "t_shirt", "bag"]
+    result = clean.clean(frame(spark, [(f"s{i}", "1", 1.0, "x", y) for i, y in enumerate(raw)]), cfg)
+    kept = {r["sample_id"]: r["y"] for r in result.kept.collect()}
+    assert kept == {"s0": "t-shirt", "s1": "t-shirt", "s2": "t-shirt", "s3": "coat", "s4": "coat", "s5": "t-shirt",
+                    "s6": "bag"}  # fmt: skip
+
+
 def test_clean_plan_grows_linearly_with_the_per_column_checks(spark):
     """Every feature adds a missing-value check (and an outlier flag); the plan Spark optimises and
     compiles must grow with their number, not double per check (it once did: 126 s to clean 5,000
