@@ -49,6 +49,7 @@ class SlotModel:
     stopper: EarlyStopping
     scaler: torch.amp.GradScaler | None = None
     stopped: bool = False
+    class_weight: torch.Tensor | None = None  # per class, on the device: a weighted loss (``balanced_weights``)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -159,9 +160,17 @@ def backward_sum(s: SlotModel, x: torch.Tensor, y: torch.Tensor, mix: Callable |
     if mix is not None:
         x, target = mix(x, y)
     with torch.autocast(x.device.type, dtype=torch.float16, enabled=s.scaler is not None):
-        loss = nn.functional.cross_entropy(s.model(x), target, reduction="sum")
+        loss = nn.functional.cross_entropy(s.model(x), target, weight=s.class_weight, reduction="sum")
     (s.scaler.scale(loss) if s.scaler is not None else loss).backward()
     return float(loss.detach())
+
+
+def balanced_weights(counts: torch.Tensor) -> torch.Tensor:
+    """scikit-learn's ``class_weight="balanced"``: n / (classes × n_c) from a slot's training rows per class
+    (``counts``), so the weights average to 1 over those rows; a class with no rows gets 1."""
+    counts = counts.double()
+    n, k = counts.sum(), len(counts)
+    return torch.where(counts > 0, n / (k * counts.clamp(min=1)), torch.ones_like(counts)).float()
 
 
 def step(s: SlotModel, scale: float) -> None:

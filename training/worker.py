@@ -263,7 +263,12 @@ class Run:
             scheduler = loop.cosine_with_warmup(optimizer, min(steps, c["warmup_steps"]), steps * epochs)
             scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" and c["amp"] else None
             patience = 10**9 if slot.final else c["patience"]
-            out.append(loop.SlotModel(net, optimizer, scheduler, loop.EarlyStopping(patience=patience), scaler))
+            weight = None
+            if c.get("class_weight") == "balanced":  # from this slot's own training rows (every worker's)
+                counts = torch.bincount(self.rows.y[train_m[i]], minlength=c["classes"]).double()
+                weight = loop.balanced_weights(self.allreduce(counts) if self.world > 1 else counts).to(self.device)
+            out.append(loop.SlotModel(net, optimizer, scheduler, loop.EarlyStopping(patience=patience), scaler,
+                                      class_weight=weight))  # fmt: skip
         return out
 
     def _sum(self, value: float) -> float:

@@ -202,6 +202,44 @@ def test_calibration_metrics_against_hand_computed_values():
     assert np.isnan(loop.metrics(np.array([], int), np.zeros((0, 2)), 2)["ece"])
 
 
+def test_balanced_class_weights_match_scikit_learn_and_weigh_the_loss():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([0] * 8 + [1] * 2 + [2] * 6)
+    w = loop.balanced_weights(torch.bincount(torch.from_numpy(y), minlength=4))
+    assert np.allclose(w[:3].numpy(), compute_class_weight("balanced", classes=np.arange(3), y=y) * 3 / 4)
+    assert w[3] == 1.0  # (four classes: sklearn's figure for three scaled by 3/4; an absent class weighs 1)
+    torch.manual_seed(0)
+    s = _slot(models.build("tabular", inputs=3, classes=3, hidden=(8,)))
+    x, yt = torch.randn(6, 3), torch.tensor([0, 0, 0, 1, 2, 2])
+    s.model.eval()  # no dropout: the same logits twice
+    logits = s.model(x).detach()
+    s.class_weight = torch.tensor([0.5, 3.0, 1.0])
+    got = loop.backward_sum(s, x, yt)
+    per_row = torch.nn.functional.cross_entropy(logits, yt, reduction="none")
+    assert got == pytest.approx(float((per_row * s.class_weight[yt]).sum()), rel=1e-5)
+
+
+def test_balanced_weights_raise_the_minority_recall_of_an_imbalanced_slot():
+    rng = np.random.default_rng(0)
+    n0, n1 = 380, 20  # 19 : 1, overlapping classes: unweighted, the minority is mostly predicted as the majority
+    x = torch.from_numpy(np.concatenate([rng.normal(0, 1, (n0, 2)), rng.normal(1.2, 1, (n1, 2))]).astype(np.float32))
+    y = torch.tensor([0] * n0 + [1] * n1)
+    recall = {}
+    for weighted in (False, True):
+        torch.manual_seed(1)
+        s = _slot(models.build("tabular", inputs=2, classes=2, hidden=(16,), dropout=0.0), total=400)
+        if weighted:
+            s.class_weight = loop.balanced_weights(torch.bincount(y))
+        for epoch in range(20):
+            order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
+            loop.train_epoch([s], x, y, torch.ones(1, len(y), dtype=torch.bool), order, 32, torch.device("cpu"))
+        s.model.eval()
+        pred = s.model(x).argmax(1)
+        recall[weighted] = float((pred[y == 1] == 1).float().mean())
+    assert recall[True] > recall[False] + 0.3, recall
+
+
 def test_checkpoints_restore_a_slot_exactly(tmp_path):
     torch.manual_seed(0)
     s = _slot(models.build("tabular", inputs=3, classes=2, hidden=(8,)), total=10)

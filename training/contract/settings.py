@@ -72,6 +72,8 @@ class TrainSettings(Strict):
     hidden: tuple[int, ...] = Field(default=(128, 64), min_length=1, description="MLP hidden widths")
     patience: int = Field(default=5, ge=1, description="early stopping: epochs without a better validation loss")
     warmup_steps: int = Field(default=20, ge=0, description="linear learning-rate warm-up, in optimiser steps")
+    class_weight: Literal["none", "balanced"] = Field(
+        default="none", description="balanced: each slot's loss weighs class c by n / (classes x n_c) of its rows")
     model: Literal["mlp", "cnn", "resnet18"] | None = Field(default=None, description="default: from the table kind")
     workers: int = Field(default=1, ge=1, description="Ray Train workers of the run (data-parallel)")
     cpus_per_worker: float | None = Field(default=None, gt=0)
