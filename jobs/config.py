@@ -146,9 +146,26 @@ class NearDupConfig(Strict):
     action: Literal["remove", "keep"] = Field(default="remove", description="keep: rows stay, sharing a dup_group")
 
 
+class ExactDupConfig(Strict):
+    enabled: bool = True
+    columns: list[str] | None = Field(default=None, description="identity columns: rows equal on these are one record "
+                                      "(tabular; default: every feature)")  # fmt: skip
+    chance: Literal["auto", "ignore"] = Field(
+        default="auto", description="auto: when distinct rows are expected to share every feature value by chance, "
+        "do not deduplicate on the features alone (tabular)")  # fmt: skip
+
+
 class DedupConfig(Strict):
-    exact: bool = True
+    exact: ExactDupConfig = ExactDupConfig()
     near: NearDupConfig = NearDupConfig()
+    conflicts: Literal["quarantine", "majority", "keep"] = Field(
+        default="quarantine", description="a duplicate group whose labels disagree: quarantined whole, the majority "
+        "label's survivor kept (a tie is quarantined), or one survivor kept per label")  # fmt: skip
+
+    @field_validator("exact", mode="before")
+    @classmethod
+    def _exact_as_bool(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
 
 
 class SplitConfig(Strict):

@@ -19,29 +19,109 @@ otherwise the survivor is the smallest ``sample_id``.
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.config import PipelineConfig
+from jobs.errors import ConfigError
 from jobs.stage import StageReport, StageResult
+
+log = logging.getLogger(__name__)
 
 STAGE = "dedup"
 ID = "sample_id"
 MAX_ITERATIONS = 200  # O(log² n) rounds: never reached by a real group
 
 
-def exact_key(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
-    """``exact_key``: SHA-256 of the file content (images) or of the normalised feature values (tabular)."""
-    if cfg.kind == "images":
-        return df.withColumn("exact_key", F.col("image_sha256"))
+def _normalised(cfg: PipelineConfig) -> list[F.Column]:
+    """Each feature's value as compared: categoricals case/space-folded, numbers as doubles; as strings."""
     values = []
     for f in cfg.columns.features:
         c = F.col(f"`{f.name}`")
         values.append(F.lower(F.trim(c.cast("string"))) if f.kind == "categorical" else c.cast("double"))
-    return df.withColumn("exact_key", F.sha2(F.to_json(F.array(*[v.cast("string") for v in values])), 256))
+    return [v.cast("string") for v in values]
+
+
+def exact_key(df: DataFrame, cfg: PipelineConfig, columns: list[str] | None = None) -> DataFrame:
+    """``exact_key``: SHA-256 of the file content (images), of the normalised feature values (tabular), or, with
+    ``columns``, of those columns' values (the identity columns; with the features: content plus id)."""
+    if cfg.kind == "images":
+        return df.withColumn("exact_key", F.col("image_sha256"))
+    values = [F.col(f"`{c}`").cast("string") for c in columns] if columns else _normalised(cfg)
+    return df.withColumn("exact_key", F.sha2(F.to_json(F.array(*values)), 256))
+
+
+CHANCE_SHARE = 0.1  # chance may explain more than this share of the observed duplicate pairs: not evidence
+
+
+@dataclass
+class Plan:
+    """How duplicates are found for this table: the exact key's columns (None: the features), whether the
+    tabular near search runs, and the chance-collision figures behind that choice."""
+
+    key_columns: list[str] | None = None
+    exact: bool = True
+    near: bool = True
+    chance: dict[str, Any] = field(default_factory=dict)
+
+
+def chance_collisions(df: DataFrame, cfg: PipelineConfig) -> dict[str, Any]:
+    """Pairs of rows that share every feature value: observed, and expected by chance were the features
+    independent — C(n, 2) × Π_f P(two rows agree on f), each P from the feature's own value counts
+    (Σ c_v (c_v − 1) / (n (n − 1))). Two Spark jobs. Correlated features collide more often than this, so it
+    errs on the side of treating collisions as evidence (the behaviour before the check)."""
+    values = _normalised(cfg)
+    cells = df.select(F.explode(F.array(*[F.struct(F.lit(i).alias("f"), v.alias("v")) for i, v in enumerate(values)]))
+                      .alias("e")).groupBy("e.f", "e.v").count()  # fmt: skip
+    per = cells.groupBy("f").agg(F.sum(F.col("count") * (F.col("count") - 1)).alias("same"),
+                                 F.sum("count").alias("n")).collect()  # fmt: skip
+    observed = (df.groupBy("exact_key").count()
+                .agg(F.sum(F.col("count") * (F.col("count") - 1) / 2).alias("pairs")).first()["pairs"] or 0)  # fmt: skip
+    n = int(per[0]["n"]) if per else 0
+    pairs = n * (n - 1) / 2
+    agree = [float(r["same"]) / (n * (n - 1)) if n > 1 else 0.0 for r in per]
+    expected = pairs * float(np.prod(agree)) if agree else 0.0
+    return {"rows": n, "observed_pairs": int(observed), "expected_pairs": round(expected, 3),
+            "agreement_per_feature": {cfg.columns.features[int(r["f"])].name: round(a, 6) for r, a in zip(per, agree, strict=True)},
+            "explained": expected >= 1 and expected > CHANCE_SHARE * max(int(observed), 1)}  # fmt: skip
+
+
+def plan(df: DataFrame, cfg: PipelineConfig) -> Plan:
+    """Decide how to find duplicates (see ``Plan``). Identity columns (``dedup.exact.columns``) are the key when
+    given. Otherwise, on a table whose features are expected to collide by chance (``chance_collisions``),
+    equal features are not evidence: the key becomes the id column plus the features (content plus id), or,
+    without an id column, exact dedup is off; the tabular near search is off too; and a warning says so."""
+    e = cfg.dedup.exact
+    out = Plan(key_columns=list(e.columns) if e.columns else None, exact=e.enabled, near=cfg.dedup.near.enabled)
+    if cfg.kind == "images":
+        return out
+    missing = sorted(set(e.columns or []) - set(df.columns))
+    if missing:
+        raise ConfigError(f"dedup.exact.columns are not columns of the table: {missing}",
+                          fix="name identity columns the source has (e.g. the id column), or drop the key")  # fmt: skip
+    if e.chance == "ignore" or not (e.enabled or out.near) or not cfg.columns.features:
+        return out
+    out.chance = chance_collisions(exact_key(df, cfg), cfg)
+    if not out.chance["explained"]:
+        return out
+    c = out.chance
+    if not e.columns:
+        out.key_columns = [cfg.columns.id] + [f.name for f in cfg.columns.features] if cfg.columns.id else None
+        out.exact = e.enabled and cfg.columns.id is not None
+    out.near = False
+    log.warning("dedup: distinct rows of this table share every feature value by chance (%.1f pairs expected from "
+                "the features' value counts, %d observed), so equal features are not evidence of a copy: %s; the "
+                "tabular near-duplicate search is off. Name identity columns in dedup.exact.columns, or set "
+                "dedup.exact.chance: ignore to deduplicate on the features anyway", c["expected_pairs"],
+                c["observed_pairs"], f"exact duplicates keyed on {cfg.columns.id} plus the features" if out.exact
+                else "exact dedup is off (no id column)")  # fmt: skip
+    return out
 
 
 def exact_edges(df: DataFrame) -> DataFrame:
@@ -161,13 +241,15 @@ def connected_components(edges: DataFrame) -> DataFrame:
     raise RuntimeError(f"connected components did not converge in {MAX_ITERATIONS} rounds")
 
 
-def find(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
-    """``df`` with ``exact_key`` and ``dup_group`` (the smallest ``sample_id`` of its duplicate group)."""
-    df = exact_key(df, cfg)
+def find(df: DataFrame, cfg: PipelineConfig, how: Plan | None = None) -> DataFrame:
+    """``df`` with ``exact_key`` and ``dup_group`` (the smallest ``sample_id`` of its duplicate group), found as
+    ``how`` says (default: ``plan(df, cfg)``)."""
+    how = how or plan(df, cfg)
+    df = exact_key(df, cfg, how.key_columns)
     parts = []
-    if cfg.dedup.exact:
+    if how.exact:
         parts.append(exact_edges(df))
-    if cfg.dedup.near.enabled:
+    if how.near:
         parts.append(image_near_edges(df, cfg) if cfg.kind == "images" else tabular_near_edges(df, cfg))
     if not parts:
         return df.withColumn("dup_group", F.col(ID))
@@ -179,25 +261,40 @@ def find(df: DataFrame, cfg: PipelineConfig) -> DataFrame:
     return found.withColumn("dup_group", F.coalesce("component", ID)).drop("node", "component")
 
 
-def remove(found: DataFrame, cfg: PipelineConfig) -> StageResult:
-    """Keep one survivor per group; quarantine the rest (exact/near duplicate) and groups with disagreeing labels."""
+def remove(found: DataFrame, cfg: PipelineConfig, how: Plan | None = None) -> StageResult:
+    """Keep one survivor per group; quarantine the rest (exact/near duplicate). A group whose labels disagree
+    follows ``dedup.conflicts``: ``quarantine`` (the whole group, ``label_conflict``), ``majority`` (the
+    survivor is the commonest label's smallest id, the other labels' rows are ``label_conflict``; a tie is
+    quarantined whole) or ``keep`` (one survivor per label)."""
     start = time.perf_counter()
     label = cfg.columns.label
+    policy = cfg.dedup.conflicts
     group = Window.partitionBy("dup_group")
-    same_copy = Window.partitionBy("dup_group", "exact_key")
-    keep_near = cfg.dedup.near.action == "keep"
+    # The unit a survivor is chosen in: the group, or (keeping near copies) each exact copy set in it; with
+    # conflicts kept, each label within that.
+    unit = ["dup_group"] + (["exact_key"] if cfg.dedup.near.action == "keep" else [])
+    unit += [label] if policy == "keep" else []
+    per_label = Window.partitionBy("dup_group", label)
     df = (found.withColumn("group_size", F.count(F.lit(1)).over(group))
           .withColumn("labels", F.size(F.collect_set(label).over(group)))
-          .withColumn("first", F.min(ID).over(group))
-          .withColumn("survivor", F.min(ID).over(same_copy) if keep_near else F.col("first"))
-          .withColumn("survivor_key", F.min(F.when(F.col(ID) == F.col("first"), F.col("exact_key"))).over(group)))  # fmt: skip
-    reason = (F.when(F.col("labels") > 1, F.lit("label_conflict"))
+          .withColumn("label_rows", F.count(F.lit(1)).over(per_label))
+          .withColumn("top_rows", F.max("label_rows").over(group)))  # fmt: skip
+    top_labels = F.size(F.collect_set(F.when(F.col("label_rows") == F.col("top_rows"), F.col(label))).over(group))
+    df = df.withColumn("top_labels", top_labels)
+    if policy == "quarantine":
+        conflict = F.col("labels") > 1
+    elif policy == "majority":  # the rows of other labels, or every row when the commonest labels tie
+        conflict = (F.col("labels") > 1) & ((F.col("top_labels") > 1) | (F.col("label_rows") < F.col("top_rows")))
+    else:
+        conflict = F.lit(False)
+    eligible = Window.partitionBy(*unit)
+    df = df.withColumn("conflict", conflict)
+    df = (df.withColumn("survivor", F.min(F.when(~F.col("conflict"), F.col(ID))).over(eligible))
+          .withColumn("survivor_key", F.min(F.when(F.col(ID) == F.col("survivor"), F.col("exact_key"))).over(eligible)))  # fmt: skip
+    reason = (F.when(F.col("conflict"), F.lit("label_conflict"))
               .when(F.col(ID) == F.col("survivor"), F.lit(None))
               .when(F.col("exact_key") == F.col("survivor_key"), F.lit("exact_duplicate"))
               .otherwise(F.lit("near_duplicate")))  # fmt: skip
-    if keep_near:
-        reason = F.when(F.col("labels") > 1, F.lit("label_conflict")).when(F.col(ID) != F.col("survivor"),
-                                                                            F.lit("exact_duplicate"))  # fmt: skip
     df = df.withColumn("reason", reason)
     stats = df.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()
     groups = df.where(F.col("group_size") > 1).agg(F.count_distinct("dup_group").alias("g"),
@@ -205,14 +302,16 @@ def remove(found: DataFrame, cfg: PipelineConfig) -> StageResult:
     counts = {r["reason"]: r["n"] for r in stats}
     rows_in = sum(counts.values())
     dropped = {k: v for k, v in counts.items() if k}
-    helper = ["group_size", "labels", "first", "survivor", "survivor_key"]
+    helper = ["group_size", "labels", "label_rows", "top_rows", "top_labels", "conflict", "survivor", "survivor_key"]
     kept = df.where(F.col("reason").isNull()).drop("reason", *helper)
     rejected = (df.where(F.col("reason").isNotNull())
                 .withColumn("duplicate_of", F.when(F.col("reason") != "label_conflict", F.col("survivor")))
                 .withColumn("reasons", F.array("reason")).drop(*helper))  # fmt: skip
     report = StageReport(stage=STAGE, rows_in=rows_in, rows_out=rows_in - sum(dropped.values()), dropped=dropped)
-    report.details.update(
-        {"groups": groups["g"], "rows_in_groups": groups["rows"], "near_action": cfg.dedup.near.action}
-    )
+    report.details.update({"groups": groups["g"], "rows_in_groups": groups["rows"],
+                           "near_action": cfg.dedup.near.action, "conflicts": policy})  # fmt: skip
+    if how is not None:
+        report.details.update({"key": how.key_columns or "features", "exact": how.exact, "near": how.near,
+                               **({"chance": how.chance} if how.chance else {})})  # fmt: skip
     report.seconds = time.perf_counter() - start
     return StageResult(kept=kept, rejected=rejected, report=report)

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.spark
 
 def config(**sections):
     raw = {"dataset": "toy", "kind": "tabular", "source": {"path": "x", "format": "csv"},
-           "columns": {"label": "y", "features": ["a", "b", {"name": "c", "kind": "categorical"}]}, **sections}  # fmt: skip
+           "columns": {"label": "y", "features": ["a", "b", {"name": "c", "kind": "categorical"}]}}  # fmt: skip
+    raw.update(sections)
     return parse_config(raw)
 
 
@@ -212,6 +213,54 @@ def test_dedup_keeps_one_survivor_and_quarantines_conflicts(spark):
         "s4": ("label_conflict", None), "s5": ("label_conflict", None),
     }  # fmt: skip
     assert result.report.dropped == {"exact_duplicate": 1, "near_duplicate": 1, "label_conflict": 2}
+
+
+@pytest.mark.parametrize("policy, kept, rejected", [
+    ("quarantine", ["s1", "s6", "s7", "s8"],
+     {"s4": ("label_conflict", None), "s5": ("label_conflict", None), "s9": ("label_conflict", None)}),
+    ("majority", ["s1", "s4", "s6", "s7", "s8"],  # dog 2 : cat 1, the survivor is dog's smallest id
+     {"s5": ("label_conflict", None), "s9": ("exact_duplicate", "s4")}),
+    ("keep", ["s1", "s4", "s5", "s6", "s7", "s8"],  # one survivor per label
+     {"s9": ("exact_duplicate", "s4")}),
+])  # fmt: skip
+def test_a_group_whose_labels_disagree_follows_dedup_conflicts(spark, policy, kept, rejected):
+    cfg = config(clean={"outliers": {"method": "none"}}, dedup={"conflicts": policy})
+    rows = DEDUP_ROWS + [("s9", "5.0", 50.0, "x", "dog")]  # a second dog copy of s4
+    result = dedup.remove(dedup.find(clean.clean(frame(spark, rows), cfg).kept, cfg), cfg)
+    assert sorted(r["sample_id"] for r in result.kept.collect()) == kept
+    got = {r["sample_id"]: (r["reason"], r["duplicate_of"]) for r in result.rejected.collect()}
+    assert got == {"s2": ("exact_duplicate", "s1"), "s3": ("near_duplicate", "s1"), **rejected}
+
+
+def test_features_that_collide_by_chance_are_not_evidence_of_a_copy(spark):
+    """300 distinct records over three features with 3 values each (27 combinations): most share every value
+    with another by chance. The first 10 are one record delivered 10 times (same id, same values)."""
+    rng = np.random.default_rng(0)
+    rows = [(f"r{i:03d}", str(int(rng.integers(3))), float(rng.integers(3)), "xyz"[int(rng.integers(3))], "cat")
+            for i in range(300)]  # fmt: skip
+    rows[1:10] = [(f"r{i:03d}", *rows[0][1:]) for i in range(1, 10)]
+    df = clean.clean(frame(spark, rows), config(clean={"outliers": {"method": "none"}})).kept
+    df = df.withColumn("rid", F.when(F.col("sample_id") < "r010", F.lit("R0")).otherwise(F.col("sample_id")))
+
+    def kept(**dedup_cfg):
+        cfg = config(clean={"outliers": {"method": "none"}}, dedup=dedup_cfg)
+        how = dedup.plan(df, cfg)
+        result = dedup.remove(dedup.find(df, cfg, how), cfg, how)
+        return result.kept.count(), result.report.details
+
+    n, details = kept()  # no id column: exact dedup on the features is off, and so is the near search
+    assert n == 300 and details["chance"]["explained"] and not details["exact"] and not details["near"]
+    assert details["chance"]["expected_pairs"] > 1000 and details["chance"]["observed_pairs"] > 1000
+    assert kept(exact={"chance": "ignore"}, near={"enabled": False})[0] <= 27  # the old behaviour: one per combination
+    assert kept(exact={"columns": ["rid"]})[0] == 291  # identity columns: the ten deliveries are one record
+    with_id = config(columns={"id": "rid", "label": "y", "features": ["a", "b", {"name": "c", "kind": "categorical"}]},
+                     clean={"outliers": {"method": "none"}})  # fmt: skip
+    how = dedup.plan(df, with_id)
+    assert how.key_columns == ["rid", "a", "b", "c"] and how.exact and not how.near  # content plus id
+    assert dedup.remove(dedup.find(df, with_id, how), with_id, how).kept.count() == 291
+    with pytest.raises(ConfigError, match=r"dedup.exact.columns are not columns of the table: \['nope'\]"):
+        dedup.plan(df, config(dedup={"exact": {"columns": ["nope"]}}))
+    assert config(dedup={"exact": False}).dedup.exact.enabled is False  # the old boolean form still reads
 
 
 def test_near_duplicates_kept_share_a_group_and_a_fold(spark):
