@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,13 +120,27 @@ def confident_labels(scored: DataFrame, thresholds: list[float]) -> DataFrame:
     return scored.withColumn("confident_label", F.when(best >= 0, (F.array_position(above, best) - 1).cast("int")))
 
 
-def thresholds_and_counts(scored: DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class mean self-confidence and row count, in one aggregation."""
-    rows = scored.groupBy("label").agg(F.avg("self_confidence").alias("t"), F.count(F.lit(1)).alias("n")).collect()
+def thresholds_and_counts(scored: DataFrame, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class mean self-confidence, row count and rows the model's top class gets right, in one aggregation."""
+    top = F.array_position("probabilities", F.array_max("probabilities")) - 1
+    rows = scored.groupBy("label").agg(F.avg("self_confidence").alias("t"), F.count(F.lit(1)).alias("n"),
+                                       F.count_if(top == F.col("label")).alias("right")).collect()  # fmt: skip
     thresholds, counts = np.full(k, np.inf), np.zeros(k, dtype=int)  # a class with no row is never confident
+    right = np.zeros(k, dtype=int)
     for r in rows:
-        thresholds[r["label"]], counts[r["label"]] = r["t"], r["n"]
-    return thresholds, counts
+        thresholds[r["label"]], counts[r["label"]], right[r["label"]] = r["t"], r["n"], r["right"]
+    return thresholds, counts, right
+
+
+def skill(counts: np.ndarray, right: np.ndarray) -> dict:
+    """How far the out-of-fold model is from a trivial one: its balanced accuracy (mean recall over the
+    classes present) on the given labels, and that as a share of the way from chance (1 / classes: what
+    predicting the prior or a constant scores) to perfect."""
+    present = counts > 0
+    balanced = float(np.mean(right[present] / counts[present]))
+    chance = 1.0 / int(present.sum())
+    return {"balanced_accuracy": round(balanced, 4), "chance": round(chance, 4),
+            "skill": round((balanced - chance) / (1.0 - chance), 4)}  # fmt: skip
 
 
 def count_joint(labelled: DataFrame, k: int) -> np.ndarray:
@@ -168,7 +183,7 @@ def audit(preds: DataFrame, classes: list[str], cfg: AuditConfig) -> StageResult
     start = time.perf_counter()
     k = len(classes)
     scored = with_scores(preds)
-    thresholds, counts = thresholds_and_counts(scored, k)
+    thresholds, counts, right = thresholds_and_counts(scored, k)
     if (counts > 0).sum() < 2:
         raise DataFailedError(f"the predictions hold {int(counts.sum())} rows of {(counts > 0).sum()} class(es); "
                               "confident learning needs at least two classes",
@@ -181,10 +196,36 @@ def audit(preds: DataFrame, classes: list[str], cfg: AuditConfig) -> StageResult
         "suggested_label", F.element_at(names, F.col("suggested_label") + 1).alias("suggested_class"),
         "self_confidence", "normalized_margin", F.col(cfg.ranking).alias("score"),
     ).withColumnRenamed("label", "given_label")  # fmt: skip
+    # Knowing its limits: verdicts act only when the model clearly beats a trivial one, and no more of them
+    # than the rows confident learning estimates to be mislabelled (the lowest scores first).
+    fit = skill(counts, right)
+    noise = max(0.0, 1.0 - float(np.trace(np.asarray(est.joint))))
+    cap = int(math.ceil(noise * counts.sum() - 1e-9))
+    abstained = None
+    if fit["skill"] < cfg.min_skill:
+        abstained = (f"the out-of-fold model's balanced accuracy {fit['balanced_accuracy']:.3f} is {fit['skill']:.2f} "
+                     f"of the way from chance ({fit['chance']:.3f}) to perfect, below audit.min_skill "
+                     f"{cfg.min_skill:g}: its disagreements with the labels are not evidence of wrong labels")  # fmt: skip
+        issues = issues.withColumn("actionable", F.lit(False))
+    else:
+        issues = cap_verdicts(issues, cap, cfg.ranking)
     report = StageReport(stage=STAGE, rows_in=int(counts.sum()))
-    report.details.update({"method": cfg.method, "ranking": cfg.ranking, "estimate": asdict(est)})
+    report.details.update({"method": cfg.method, "ranking": cfg.ranking, "estimate": asdict(est), "model": fit,
+                           "min_skill": cfg.min_skill, "estimated_noise_rate": round(noise, 4),
+                           "cap": cap, "abstained": abstained})  # fmt: skip
+    if abstained:
+        log.warning("label audit abstains: %s; its flags are reported, never applied", abstained)
     report.seconds = time.perf_counter() - start
     return StageResult(kept=issues, rejected=None, report=report)
+
+
+def cap_verdicts(issues: DataFrame, cap: int, ranking: str) -> DataFrame:
+    """``issues`` plus ``actionable``: true for the ``cap`` lowest scores (ties by sample_id), ranked without a
+    window over the whole table (``rank_within`` over 1,024 score ranges)."""
+    unit = (F.col("score") + 1) / 2 if ranking == "normalized_margin" else F.col("score")
+    bucket = F.least(F.greatest(F.floor(unit * 1024), F.lit(0)), F.lit(1023)).cast("long")
+    return (rank_within(issues, [], bucket, [F.col("score"), F.col("sample_id")])
+            .withColumn("actionable", F.col("_rank") <= cap).drop("_rank"))  # fmt: skip
 
 
 def merge_issues(previous: DataFrame | None, current: DataFrame, scored: DataFrame) -> DataFrame:
@@ -199,6 +240,8 @@ def merge_issues(previous: DataFrame | None, current: DataFrame, scored: DataFra
     """
     if previous is None:
         return current
+    if "actionable" not in previous.columns:  # written before audits could abstain: every verdict acted
+        previous = previous.withColumn("actionable", F.lit(True))
     first = previous.select("sample_id", F.col("given_label").alias("_gl"), F.col("given_class").alias("_gc"))
     updated = (current.join(first, "sample_id", "left")
                .withColumn("given_label", F.coalesce("_gl", "given_label"))
@@ -254,11 +297,12 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
 
 def _summarise(issues: DataFrame, run_id: str) -> dict:
     """Counts (one aggregation) and the 20 lowest-scored rows of the written table."""
-    totals = issues.agg(F.count(F.lit(1)).alias("rows"),
-                        F.count_if(F.col("audit_run_id") == run_id).alias("flagged")).first()  # fmt: skip
+    totals = issues.agg(F.count(F.lit(1)).alias("rows"), F.count_if(F.col("audit_run_id") == run_id).alias("flagged"),
+                        F.count_if(F.col("actionable")).alias("actionable")).first()  # fmt: skip
     pairs = issues.groupBy("given_class", "suggested_class").count().collect()
     top = issues.orderBy("score", "sample_id").limit(20).collect()
     return {"flagged": int(totals["flagged"]), "label_issues_rows": int(totals["rows"]),
+            "actionable": int(totals["actionable"]),
             "pairs": {f"{r['given_class']} -> {r['suggested_class']}": r["count"] for r in pairs},
             "top": [{k: r[k] for k in ("sample_id", "fold", "given_class", "suggested_class", "score")} for r in top]}  # fmt: skip
 

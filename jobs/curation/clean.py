@@ -139,6 +139,8 @@ def apply_label_issues(df: DataFrame, cfg: PipelineConfig, issues: DataFrame | N
     df = df.withColumn(RELABELLED, F.lit(False))
     if issues is None or policy == "report":
         return df
+    if "actionable" in issues.columns:  # an audit that abstained, or flags past its noise-rate cap: reported only
+        issues = issues.where(F.col("actionable"))
     flagged = issues.select("sample_id", F.col("given_class").alias("_given"), F.col("suggested_class").alias("_to"))
     df = df.join(flagged, "sample_id", "left")
     hit = F.coalesce(F.col("_given").isNotNull() & (F.col(label) == F.col("_given")), F.lit(False))

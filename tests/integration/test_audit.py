@@ -58,6 +58,45 @@ def test_three_classes_by_hand(spark, method):
     assert rows == {"a3": ("a", "c", 0.1), "b3": ("b", "a", 0.3)}
 
 
+def test_the_audit_abstains_when_its_model_is_no_better_than_chance_and_caps_its_verdicts(spark):
+    # TWO: balanced accuracy 0.75 on two classes, half-way from chance: the verdicts act, up to the estimated
+    # noise (1 - trace of the calibrated joint = 0.25 of 8 rows: 2).
+    result = audit.audit(_preds(spark, [(s, y, [p, 1 - p]) for s, y, p in TWO]), ["a", "b"], AuditConfig())
+    d = result.report.details
+    assert d["model"] == {"balanced_accuracy": 0.75, "chance": 0.5, "skill": 0.5} and d["abstained"] is None
+    assert d["estimated_noise_rate"] == pytest.approx(0.25) and d["cap"] == 2
+    assert {r["sample_id"]: r["actionable"] for r in result.kept.collect()} == {"r4": True, "r8": True}
+    # A model that has learnt nothing (probabilities unrelated to the labels) flags rows too; none may act.
+    rng = np.random.default_rng(0)
+    noise = [(f"n{i}", int(i % 3), rng.dirichlet([1, 1, 1]).tolist()) for i in range(300)]
+    weak = audit.audit(_preds(spark, noise), ["a", "b", "c"], AuditConfig(method="confident_joint"))
+    d = weak.report.details
+    assert d["model"]["skill"] < 0.2 and "below audit.min_skill 0.2" in d["abstained"]
+    rows = weak.kept.collect()
+    assert rows and not any(r["actionable"] for r in rows)  # reported, never applied
+    # The same predictions with the bar lowered: at most the estimated noise rate's rows act, lowest scores first
+    # (a cap of 20 rows set by hand here, so that it binds).
+    d = audit.audit(_preds(spark, noise), ["a", "b", "c"], AuditConfig(method="confident_joint", min_skill=0))
+    assert d.report.details["cap"] == int(np.ceil(d.report.details["estimated_noise_rate"] * 300 - 1e-9))
+    capped = audit.cap_verdicts(weak.kept.drop("actionable"), 20, "normalized_margin").collect()
+    acting = sorted(r["score"] for r in capped if r["actionable"])
+    assert len(acting) == 20 and acting[-1] <= min(r["score"] for r in capped if not r["actionable"])
+
+
+def test_clean_applies_only_actionable_verdicts(spark):
+    from jobs.config import parse_config
+    from jobs.curation import clean
+
+    cfg = parse_config({"dataset": "toy", "kind": "tabular", "source": {"path": "x", "format": "csv"},
+                        "columns": {"label": "y", "features": ["a"]}, "clean": {"label_issues": "relabel",
+                                                                               "outliers": {"method": "none"}}})  # fmt: skip
+    rows = spark.createDataFrame([("s1", 1.0, "cat"), ("s2", 2.0, "cat")], "sample_id string, a double, y string")
+    issues = spark.createDataFrame([("s1", "cat", "dog", True), ("s2", "cat", "dog", False)],
+                                   "sample_id string, given_class string, suggested_class string, actionable boolean")  # fmt: skip
+    kept = {r["sample_id"]: r["y"] for r in clean.clean(rows, cfg, issues).kept.collect()}
+    assert kept == {"s1": "dog", "s2": "cat"}
+
+
 def test_predictions_of_one_class_are_refused(spark):
     from jobs.errors import DataFailedError
 
