@@ -93,7 +93,7 @@ def test_the_grid_runs_on_ray_and_writes_curves_plot_and_page(spark, ray_local, 
     cfg = lake_copy(audited[0])
     cfg = _with(cfg, levels=["raw", "audited"], fractions=[0.5, 1.0], epochs=1)
     cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": ray.get_runtime_context().gcs_address}),
-                                 "train": cfg.train.model_copy(update={"batch_size": 32, "hidden": [16]})})  # fmt: skip
+                                 "train": cfg.train.tuned(batch_size=32, hidden=[16])})  # fmt: skip
     report = tradeoff.run(spark, cfg, "t-1")
     assert report.rows_out == 2 * 2 * 2
     folder = Path(cfg.reports_dir) / "t-1"
