@@ -246,6 +246,14 @@ def print_audit(report: StageReport) -> None:
         table.add_row(cls, f"{est['counts'][i]:,}", f"{est['thresholds'][i]:.3f}", f"{est['noise_rate'][i]:.1%}",
                       f"{flagged.get(cls, 0):,}")  # fmt: skip
     out.print(table)
+    applied = report.details.get("applied")
+    if report.details.get("abstained"):
+        out.print(f"the audit abstained: {report.details['abstained']}")
+    elif applied and applied["policy"] != "report":
+        out.print(f"applied before oversampling ({applied['policy']}): {applied['dropped']:,} rows dropped, "
+                  f"{applied['relabelled']:,} relabelled in silver")  # fmt: skip
+    elif applied:
+        out.print("clean.label_issues is report: the verdicts are in label_issues, silver is unchanged")
     top = report.details["top"]
     if top:
         table = Table(title=f"most likely label errors (lowest {report.details['ranking']})", title_justify="left")
@@ -260,12 +268,15 @@ def print_audit(report: StageReport) -> None:
 def audit(
     config: ConfigArg,
     reset: Annotated[bool, typer.Option(help="forget earlier verdicts (rows dropped or relabelled because of them)")] = False,
+    retrain: Annotated[bool, typer.Option(help="train the out-of-fold models (--no-retrain: judge the last "
+                                          "predictions again, e.g. with another audit.method)")] = True,
     set_: SetOpt = None,
     spark_master: MasterOpt = None,
 ) -> None:
-    """Find likely label errors in the out-of-fold predictions (confident learning); write label_issues.
+    """Find likely label errors in silver (confident learning on out-of-fold predictions of models trained on
+    its real rows); write label_issues and apply the verdicts to silver as clean.label_issues says.
 
-    The next `fulcrum run` (curate) drops, relabels or only reports them, as clean.label_issues says.
+    Then `fulcrum oversample` and `fulcrum train` build and train gold without them (as `fulcrum run` does).
 
     Example: fulcrum audit samples/cancer/cancer.yaml --set audit.method=prune_by_class
     """
@@ -275,7 +286,7 @@ def audit(
 
     cfg = _load(config, set_, spark_master)
     run_id = new_run_id()
-    report = stage.run(build_spark(cfg.spark), cfg, run_id, reset)
+    report = stage.run(build_spark(cfg.spark), cfg, run_id, reset, retrain)
     print_audit(report)
     print_reports(cfg.dataset, [report])
     out.print(f"report: {cfg.reports_dir}/{run_id}/audit.json (audit.png beside it)")
@@ -340,12 +351,12 @@ def print_stage(report: StageReport) -> None:
 def run_(
     config: ConfigArg,
     from_: Annotated[str | None, typer.Option("--from", help="first stage (default: ingest)")] = None,
-    until: Annotated[str | None, typer.Option(help="last stage (default: audit)")] = None,
+    until: Annotated[str | None, typer.Option(help="last stage (default: train)")] = None,
     run_id: Annotated[str | None, typer.Option(help="id for this run (default: new); a scheduler passes its own")] = None,
     set_: SetOpt = None,
     spark_master: MasterOpt = None,
 ) -> None:
-    """The whole pipeline, ingest -> validate -> curate -> oversample -> train -> audit, or the stages --from/--until.
+    """The whole pipeline, ingest -> validate -> curate -> audit -> oversample -> train, or the stages --from/--until.
 
     Re-running after a crash finishes the work without duplicating rows; `fulcrum runs` shows every
     attempt. Ends with a summary table and the HTML run report.

@@ -128,7 +128,11 @@ class CleanConfig(Strict):
 
 
 class AuditConfig(Strict):
-    """Confident learning over the out-of-fold predictions (Northcutt et al., JAIR 2021)."""
+    """Confident learning over out-of-fold predictions of silver's real rows (Northcutt et al., JAIR 2021),
+    before oversampling."""
+
+    enabled: bool = Field(default=True, description="run the label audit in `fulcrum run` (it trains the folds once "
+                          "more, on real rows only, before oversampling)")  # fmt: skip
 
     method: Literal["prune_by_noise_rate", "prune_by_class", "confident_joint"] = Field(
         default="prune_by_noise_rate", description="which rows are flagged (see the README)")

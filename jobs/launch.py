@@ -26,18 +26,33 @@ from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, FulcrumError
 from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
-from training.contract import to_flags
+from training.contract import TrainSettings, to_flags
 
 log = logging.getLogger(__name__)
 STAGE = "train"
 
 
-def command(cfg: PipelineConfig, run_id: str, version: int | None = None) -> list[str]:
-    """The ``python -m training`` command line for a pipeline config (its gold table, its train section)."""
-    args = ["--table", tables.Lake(cfg.lake_dir).path("gold"), "--out", out_dir(cfg, run_id), *to_flags(cfg.train)]
+def command(cfg: PipelineConfig, run_id: str, version: int | None = None, *, table: str | None = None,
+            out: str | None = None, settings: TrainSettings | None = None) -> list[str]:  # fmt: skip
+    """The ``python -m training`` command line for a pipeline config: its gold table (or ``table``), its train
+    section (or ``settings``), its run's train folder (or ``out``)."""
+    args = ["--table", table or tables.Lake(cfg.lake_dir).path("gold"), "--out", out or out_dir(cfg, run_id),
+            *to_flags(settings or cfg.train)]  # fmt: skip
     if version is not None:
         args += ["--version", str(version)]
     return ray_side(cfg, run_id, "training", args)
+
+
+def cross_validate(cfg: PipelineConfig, run_id: str, table: str, version: int, out: str,
+                   settings: TrainSettings | None = None) -> dict:  # fmt: skip
+    """Cross-validate a gold-contract table on the Ray side (foreground) and return its ``cv.json``."""
+    cmd = command(cfg, run_id, version, table=table, out=out, settings=settings)
+    log.info("train %s: %s", cfg.dataset, " ".join(cmd[1:]))
+    code = run_foreground(cmd)
+    if code:
+        raise FulcrumError(f"{cfg.dataset}: training exited with code {code} (its error is printed above)",
+                           fix="see the message above; `python -m training --help` lists the flags")  # fmt: skip
+    return json.loads((Path(out) / "cv.json").read_text())
 
 
 def jobs_api(cfg: PipelineConfig) -> str | None:
@@ -95,13 +110,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | No
             raise ConfigError(f"{cfg.dataset}: gold does not exist yet", fix="run `fulcrum oversample CONFIG` first")
         version = latest if version is None else version
         record.inputs.append(("gold", lake.path("gold"), version))
-        cmd = command(cfg, run_id, version)
-        log.info("train %s: %s", cfg.dataset, " ".join(cmd[1:]))
-        code = run_foreground(cmd)
-        if code:
-            raise FulcrumError(f"{cfg.dataset}: training exited with code {code} (its error is printed above)",
-                               fix="see the message above; `python -m training --help` lists the flags")  # fmt: skip
-        summary = json.loads((Path(out_dir(cfg, run_id)) / "cv.json").read_text())
+        summary = cross_validate(cfg, run_id, lake.path("gold"), version, out_dir(cfg, run_id))
         draw(Path(out_dir(cfg, run_id)), summary)
         predictions = summary["predictions"]
         record.outputs.append(("predictions", predictions["path"], tables.version(spark, predictions["path"])))

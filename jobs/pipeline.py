@@ -50,9 +50,9 @@ STAGES: dict[str, Callable[[SparkSession, PipelineConfig, str], StageReport]] = 
     "ingest": ingest.run,
     "validate": validate.run,
     "curate": curate.run,
+    "audit": audit.run,
     "oversample": oversample.run,
     "train": launch.run,
-    "audit": audit.run,
 }
 
 
@@ -80,9 +80,11 @@ def iter_pipeline(
     """
     if not hasattr(ledger.events, "fulcrum_format"):  # called from Python: the events go to stderr as JSON
         setup_events()
-    names = [n for n in stages or list(STAGES) if n != "validate" or cfg.suite]
+    names = [n for n in stages or list(STAGES) if (n != "validate" or cfg.suite) and (n != "audit" or cfg.audit.enabled)]
     if "validate" in (stages or STAGES) and not cfg.suite:
         log.warning("%s: no suite configured; validation skipped", cfg.dataset)
+    if "audit" in (stages or STAGES) and not cfg.audit.enabled:
+        log.warning("%s: audit.enabled is false; the label audit is skipped", cfg.dataset)
     for i, name in enumerate(names, 1):
         log.info("[%d/%d] %s %s (run %s)", i, len(names), cfg.dataset, name, run_id)
         yield STAGES[name](spark, cfg, run_id)

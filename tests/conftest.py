@@ -93,21 +93,20 @@ def cancer_gold(spark, curated, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def audited(spark, ray_local, curated, cancer_gold, tmp_path_factory):
-    """The 2-fold cancer gold cross-validated on Ray (real OOF predictions), then audited once."""
+def audited(spark, curated, cancer_gold, tmp_path_factory):
+    """The 2-fold cancer lake audited once: silver's real rows cross-validated on Ray (a `python -m training`
+    process, as `fulcrum run` starts it), then confident learning; ``clean.label_issues: report``, so silver
+    is left as it was (tests that apply verdicts take a ``lake_copy``)."""
     import shutil
 
     from jobs.analysis import audit
-    from jobs.lakehouse import tables
-    from training.contract import TrainSettings as Settings
-    from training.cv import cross_validate
-    from training.gold import Gold
 
     root = tmp_path_factory.mktemp("audit-lake")
     shutil.copytree(Path(cancer_gold).parent, root / "cancer")
-    cfg = curated["cancer"].model_copy(update={"lake_root": str(root),
-                                               "split": curated["cancer"].split.model_copy(update={"folds": 2})})  # fmt: skip
-    settings = Settings(epochs=12, batch_size=32, hidden=(64, 32), patience=4, warmup_steps=5, tensorboard=False)
-    cross_validate(Gold.open(tables.Lake(cfg.lake_dir).path("gold")), settings, root / "cv")
+    base = curated["cancer"]
+    train = base.train.model_copy(update={"epochs": 12, "batch_size": 32, "hidden": (64, 32), "patience": 4,
+                                          "warmup_steps": 5, "tensorboard": False, "search": None})  # fmt: skip
+    cfg = base.model_copy(update={"lake_root": str(root), "split": base.split.model_copy(update={"folds": 2}),
+                                  "clean": base.clean.model_copy(update={"label_issues": "report"}), "train": train})  # fmt: skip
     report = audit.run(spark, cfg, "a-1")
     return cfg, report

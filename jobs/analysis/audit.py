@@ -253,26 +253,41 @@ def merge_issues(previous: DataFrame | None, current: DataFrame, scored: DataFra
     return updated.unionByName(kept.select(*updated.columns))
 
 
-def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = False) -> StageReport:
-    """Job: the latest out-of-fold predictions → label_issues (one overwrite commit), audit.json, audit.png.
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = False, retrain: bool = True) -> StageReport:
+    """Job: silver's real rows cross-validated on Ray → confident learning → label_issues (one overwrite commit),
+    then the actionable verdicts applied to silver (``clean.label_issues``: one commit of silver, and of the
+    quarantine for ``drop``) before oversampling reads it; audit.json and audit.png.
 
-    ``reset`` starts the table afresh instead of keeping earlier verdicts (see ``merge_issues``)."""
+    The out-of-fold predictions come from models trained on real rows only (no synthetic row: none exists
+    yet), on the split's folds: silver is copied into the gold contract without resampling (``audit/gold``)
+    and the Ray side trains it with ``train`` (no hyperparameter search), its predictions in
+    ``audit/predictions``. ``retrain=False`` judges the predictions already there again (another method,
+    ranking or skill bar) without training; ``reset`` starts label_issues afresh instead of keeping earlier
+    verdicts (see ``merge_issues``)."""
     lake = tables.Lake(cfg.lake_dir)
     with ledger.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
         start = time.perf_counter()
-        path, target = lake.path("predictions"), lake.path("label_issues")
+        s_version = tables.version(spark, lake.path("silver"))
+        if s_version is None:
+            raise ConfigError(f"{cfg.dataset}: silver does not exist yet", fix="run `fulcrum curate CONFIG` first")
+        record.inputs.append(("silver", lake.path("silver"), s_version))
+        silver = tables.read(spark, lake.path("silver"), s_version)
+        trained = None
+        if retrain:
+            trained = train_real_rows(spark, cfg, run_id, silver, s_version, record)
+        path, target = lake.path("audit/predictions"), lake.path("label_issues")
         version = tables.version(spark, path)
         if version is None:
-            raise ConfigError(f"{cfg.dataset}: no out-of-fold predictions at {path}",
-                              fix="run `fulcrum train CONFIG` first (it writes them)")  # fmt: skip
-        record.inputs.append(("predictions", path, version))
-        classes = json.loads(tables.properties(spark, lake.path("gold")).get("fulcrum.classes", "[]"))
+            raise ConfigError(f"{cfg.dataset}: no out-of-fold predictions of real rows at {path}",
+                              fix="run `fulcrum audit CONFIG` without --no-retrain (it trains them)")  # fmt: skip
+        record.inputs.append(("audit/predictions", path, version))
+        classes = json.loads(tables.properties(spark, lake.path("audit/gold")).get("fulcrum.classes", "[]"))
         preds = tables.read(spark, path, version).select("sample_id", "fold", "label", "probabilities").persist()
         try:
             width = preds.select(F.max(F.size("probabilities"))).first()[0]
             if width != len(classes):
-                raise ConfigError(f"{cfg.dataset}: the predictions have {width} probabilities per row but gold has "
-                                  f"{len(classes)} classes", fix="re-run `fulcrum train CONFIG` on the current gold")  # fmt: skip
+                raise ConfigError(f"{cfg.dataset}: the predictions have {width} probabilities per row but the "
+                                  f"audited table has {len(classes)} classes", fix="run `fulcrum audit CONFIG`")  # fmt: skip
             result = audit(preds, classes, cfg.audit)
             previous = None if reset or not tables.exists(spark, target) else tables.read(spark, target)
             issues = merge_issues(previous, result.kept.withColumn("audit_run_id", F.lit(run_id)), preds)
@@ -285,14 +300,81 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
         report = result.report
         report.details.update(_summarise(issues, run_id))
         report.details["label_issues_version"] = out_version
+        record.outputs.append(("label_issues", target, out_version))
+        report.details["applied"] = apply_to_silver(spark, cfg, run_id, lake, silver, issues, record)
+        if trained is not None:
+            report.details["model_cv"] = {m: trained["mean"][m] for m in ("accuracy", "macro_f1", "roc_auc")}
+            report.details["train_seconds"] = round(trained["cv_seconds"], 2)
         report.rows_out = report.details["flagged"]
         report.seconds = time.perf_counter() - start
-        record.outputs.append(("label_issues", target, out_version))
         record.counts.update(report.counts())
         _save(report, Path(cfg.reports_dir) / run_id)
-    log.info("audit %s: %d rows scored, %d flagged now, %d in label_issues (v%d) in %.1fs", cfg.dataset,
-             report.rows_in, report.rows_out, report.details["label_issues_rows"], out_version, report.seconds)  # fmt: skip
+    applied = report.details["applied"]
+    log.info("audit %s: %d rows scored, %d flagged now, %d in label_issues (v%d); %s in %.1fs", cfg.dataset,
+             report.rows_in, report.rows_out, report.details["label_issues_rows"], out_version,
+             f"{applied['dropped']} dropped, {applied['relabelled']} relabelled in silver" if applied["policy"] != "report"
+             else "reported only (clean.label_issues: report)", report.seconds)  # fmt: skip
     return report
+
+
+def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silver: DataFrame, silver_version: int,
+                    record: ledger.StageRun) -> dict:  # fmt: skip
+    """Silver's rows in the gold contract without resampling (``audit/gold``), cross-validated on the Ray side
+    with the config's train settings minus the search; returns its ``cv.json``."""
+    from jobs import launch
+    from jobs.balancing import oversample
+
+    lake = tables.Lake(cfg.lake_dir)
+    folds = int(tables.properties(spark, lake.path("silver")).get("fulcrum.folds", cfg.split.folds))
+    plain = cfg.model_copy(update={"oversample": cfg.oversample.model_copy(update={"method": "none", "undersample": None})})
+    version, _ = oversample.write_gold(silver, plain, run_id, silver_version, folds, lake.path("audit/gold"), STAGE)
+    record.outputs.append(("audit/gold", lake.path("audit/gold"), version))
+    out = str(Path(cfg.reports_dir) / run_id / "audit" / "train")
+    summary = launch.cross_validate(cfg, run_id, lake.path("audit/gold"), version, out,
+                                    cfg.train.model_copy(update={"search": None}))  # fmt: skip
+    record.outputs.append(("audit/predictions", summary["predictions"]["path"],
+                           tables.version(spark, summary["predictions"]["path"])))  # fmt: skip
+    return summary
+
+
+def apply_to_silver(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake: tables.Lake, silver: DataFrame,
+                    issues: DataFrame, record: ledger.StageRun) -> dict:  # fmt: skip
+    """The actionable verdicts applied to silver as ``clean.label_issues`` says, before oversampling reads it:
+    ``drop`` quarantines the rows (``label_issue``, stage ``audit``: the next curate applies the same verdicts
+    in clean and replaces these rows), ``relabel`` gives them the suggested class. Silver is rewritten (one
+    commit) only when a row changes, so a re-run on unchanged data commits nothing."""
+    from jobs.curation import clean, curate
+
+    policy = cfg.clean.label_issues
+    out = {"policy": policy, "dropped": 0, "relabelled": 0}
+    if policy == "report":
+        return out
+    label = cfg.columns.label
+    marked = clean.apply_label_issues(silver.withColumn(clean.REASONS, F.array().cast("array<string>")), cfg, issues)
+    marked = marked.localCheckpoint()
+    counts = marked.agg(F.count_if(F.size(clean.REASONS) > 0).alias("dropped"),
+                        F.count_if(F.col(clean.RELABELLED)).alias("relabelled")).first()  # fmt: skip
+    out.update(dropped=int(counts["dropped"]), relabelled=int(counts["relabelled"]))
+    if not out["dropped"] and not out["relabelled"]:
+        return out
+    kept = (marked.where(F.size(clean.REASONS) == 0).withColumn(label, F.col(label).cast(dict(silver.dtypes)[label]))
+            .select(*silver.columns))  # fmt: skip
+    props = {k: v for k, v in tables.properties(spark, lake.path("silver")).items() if k.startswith("fulcrum.")}
+    props.update({"fulcrum.run_id": run_id, "fulcrum.audit": json.dumps(out)})
+    if out["dropped"]:
+        gone = marked.where(F.size(clean.REASONS) > 0).select("sample_id", F.col(clean.REASONS).alias("reasons"))
+        rows, _ = curate.validated_rows(spark, cfg, lake)
+        none = F.lit(None).cast("string")
+        quarantine = (rows.join(gone, "sample_id").withColumn("reason", F.get("reasons", 0))
+                      .withColumn("dup_group", none).withColumn("duplicate_of", none)
+                      .withColumn("stage", F.lit(STAGE)).withColumn("run_id", F.lit(run_id)))  # fmt: skip
+        q_version = tables.replace_where(quarantine, lake.path("quarantine"), f"stage = '{STAGE}'", run_id, STAGE,
+                                         partition_by="stage")  # fmt: skip
+        record.outputs.append(("quarantine", lake.path("quarantine"), q_version))
+    s_version = tables.overwrite(kept, lake.path("silver"), run_id, STAGE, props)
+    record.outputs.append(("silver", lake.path("silver"), s_version))
+    out["silver_version"] = s_version
+    return out
 
 
 def _summarise(issues: DataFrame, run_id: str) -> dict:

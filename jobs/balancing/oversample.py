@@ -260,6 +260,28 @@ def build_gold(silver: DataFrame, cfg: PipelineConfig, folds: int) -> tuple[Data
     return rows, {"classes": names, "plan": plan, "fallback": fallback}
 
 
+def gold_properties(cfg: PipelineConfig, run_id: str, folds: int, classes: list[str], silver_version: int) -> dict:
+    """The ``fulcrum.*`` table properties of a gold-contract table (what the Ray side reads: ``training.gold``)."""
+    features = [{"name": f.name, "kind": f.kind} for f in cfg.columns.features]
+    props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": folds,
+             "fulcrum.classes": json.dumps(classes), "fulcrum.features": json.dumps(features),
+             "fulcrum.silver_version": silver_version, "fulcrum.oversample": cfg.oversample.method}  # fmt: skip
+    if cfg.images:
+        props.update({"fulcrum.image_size": cfg.images.size, "fulcrum.image_channels": cfg.images.channels,
+                      "fulcrum.image_column": cfg.images.path_column,
+                      "fulcrum.image_root": cfg.resolve(cfg.images.root),
+                      "fulcrum.image_embedded": str(cfg.images.embed).lower()})  # fmt: skip
+    return props
+
+
+def write_gold(silver: DataFrame, cfg: PipelineConfig, run_id: str, silver_version: int, folds: int, target: str,
+               stage: str = STAGE) -> tuple[int, dict]:  # fmt: skip
+    """Silver → a gold-contract table at ``target`` (one overwrite commit with its properties): (version, info)."""
+    gold, info = build_gold(silver, cfg, folds)
+    props = gold_properties(cfg, run_id, folds, info["classes"], silver_version)
+    return tables.overwrite(gold, target, run_id, stage, props), info
+
+
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     """Job: silver (pinned version) → gold, one overwrite commit with the ``fulcrum.*`` properties."""
     lake = tables.Lake(cfg.lake_dir)
@@ -271,17 +293,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         record.inputs.append(("silver", lake.path("silver"), version))
         silver = tables.read(spark, lake.path("silver"), version)
         folds = int(tables.properties(spark, lake.path("silver")).get("fulcrum.folds", cfg.split.folds))
-        gold, info = build_gold(silver, cfg, folds)
-        features = [{"name": f.name, "kind": f.kind} for f in cfg.columns.features]
-        props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": folds,
-                 "fulcrum.classes": json.dumps(info["classes"]), "fulcrum.features": json.dumps(features),
-                 "fulcrum.silver_version": version, "fulcrum.oversample": cfg.oversample.method}  # fmt: skip
-        if cfg.images:
-            props.update({"fulcrum.image_size": cfg.images.size, "fulcrum.image_channels": cfg.images.channels,
-                          "fulcrum.image_column": cfg.images.path_column,
-                          "fulcrum.image_root": cfg.resolve(cfg.images.root),
-                          "fulcrum.image_embedded": str(cfg.images.embed).lower()})  # fmt: skip
-        g_version = tables.overwrite(gold, lake.path("gold"), run_id, STAGE, props)
+        g_version, info = write_gold(silver, cfg, run_id, version, folds, lake.path("gold"))
         record.outputs.append(("gold", lake.path("gold"), g_version))
         written = tables.read(spark, lake.path("gold"), g_version)
         balance = _balance(written, info["classes"], folds)

@@ -101,7 +101,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
             held.append(silver)
             _require_classes(silver, cfg)
             quarantine = rows.join(rejected, "sample_id").withColumn("run_id", F.lit(run_id))
-            q_version = tables.replace_where(quarantine, lake.path("quarantine"), "stage IN ('clean', 'dedup')",
+            q_version = tables.replace_where(quarantine, lake.path("quarantine"), "stage IN ('clean', 'dedup', 'audit')",
                                          run_id, STAGE, partition_by="stage")  # fmt: skip
             props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": cfg.split.folds,
                      "fulcrum.label": cfg.columns.label, "fulcrum.bronze_version": bronze_version}  # fmt: skip

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # Delta's optimistic concurrency: the loser of a race to commit gets one of these, and its commit is not made.
 CONFLICTS = tuple(getattr(delta_errors, name) for name in delta_errors.__all__)
 
-TABLES = ("bronze", "quarantine", "silver", "gold", "runs", "predictions", "label_issues", "tradeoff")
+TABLES = ("bronze", "quarantine", "silver", "gold", "runs", "predictions", "label_issues", "tradeoff", "audit/gold",
+          "audit/predictions")
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 MERGE_RETRIES = 3
 CONSTRAINT_CHECK = "spark.databricks.delta.replaceWhere.constraintCheck.enabled"

@@ -110,7 +110,7 @@ def _injected_flips(spark, cfg) -> tuple[set[str], set[str]]:
     flipped = {e["record_id"] for e in log if e["kind"] == "label_flip"}
     lake = tables.Lake(cfg.lake_dir)
     ids = tables.read(spark, lake.path("bronze")).select("sample_id", "record_id")
-    scored = {r[0] for r in tables.read(spark, lake.path("predictions")).select("sample_id").collect()}
+    scored = {r[0] for r in tables.read(spark, lake.path("audit/predictions")).select("sample_id").collect()}
     return {r["sample_id"] for r in ids.collect() if r["record_id"] in flipped} & scored, scored
 
 
@@ -132,17 +132,17 @@ def test_a_re_audit_is_idempotent_and_keeps_verdicts_of_rows_it_no_longer_scores
     cfg, _ = audited
     path = tables.Lake(cfg.lake_dir).path("label_issues")
     before = {r["sample_id"]: r["suggested_class"] for r in tables.read(spark, path).collect()}
-    audit.run(spark, cfg, "a-2")
+    audit.run(spark, cfg, "a-2", retrain=False)
     after = {r["sample_id"]: r["suggested_class"] for r in tables.read(spark, path).collect()}
     assert after == before
     # A flagged row that the next training no longer scores (it was dropped) keeps its verdict.
-    preds = tables.Lake(cfg.lake_dir).path("predictions")
+    preds = tables.Lake(cfg.lake_dir).path("audit/predictions")
     gone = sorted(before)[0]
     kept_preds = tables.read(spark, preds).where(F.col("sample_id") != gone)
     tables.overwrite(kept_preds.localCheckpoint(), preds, "t-1", "test")
-    audit.run(spark, cfg, "a-3")
+    audit.run(spark, cfg, "a-3", retrain=False)
     assert gone in {r["sample_id"] for r in tables.read(spark, path).collect()}
-    audit.run(spark, cfg, "a-4", reset=True)
+    audit.run(spark, cfg, "a-4", reset=True, retrain=False)
     assert gone not in {r["sample_id"] for r in tables.read(spark, path).collect()}
 
 
@@ -173,3 +173,43 @@ def _inputs(spark, lake, run_id):
     from jobs.lakehouse.ledger import history
 
     return history(spark, lake, run_id).first()["inputs"]
+
+
+@pytest.mark.parametrize("policy", ["drop", "relabel"])
+def test_the_audit_acts_on_silver_before_oversampling_reads_it(spark, audited, lake_copy, policy):
+    """In one run: a row the audit flagged is never a SMOTE endpoint nor trains a fold under its given label."""
+    from jobs.balancing import oversample
+
+    cfg, _ = audited
+    cfg = lake_copy(cfg)
+    cfg = cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"label_issues": policy}),
+                                 "oversample": cfg.oversample.model_copy(update={"method": "smotenc"})})  # fmt: skip
+    lake = tables.Lake(cfg.lake_dir)
+    before = tables.version(spark, lake.path("silver"))
+    report = audit.run(spark, cfg, f"a-{policy}", retrain=False)
+    issues = {r["sample_id"]: r for r in tables.read(spark, lake.path("label_issues")).where("actionable").collect()}
+    assert issues and report.details["applied"]["policy"] == policy
+    label = cfg.columns.label
+    silver = {r["sample_id"]: r[label] for r in tables.read(spark, lake.path("silver")).collect()}
+    oversample.run(spark, cfg, f"o-{policy}")
+    gold = tables.read(spark, lake.path("gold")).collect()
+    real = {r["sample_id"]: r["class_name"] for r in gold if r["synthetic_for"] is None}
+    made = [r for r in gold if r["synthetic_for"] is not None]
+    assert made  # smotenc made rows from the (audited) silver
+    if policy == "drop":
+        assert report.details["applied"]["dropped"] == len(issues) and not set(issues) & (set(silver) | set(real))
+        assert not {r["synthetic_of"] for r in made} & set(issues)
+        assert not {r["synthetic_with"] for r in made} & set(issues)
+        quarantined = tables.read(spark, lake.path("quarantine")).where("stage = 'audit'").collect()
+        assert {r["sample_id"] for r in quarantined} == set(issues)
+        assert {r["reason"] for r in quarantined} == {"label_issue"}
+    else:
+        assert report.details["applied"]["relabelled"] == len(issues)
+        assert all(silver[s] == r["suggested_class"] == real[s] for s, r in issues.items())
+        source = {s: r["suggested_class"] for s, r in issues.items()}
+        assert all(r["class_name"] == source[r["synthetic_of"]] for r in made if r["synthetic_of"] in source)
+    assert tables.version(spark, lake.path("silver")) == before + 1  # one commit
+    # Judged again: the verdicts are already in silver, so nothing changes and nothing is committed.
+    again = audit.run(spark, cfg, f"a-{policy}-2", retrain=False)
+    assert again.details["applied"]["dropped"] == again.details["applied"]["relabelled"] == 0
+    assert tables.version(spark, lake.path("silver")) == before + 1
