@@ -123,8 +123,9 @@ class CleanConfig(Strict):
     labels: LabelsConfig = LabelsConfig()
     pii: PiiConfig = PiiConfig()
     label_issues: Literal["drop", "relabel", "report"] = Field(
-        default="report", description="rows in the label_issues table (`fulcrum audit`): quarantine them "
-        "(label_issue), give them the suggested label, or only report them")  # fmt: skip
+        default="drop", description="the label audit's actionable verdicts, applied before oversampling in the same "
+        "run and again by every later curate: quarantine the rows (label_issue), give them the suggested label, or "
+        "only report them (drop: the better default in tests/bench/bench_label_policy.py)")  # fmt: skip
 
 
 class AuditConfig(Strict):

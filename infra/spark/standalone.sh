@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The Spark stages on a Spark standalone cluster, through spark-submit.
+# The stages up to gold on a Spark standalone cluster, through spark-submit. The label audit among them trains
+# its out-of-fold models on Ray: set ray.address (--set ray.address=http://HEAD:8265) to run them on a Ray
+# cluster, or --set audit.enabled=false for the Spark stages alone.
 #
 #   infra/spark/standalone.sh spark://MASTER:7077 CONFIG [fulcrum run flags...]
 #

@@ -132,9 +132,8 @@ def _label_issues(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake, r
     """The audit's label_issues table (an input of this run) when ``clean.label_issues`` acts on it."""
     path = lake.path("label_issues")
     if cfg.clean.label_issues == "report" or not tables.exists(spark, path):
-        if cfg.clean.label_issues != "report":
-            log.warning("%s: clean.label_issues is %s but no audit has run yet (`fulcrum audit CONFIG`)",
-                        cfg.dataset, cfg.clean.label_issues)  # fmt: skip
+        if cfg.clean.label_issues != "report":  # the first run: its audit comes after curate and acts on silver
+            log.info("%s: no label audit yet; this run's audit (after curate) applies its verdicts", cfg.dataset)
         return None
     version = tables.version(spark, path)
     record.inputs.append(("label_issues", path, version))

@@ -1,6 +1,6 @@
-"""The Airflow DAG's own commands against real local clusters: the train stage submits `python -m training`
-as a Ray job to a real `ray start --head` on 127.0.0.1, the audit runs through `spark-submit`, and the
-run's report is the one `fulcrum run` makes: the CV and the audit, recorded under the run id."""
+"""The Airflow DAG's own commands against real local clusters: the audit (through `spark-submit`) and the train
+stage submit `python -m training` as Ray jobs to a real `ray start --head` on 127.0.0.1, and the run's report
+is the one `fulcrum run` makes: the audit and the CV, recorded under the run id."""
 
 from __future__ import annotations
 
@@ -40,20 +40,21 @@ def test_the_dags_commands_record_training_and_report_it_like_fulcrum_run(sample
     config = _config(sample_dir, cancer_gold, tmp_path)
     with ray_head(num_cpus=4) as head:
         dag = dag_commands(str(config), RUN_ID, {"ray_address": head.dashboard, "spark_master": "local[2]"})
-        for task in ("TRAIN", "AUDIT", "REPORT"):  # SPARK_STAGES' `run --until oversample` made the gold table
+        for task in ("AUDIT", "TRAIN", "REPORT"):  # SPARK_STAGES' `run --until curate` made silver
             done = subprocess.run(["bash", "-c", dag[task]], cwd=tmp_path, env=head.env, capture_output=True,
                                   text=True, timeout=900)  # fmt: skip
             assert done.returncode == 0, (task, done.stdout[-4000:], done.stderr[-3000:])
-            if task == "TRAIN":
+            if task in ("AUDIT", "TRAIN"):
                 assert "succeeded" in done.stdout and "joined Ray cluster" in done.stdout  # a Ray job on the head
 
     lake = tmp_path / "lake" / "cancer"
     ledger = DeltaTable(str(lake / "runs")).to_pyarrow_table().to_pylist()
     stages = {r["stage"]: r["status"] for r in ledger if r["run_id"] == RUN_ID}
-    assert stages == {"train": "succeeded", "audit": "succeeded"}  # training is in the ledger, under the run id
+    assert stages == {"audit": "succeeded", "oversample": "succeeded", "train": "succeeded"}  # under the run id
+    assert (lake / "audit" / "predictions" / "_delta_log").is_dir()  # the audit's models trained on the head
     out = lake / "reports" / RUN_ID / "train"  # where the run report looks
     summary = json.loads((out / "cv.json").read_text())
-    gold = DeltaTable(cancer_gold)
+    gold = DeltaTable(str(lake / "gold"))  # oversample rewrote the copy's gold after the audit
     assert summary["delta_version"] == gold.version() and len(summary["per_fold"]) == 2
     for f in range(2):
         history = json.loads((out / f"fold-{f}.json").read_text())["history"]

@@ -22,7 +22,7 @@ def test_stage_selection_errors_exit_2_before_spark(tmp_path, capsys, sample_dir
     assert "comes after" in capsys.readouterr().err
     assert main(["run", cfg, "--from", "clean"]) == 2
     err = capsys.readouterr().err
-    assert "'clean' is not a stage" in err and "ingest, validate, curate, oversample, train" in err
+    assert "'clean' is not a stage" in err and "ingest, validate, curate, audit, oversample, train" in err
 
 
 def test_report_of_a_run_shows_validation_duplicates_and_thumbnails(spark, curated, lake_copy, tmp_path, capsys):
@@ -33,7 +33,7 @@ def test_report_of_a_run_shows_validation_duplicates_and_thumbnails(spark, curat
     html = Path(cfg.reports_dir) / "c-1" / "report.html"
     assert str(html) in capsys.readouterr().out.replace("\n", "")
     page = parse(html)
-    assert page.sections == ["stages", "validation", "quarantine", "duplicates", "balance", "cv", "audit"]
+    assert page.sections == ["stages", "validation", "quarantine", "duplicates", "audit", "balance", "cv"]
     assert "exact_duplicate" in page.text and "Training did not run in this run." in page.text
     assert "The label audit did not run in this run." in page.text
     kept = [decode(src) for alt, src in page.images if alt.startswith("kept ")]
