@@ -184,6 +184,18 @@ def print_balance(report: StageReport) -> None:
     balance = report.details.get("balance")
     if not balance:
         return
+    auto = report.details.get("auto")
+    if auto:
+        table = Table(title=f"oversample.method auto: candidates on the folds (mean {auto['metric']} ± std, "
+                      "calibration)", title_justify="left")  # fmt: skip
+        for col in ("candidate", auto["metric"], "± std", "Brier", "ECE", "training rows"):
+            table.add_column(col, justify="left" if col == "candidate" else "right", no_wrap=True)
+        for c in auto["candidates"]:
+            mark = " (chosen)" if c["name"] == auto["chosen"] else ""
+            table.add_row(c["name"] + mark, f"{c['mean']:.3f}", f"{c['std']:.3f}", f"{c['brier']:.4f}",
+                          f"{c['ece']:.4f}", f"{c['train_rows']:,}")  # fmt: skip
+        out.print(table)
+        out.print(f"chose {auto['chosen']}: {auto['reason']}")
     sets = list(balance["before"])
     table = Table(title=f"training sets: class counts before -> after ({report.details['method']})",
                   title_justify="left")  # fmt: skip

@@ -180,10 +180,20 @@ class SplitConfig(Strict):
     test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0, description="held-out rows (fold = -1), per class")
 
 
+RESAMPLERS = ("random", "smote", "adasyn", "smotenc", "undersample")
+BALANCERS = ("none", "class_weight", *RESAMPLERS)
+
+
 class OversampleConfig(Strict):
-    method: Literal["random", "smote", "adasyn", "smotenc", "undersample", "none"] = Field(
-        default="random", description="how minority classes grow (undersample: only cut the larger classes)"
-    )
+    method: Literal["auto", "random", "smote", "adasyn", "smotenc", "undersample", "none"] = Field(
+        default="auto", description="how minority classes grow (undersample: only cut the larger classes; auto: "
+        "measure the candidates on the split's folds and keep the best)")  # fmt: skip
+    candidates: list[Literal["none", "class_weight", "random", "smote", "adasyn", "smotenc", "undersample"]] | None = Field(
+        default=None, description="auto: what is compared (none is always; default: none, class_weight, random and, "
+        "for tables, smote, or smotenc with categorical features)")  # fmt: skip
+    metric: Scored = Field(default="macro_f1", description="auto: the cross-validation metric that picks")
+    tolerance: float = Field(default=0.01, ge=0, le=1, description="auto: candidates within this of the best mean "
+                             "metric are tied; the lowest Brier score among them wins (then the simplest)")  # fmt: skip
     target_ratio: float = Field(default=1.0, gt=0, le=1, description="each class up to this x the largest one")
     undersample: float | None = Field(
         default=None, gt=0, le=1,

@@ -110,7 +110,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | No
             raise ConfigError(f"{cfg.dataset}: gold does not exist yet", fix="run `fulcrum oversample CONFIG` first")
         version = latest if version is None else version
         record.inputs.append(("gold", lake.path("gold"), version))
-        summary = cross_validate(cfg, run_id, lake.path("gold"), version, out_dir(cfg, run_id))
+        settings = cfg.train
+        if tables.properties(spark, lake.path("gold")).get("fulcrum.class_weight") == "balanced":
+            settings = settings.tuned(class_weight="balanced")  # oversample.method auto chose a weighted loss
+        summary = cross_validate(cfg, run_id, lake.path("gold"), version, out_dir(cfg, run_id), settings)
         draw(Path(out_dir(cfg, run_id)), summary)
         predictions = summary["predictions"]
         record.outputs.append(("predictions", predictions["path"], tables.version(spark, predictions["path"])))

@@ -67,6 +67,7 @@ def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = 
         "curate": _json(folder / "curate.json"),
         "cv": _json(folder / "train" / "cv.json"),
         "audit": _json(folder / "audit.json"),
+        "balancing": _json(folder / "balance.json"),
         "metrics": METRICS,
         "tensorboard": str(folder / "train" / "tensorboard") if (folder / "train" / "tensorboard").exists() else None,
         "plots": {name: plots.data_uri(path) for name, path in (

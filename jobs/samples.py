@@ -124,7 +124,7 @@ def make_cancer(outdir: Path, seed: int = 7) -> Path:
                   "outliers": {"method": "iqr", "threshold": 3.0, "action": "flag"}},
         "dedup": {"near": {"tolerance": 0.05}},
         "split": {"folds": 5, "test_fraction": 0.2},
-        "oversample": {"method": "smotenc", "k_neighbors": 5},
+        "oversample": {"method": "auto", "candidates": ["class_weight", "random", "smotenc"], "k_neighbors": 5},
         "train": {"epochs": 12, "batch_size": 32, "patience": 3, "hidden": [64, 32],
                   "search": {"trials": 3, "folds": 2}},
     }  # fmt: skip

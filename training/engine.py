@@ -36,6 +36,7 @@ class Slot:
     level: str | None = None
     fraction: float = 1.0
     final: bool = False  # the final model: ``fold`` is the number of folds, scored on the test part
+    class_weight: str | None = None  # ``balanced``: this slot's loss weighs classes, whatever the run's setting
 
     @property
     def name(self) -> str:
@@ -60,9 +61,10 @@ def cv_slots(folds: int, first: int | None = None) -> list[Slot]:
     return [Slot(f) for f in range(first or folds)]
 
 
-def grid_slots(levels: list[str], fractions: list[float], folds: list[int]) -> list[Slot]:
-    """Every cell of a trade-off grid."""
-    return [Slot(f, lv, fr) for lv in levels for fr in fractions for f in folds]
+def grid_slots(levels: list[str], fractions: list[float], folds: list[int], weighted: list[str] = ()) -> list[Slot]:
+    """Every cell of a trade-off grid (the levels in ``weighted`` train with a class-balanced loss)."""
+    return [Slot(f, lv, fr, class_weight="balanced" if lv in weighted else None)
+            for lv in levels for fr in fractions for f in folds]  # fmt: skip
 
 
 class SlotInput(nn.Module):

@@ -34,12 +34,12 @@ log = logging.getLogger(__name__)
 
 
 def grid(table: Gold, s: TrainSettings, levels: list[str], fractions: list[float], folds: list[int],
-         out: str | Path) -> dict:  # fmt: skip
+         out: str | Path, weighted: list[str] = ()) -> dict:  # fmt: skip
     """Train every (level, fraction, fold) cell of the grid, each a slot of one run (one pass over the rows
     per epoch; slots that do not fit one device together run as groups); returns and writes ``tradeoff.json``."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cells = grid_slots(levels, fractions, folds)
+    cells = grid_slots(levels, fractions, folds, weighted)
     use_gpu, per_worker, _ = plan_resources(s, 1)
     groups = plan_slot_groups(table, s, len(cells), use_gpu)
     log.info("trade-off grid: %d level(s) × %d fraction(s) × %d fold(s) = %d models, %s", len(levels),
@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated fractions of the training rows, each in (0, 1]")  # fmt: skip
     p.add_argument("--folds", required=True, type=lambda v: [int(x) for x in v.split(",")],
                    help="comma-separated folds to train")  # fmt: skip
+    p.add_argument("--weighted-levels", default=[], type=lambda v: [x for x in v.split(",") if x],
+                   help="comma-separated levels trained with a class-balanced loss (oversample.method auto's "
+                        "class_weight candidate)")  # fmt: skip
     return p
 
 
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runtime.init_ray(address=args.address, num_cpus=args.num_cpus)
     try:
-        grid(table, settings, args.levels, args.fractions, args.folds, args.out)
+        grid(table, settings, args.levels, args.fractions, args.folds, args.out, args.weighted_levels)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

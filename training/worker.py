@@ -264,7 +264,7 @@ class Run:
             scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" and c["amp"] else None
             patience = 10**9 if slot.final else c["patience"]
             weight = None
-            if c.get("class_weight") == "balanced":  # from this slot's own training rows (every worker's)
+            if (slot.class_weight or c.get("class_weight")) == "balanced":  # from this slot's own training rows
                 counts = torch.bincount(self.rows.y[train_m[i]], minlength=c["classes"]).double()
                 weight = loop.balanced_weights(self.allreduce(counts) if self.world > 1 else counts).to(self.device)
             out.append(loop.SlotModel(net, optimizer, scheduler, loop.EarlyStopping(patience=patience), scaler,

@@ -265,7 +265,8 @@ def gold_properties(cfg: PipelineConfig, run_id: str, folds: int, classes: list[
     features = [{"name": f.name, "kind": f.kind} for f in cfg.columns.features]
     props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": folds,
              "fulcrum.classes": json.dumps(classes), "fulcrum.features": json.dumps(features),
-             "fulcrum.silver_version": silver_version, "fulcrum.oversample": cfg.oversample.method}  # fmt: skip
+             "fulcrum.silver_version": silver_version, "fulcrum.oversample": cfg.oversample.method,
+             "fulcrum.class_weight": "none", "fulcrum.balance": "{}"}  # fmt: skip
     if cfg.images:
         props.update({"fulcrum.image_size": cfg.images.size, "fulcrum.image_channels": cfg.images.channels,
                       "fulcrum.image_column": cfg.images.path_column,
@@ -293,12 +294,26 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         record.inputs.append(("silver", lake.path("silver"), version))
         silver = tables.read(spark, lake.path("silver"), version)
         folds = int(tables.properties(spark, lake.path("silver")).get("fulcrum.folds", cfg.split.folds))
-        g_version, info = write_gold(silver, cfg, run_id, version, folds, lake.path("gold"))
+        method, chosen = cfg.oversample.method, None
+        if method == "auto":  # measure the candidates on the folds, then gold is the chosen one's rows
+            from jobs.balancing import auto
+
+            classes = class_names(silver, cfg.columns.label)
+            method, chosen, rows = auto.choose(spark, cfg, run_id, silver, version, folds, classes, record, STAGE)
+            props = gold_properties(cfg, run_id, folds, classes, version)
+            props.update({"fulcrum.oversample": "none" if method == "class_weight" else method,
+                          "fulcrum.balance": json.dumps({k: v for k, v in chosen.items() if k != "plan"})})  # fmt: skip
+            if method == "class_weight":
+                props["fulcrum.class_weight"] = "balanced"
+            g_version = tables.overwrite(rows, lake.path("gold"), run_id, STAGE, props)
+            info = {"classes": classes, "plan": chosen["plan"], "fallback": chosen["fallback"]}
+        else:
+            g_version, info = write_gold(silver, cfg, run_id, version, folds, lake.path("gold"))
         record.outputs.append(("gold", lake.path("gold"), g_version))
         written = tables.read(spark, lake.path("gold"), g_version)
         balance = _balance(written, info["classes"], folds)
         report = StageReport(stage=STAGE, rows_in=silver.count(), rows_out=sum(balance["after"][str(folds)].values()))
-        report.details.update({"gold_version": g_version, "method": cfg.oversample.method, "balance": balance,
+        report.details.update({"gold_version": g_version, "method": method, "auto": chosen, "balance": balance,
                                "k_neighbors": cfg.oversample.k_neighbors, "fallback": info["fallback"],
                                "synthetic": {str(f): sum(p["make"] for p in per.values())
                                              for f, per in info["plan"].items()},
@@ -307,7 +322,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         report.seconds = time.perf_counter() - start
         record.counts.update({**report.counts(), "gold_rows": written.count()})
         plots.class_balance(balance, Path(cfg.reports_dir) / run_id / "class_balance.png")
-    log.info("oversample %s: gold v%d (%s), final training set %s", cfg.dataset, g_version, cfg.oversample.method,
+        if chosen is not None:  # auto: the candidates' table, for the run report
+            (Path(cfg.reports_dir) / run_id / "balance.json").write_text(
+                json.dumps({k: v for k, v in chosen.items() if k != "plan"}, indent=2, default=float))
+    log.info("oversample %s: gold v%d (%s), final training set %s", cfg.dataset, g_version, method,
              balance["after"][str(folds)])  # fmt: skip
     return report
 

@@ -113,6 +113,10 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
         # The label audit ran last: its table beside gold and its section in the report.
         assert (tmp_path / "demo" / "lake" / dataset / "label_issues" / "_delta_log").is_dir()
         assert "audit" in page.sections and "The label audit did not run in this run." not in page.text
+        words = " ".join(" ".join(page.text).split())
+        assert "Applied to silver before gold was built" in words  # the audit acted before oversampling
+        if dataset == "cancer":  # the cancer sample balances by measurement (oversample.method auto)
+            assert "compared 4 ways to balance on the split's folds" in words
     assert result.stdout.count("label audit (prune_by_noise_rate)") == 2
     # The cancer sample searches hyperparameters first (train.search): its best configuration is the CV's.
     assert result.stdout.count("hyperparameter search: 3 random trials over 2 fold(s)") == 1

@@ -27,6 +27,7 @@ def _config(sample_dir: Path, gold: str, tmp_path: Path) -> Path:
     cfg["suite"] = str(sample_dir / "cancer" / cfg["suite"])
     cfg["lake_root"] = str(tmp_path / "lake")
     cfg["split"]["folds"] = 2
+    cfg["oversample"]["method"] = "smotenc"  # as the gold lake it copies (auto is measured elsewhere)
     cfg["train"].update({"epochs": 3, "batch_size": 32, "patience": 5, "search": None})
     path = tmp_path / "cancer.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -31,7 +31,8 @@ def test_spark_stages_through_spark_submit_on_a_standalone_cluster(tmp_path):
     with spark_standalone(cores=2, memory="3g") as cluster:
         # The Spark stages only: the label audit's models train on Ray (tests/e2e/test_ray_job.py).
         result, events = submit(cluster, "run", config, "--until", "oversample", "--set", "split.folds=2",
-                                "--set", "audit.enabled=false", "--run-id", "s1")  # fmt: skip
+                                "--set", "audit.enabled=false", "--set", "oversample.method=smotenc",
+                                "--run-id", "s1")  # fmt: skip
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         apps = _spark_json(cluster.ui)["completedapps"]
     # The application ran on the standalone cluster's executor (not in a local master).

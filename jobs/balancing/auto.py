@@ -1,0 +1,145 @@
+"""``oversample.method: auto``: balance by measurement, not by habit.
+
+Resampling often leaves ranking metrics unchanged and miscalibrates probabilities, and where
+it helps depends on the data. So the candidates (``none`` always; by default also
+``class_weight``, ``random`` and, for tables, ``smote`` — ``smotenc`` with categorical
+features) are each built leak-free per fold exactly as gold would be (``build_gold``; the
+``class_weight`` candidate is ``none``'s rows trained with a class-balanced loss) and written
+as one table, ``balance/candidates``, with a ``level`` column per candidate. The Ray side
+trains every (candidate, fold) as a slot of one engine run (``python -m training.tradeoff``,
+one pass over the rows per epoch, the train section's settings without the search) and
+scores each on the same validation rows: the fold's real rows.
+
+The pick (``pick``): the highest mean of ``oversample.metric`` over the folds; candidates
+within ``oversample.tolerance`` of it are tied, and the tie goes to the lowest mean Brier
+score (calibration), then to the simplest (``none`` < ``class_weight`` < the resamplers in
+the config's order). Gold is then the chosen candidate's rows (no second build); a
+``class_weight`` choice is recorded in gold's properties and the train stage trains with a
+balanced loss.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.config import BALANCERS, PipelineConfig
+from jobs.errors import FulcrumError
+from jobs.lakehouse import ledger, tables
+
+log = logging.getLogger(__name__)
+INTERPOLATING = ("smote", "adasyn", "smotenc")
+
+
+def candidates(cfg: PipelineConfig) -> list[str]:
+    """What auto compares, simplest first. Images interpolate nothing (their resamplers repeat rows)."""
+    o = cfg.oversample
+    if o.candidates:
+        names = ["none", *o.candidates]
+    else:
+        names = ["none", "class_weight", "random"]
+        if cfg.kind == "tabular":
+            names.append("smotenc" if any(f.kind == "categorical" for f in cfg.columns.features) else "smote")
+    if cfg.kind == "images":
+        names = [n for n in names if n not in INTERPOLATING]
+    return sorted(set(names), key=BALANCERS.index)
+
+
+def candidate_rows(silver: DataFrame, cfg: PipelineConfig, folds: int, names: list[str]) -> tuple[DataFrame, dict]:
+    """Every candidate's gold-contract rows with its name in ``level`` (and ``u`` = 0: no fraction is cut);
+    the builds' info by candidate."""
+    from jobs.balancing import oversample
+
+    parts, infos = [], {}
+    for name in names:
+        method = "none" if name in ("none", "class_weight") else name
+        if method not in infos:
+            update = {"method": method} if method != "none" else {"method": "none", "undersample": None}
+            c = cfg.model_copy(update={"oversample": cfg.oversample.model_copy(update=update)})
+            rows, infos[method] = oversample.build_gold(silver, c, folds)
+            infos[method]["rows"] = rows
+        parts.append(infos[method]["rows"].withColumn("level", F.lit(name)))
+    table = parts[0]
+    for more in parts[1:]:
+        table = table.unionByName(more)
+    return table.withColumn("u", F.lit(0.0)), {n: infos["none" if n in ("none", "class_weight") else n] for n in names}
+
+
+def pick(rows: list[dict], tolerance: float) -> tuple[str, str]:
+    """(the chosen candidate, why) from each candidate's ``name``, ``mean`` metric and ``brier`` (in the order of
+    simplicity): the best mean; within ``tolerance`` of it the lowest Brier score; then the simplest."""
+    scored = [r for r in rows if not math.isnan(r["mean"])]
+    if not scored:
+        return "none", "no candidate could be scored: no resampling"
+    best = max(r["mean"] for r in scored)
+    tied = [r for r in scored if r["mean"] >= best - tolerance - 1e-12]
+    if len(tied) == 1:
+        return tied[0]["name"], f"the highest mean {tied[0]['mean']:.3f}"
+    brier = min(r["brier"] for r in tied)
+    calibrated = [r for r in tied if r["brier"] <= brier + 1e-12]
+    names = ", ".join(r["name"] for r in tied)
+    why = (f"{names} are within {tolerance:g} of the best mean {best:.3f}: the lowest Brier score "
+           f"({calibrated[0]['brier']:.4f})")  # fmt: skip
+    if len(calibrated) > 1:
+        why += ", then the simplest"
+    return calibrated[0]["name"], why
+
+
+def summarise(trials: list[dict], names: list[str], metric: str) -> list[dict]:
+    """Per candidate: mean and std of the metric over the folds, mean Brier and ECE, mean training rows."""
+    out = []
+    for name in names:
+        mine = [t for t in trials if t["level"] == name]
+        values = np.array([t["metrics"].get(metric, float("nan")) for t in mine], dtype=float)
+        mean = float(np.nanmean(values)) if len(values) and not np.isnan(values).all() else float("nan")
+        out.append({"name": name, "mean": mean, "std": float(np.nanstd(values)) if len(values) else float("nan"),
+                    "brier": float(np.nanmean([t["metrics"].get("brier", float("nan")) for t in mine])),
+                    "ece": float(np.nanmean([t["metrics"].get("ece", float("nan")) for t in mine])),
+                    "train_rows": int(np.mean([t["train_rows"] for t in mine])) if mine else 0,
+                    "folds": [t["metrics"].get(metric) for t in sorted(mine, key=lambda t: t["fold"])]})  # fmt: skip
+    return out
+
+
+def choose(spark: SparkSession, cfg: PipelineConfig, run_id: str, silver: DataFrame, silver_version: int, folds: int,
+           classes: list[str], record: ledger.StageRun, stage: str) -> tuple[str, dict, DataFrame]:  # fmt: skip
+    """Measure the candidates on the folds; returns (the choice, the summary, the chosen candidate's gold rows)."""
+    from jobs.balancing import oversample
+    from jobs.launch import ray_side, run_foreground
+    from training.contract import to_flags
+
+    start = time.perf_counter()
+    lake = tables.Lake(cfg.lake_dir)
+    names = candidates(cfg)
+    table, infos = candidate_rows(silver, cfg, folds, names)
+    props = oversample.gold_properties(cfg, run_id, folds, classes, silver_version)
+    props.update({"fulcrum.tradeoff_levels": json.dumps(names), "fulcrum.oversample": "auto"})
+    path = lake.path("balance/candidates")
+    version = tables.overwrite(table, path, run_id, stage, props)
+    record.outputs.append(("balance/candidates", path, version))
+    out = str(Path(cfg.reports_dir) / run_id / "balance")
+    train = cfg.train.tuned(tensorboard=False, search=None)
+    args = ["--table", path, "--version", str(version), "--out", out, *to_flags(train), "--levels", ",".join(names),
+            "--fractions", "1", "--folds", ",".join(map(str, range(folds))), "--weighted-levels", "class_weight"]  # fmt: skip
+    cmd = ray_side(cfg, run_id, "training.tradeoff", args)
+    log.info("oversample %s: measuring %s on %d folds: %s", cfg.dataset, ", ".join(names), folds, " ".join(cmd[1:]))
+    code = run_foreground(cmd)
+    if code:
+        raise FulcrumError(f"{cfg.dataset}: measuring the balancing candidates exited with code {code} (its error is "
+                           "printed above)", fix="see the message above, or set oversample.method to one method")  # fmt: skip
+    grid = json.loads((Path(out) / "tradeoff.json").read_text())
+    metric = cfg.oversample.metric
+    rows = summarise(grid["trials"], names, metric)
+    chosen, why = pick(rows, cfg.oversample.tolerance)
+    summary = {"metric": metric, "tolerance": cfg.oversample.tolerance, "candidates": rows, "chosen": chosen,
+               "reason": why, "table_version": version, "seconds": round(time.perf_counter() - start, 2),
+               "fallback": infos[chosen]["fallback"], "plan": infos[chosen]["plan"]}  # fmt: skip
+    log.info("oversample %s: auto chose %s (%s)", cfg.dataset, chosen, why)
+    gold = tables.read(spark, path, version).where(F.col("level") == chosen).drop("level", "u")
+    return chosen, summary, gold
