@@ -42,7 +42,7 @@ class Slot:
     def name(self) -> str:
         if self.final:
             return "final"
-        base = f"fold-{self.fold}"
+        base = f"fold-{self.fold}" + ("-balanced" if self.class_weight == "balanced" and self.level is None else "")
         return base if self.level is None else f"{self.level}-{self.fraction:g}-{base}"
 
     def masks(self, contract: pa.Table, folds: int) -> tuple[np.ndarray, np.ndarray]:

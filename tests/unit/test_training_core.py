@@ -292,3 +292,13 @@ def test_fulcrum_train_passes_the_config_train_section_as_flags(tmp_path):
     assert cmd[6].startswith("r-1-training-") and cmd[split + 1 : split + 4] == ["python", "-m", "training"]
     args = parser().parse_args(cmd[split + 4 :])
     assert args.address is None and args.version == 4 and args.out.endswith("r-1/train")  # RAY_ADDRESS is the job's
+
+
+def test_weighted_slots_are_named_apart_and_grid_levels_can_weigh_their_loss():
+    from training.engine import Slot, grid_slots
+
+    assert Slot(0).name == "fold-0" and Slot(0, class_weight="balanced").name == "fold-0-balanced"
+    cells = grid_slots(["none", "class_weight"], [1.0], [0, 1], weighted=["class_weight"])
+    assert [(c.level, c.class_weight) for c in cells] == [("none", None), ("none", None),
+                                                          ("class_weight", "balanced"), ("class_weight", "balanced")]
+    assert len({c.name for c in cells}) == 4
