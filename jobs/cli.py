@@ -261,6 +261,8 @@ def print_audit(report: StageReport) -> None:
     applied = report.details.get("applied")
     if report.details.get("abstained"):
         out.print(f"the audit abstained: {report.details['abstained']}")
+    elif applied and applied.get("withheld"):
+        out.print(f"[yellow]verdicts withheld[/]: {applied['withheld']}")
     elif applied and applied["policy"] != "report":
         out.print(f"applied before oversampling ({applied['policy']}): {applied['dropped']:,} rows dropped, "
                   f"{applied['relabelled']:,} relabelled in silver")  # fmt: skip

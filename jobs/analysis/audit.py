@@ -357,6 +357,15 @@ def apply_to_silver(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake:
     out.update(dropped=int(counts["dropped"]), relabelled=int(counts["relabelled"]))
     if not out["dropped"] and not out["relabelled"]:
         return out
+    folds = int(tables.properties(spark, lake.path("silver")).get("fulcrum.folds", cfg.split.folds))
+    before = {r[0]: r[1] for r in silver.groupBy(label).count().collect()}
+    after = {r[0]: r[1] for r in marked.where(F.size(clean.REASONS) == 0).groupBy(label).count().collect()}
+    short = {str(c): after.get(c, 0) for c in before if after.get(c, 0) < folds}
+    if short:  # a class would be left with fewer rows than folds: the split could not give every fold one
+        out.update(dropped=0, relabelled=0, withheld=f"applying them would leave {short} rows of a class, fewer than "
+                   f"the {folds} folds: nothing applied (check those classes' labels by hand)")  # fmt: skip
+        log.warning("label audit %s: %s", cfg.dataset, out["withheld"])
+        return out
     kept = (marked.where(F.size(clean.REASONS) == 0).withColumn(label, F.col(label).cast(dict(silver.dtypes)[label]))
             .select(*silver.columns))  # fmt: skip
     props = {k: v for k, v in tables.properties(spark, lake.path("silver")).items() if k.startswith("fulcrum.")}

@@ -213,3 +213,21 @@ def test_the_audit_acts_on_silver_before_oversampling_reads_it(spark, audited, l
     again = audit.run(spark, cfg, f"a-{policy}-2", retrain=False)
     assert again.details["applied"]["dropped"] == again.details["applied"]["relabelled"] == 0
     assert tables.version(spark, lake.path("silver")) == before + 1
+
+
+def test_verdicts_that_would_leave_a_class_short_of_the_folds_are_withheld(spark, tmp_path):
+    from jobs.config import parse_config
+
+    cfg = parse_config({"dataset": "toy", "kind": "tabular", "lake_root": str(tmp_path / "lake"),
+                        "source": {"path": "x", "format": "csv"}, "columns": {"label": "y", "features": ["a"]},
+                        "split": {"folds": 2}})  # fmt: skip
+    lake = tables.Lake(cfg.lake_dir)
+    rows = [(f"s{i}", float(i), "big", i % 2) for i in range(8)] + [("r1", 9.0, "rare", 0), ("r2", 9.5, "rare", 1)]
+    silver = spark.createDataFrame(rows, "sample_id string, a double, y string, fold int")
+    tables.overwrite(silver, lake.path("silver"), "c-1", "curate", {"fulcrum.folds": 2})
+    issues = spark.createDataFrame([("r1", "rare", "big", True)],
+                                   "sample_id string, given_class string, suggested_class string, actionable boolean")  # fmt: skip
+    before = tables.version(spark, lake.path("silver"))
+    applied = audit.apply_to_silver(spark, cfg, "a-1", lake, tables.read(spark, lake.path("silver")), issues, None)
+    assert applied["dropped"] == 0 and "fewer than the 2 folds" in applied["withheld"] and "'rare': 1" in applied["withheld"]
+    assert tables.version(spark, lake.path("silver")) == before  # nothing committed
