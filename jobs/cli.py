@@ -27,8 +27,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-out = Console()
-err = Console(stderr=True)
+# Not a terminal (a log file, a scheduler, CI): tables at full width, never cut to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigArg = Annotated[Path, typer.Argument(help="pipeline YAML (see the README's config reference)")]
 SetOpt = Annotated[
