@@ -509,10 +509,16 @@ def _configure_logging() -> None:
 @app.callback()
 def _options(
     events: Annotated[str, typer.Option(help="each stage's event on stderr: json (one object per line) or none")] = "json",
+    verbose: Annotated[bool, typer.Option(help="show the Ray workers' own lines (epoch reports, checkpoints, "
+                                          "controller chatter) on the terminal")] = False,
 ) -> None:
+    import os
+
     from jobs.pipeline import setup_events
 
     setup_events(events, sys.stderr)
+    if verbose:  # the Ray side reads it (a child process, or a Ray job's environment)
+        os.environ["FULCRUM_VERBOSE"] = "1"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,10 +34,16 @@ def train_env() -> dict[str, str]:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
-    """Connect to ``RAY_ADDRESS`` (or ``address``) if set, else start a sized local instance."""
+    """Connect to ``RAY_ADDRESS`` (or ``address``) if set, else start a sized local instance.
+
+    The workers' own lines (every epoch's "Reporting training result", checkpoints, the controller's
+    chatter) stay in Ray's session logs (``/tmp/ray/session_latest/logs``) instead of this process's
+    output, unless ``FULCRUM_VERBOSE=1`` (``fulcrum --verbose``); failures still reach the driver as
+    exceptions, and fulcrum's own lines come from the driver."""
     import ray
 
     train_env()
+    kwargs.setdefault("log_to_driver", os.environ.get("FULCRUM_VERBOSE") == "1")
     if ray.is_initialized():
         return ray.get_runtime_context()
     address = os.environ.get("RAY_ADDRESS") or address
