@@ -139,7 +139,7 @@ class AuditConfig(Strict):
         default="prune_by_noise_rate", description="which rows are flagged (see the README)")
     ranking: Literal["normalized_margin", "self_confidence"] = Field(
         default="normalized_margin", description="the score of a flagged row (lower: more likely wrong)")  # fmt: skip
-    min_skill: float = Field(default=0.2, ge=0, le=1, description="the audit abstains (reports, never acts) unless "
+    min_skill: float = Field(default=0.5, ge=0, le=1, description="the audit abstains (reports, never acts) unless "
                              "the out-of-fold model's balanced accuracy is this share of the way from chance to perfect")  # fmt: skip
 
 
