@@ -55,6 +55,17 @@ def cross_validate(cfg: PipelineConfig, run_id: str, table: str, version: int, o
     return json.loads((Path(out) / "cv.json").read_text())
 
 
+def grid(cfg: PipelineConfig, run_id: str, args: list[str], out: str, what: str, fix: str) -> dict:
+    """Run a grid of slots on the Ray side (``python -m training.tradeoff ARGS``, foreground) and return its
+    ``tradeoff.json``; ``what`` names the grid in the error, ``fix`` says what to do."""
+    cmd = ray_side(cfg, run_id, "training.tradeoff", args)
+    log.info("%s %s: %s", what, cfg.dataset, " ".join(cmd[1:]))
+    code = run_foreground(cmd)
+    if code:
+        raise FulcrumError(f"{cfg.dataset}: {what} exited with code {code} (its error is printed above)", fix=fix)
+    return json.loads((Path(out) / "tradeoff.json").read_text())
+
+
 def jobs_api(cfg: PipelineConfig) -> str | None:
     """The Ray Jobs API address (``http(s)://head:8265``) when ``RAY_ADDRESS`` or ``ray.address`` names one."""
     address = os.environ.get("RAY_ADDRESS") or cfg.ray.address

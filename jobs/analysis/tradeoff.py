@@ -36,10 +36,10 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import plots
+from jobs import launch, plots
 from jobs.config import PipelineConfig
 from jobs.curation import curate
-from jobs.errors import ConfigError, DataFailedError, FulcrumError
+from jobs.errors import ConfigError, DataFailedError
 from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
 from training.contract import to_flags
@@ -291,22 +291,23 @@ def write_page(folder: Path, cfg: PipelineConfig, run_id: str, result: dict) -> 
 
 def command(cfg: PipelineConfig, table: str, version: int, levels: list[str], folds: list[int], out: str,
             run_id: str = "tradeoff") -> list[str]:  # fmt: skip
-    """The ``python -m training.tradeoff`` command line: the train section's flags, the grid's. Every cell of
-    the grid trains with the train section's hyperparameters as written (``train.search`` is not run)."""
-    from jobs.launch import ray_side
+    """The ``python -m training.tradeoff`` command line: the train section's flags, the grid's."""
+    return launch.ray_side(cfg, run_id, "training.tradeoff", grid_args(cfg, table, version, levels, folds, out))
 
+
+def grid_args(cfg: PipelineConfig, table: str, version: int, levels: list[str], folds: list[int], out: str) -> list[str]:
+    """The grid's arguments. Every cell trains with the train section's hyperparameters as written
+    (``train.search`` is not run)."""
     t = cfg.tradeoff
     train = cfg.train.tuned(tensorboard=False, search=None, **({"epochs": t.epochs} if t.epochs else {}))
     args = ["--table", table, "--version", str(version), "--out", out, *to_flags(train),
             "--levels", ",".join(levels), "--fractions", ",".join(f"{f:g}" for f in t.fractions),
             "--folds", ",".join(map(str, folds))]  # fmt: skip
-    return ray_side(cfg, run_id, "training.tradeoff", args)
+    return args
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     """Job: gold (+ validated bronze, quarantine, label_issues) → the trade-off table → the grid on Ray → report."""
-    from jobs.launch import run_foreground
-
     lake = tables.Lake(cfg.lake_dir)
     folder = Path(cfg.reports_dir) / run_id
     with ledger.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
@@ -326,13 +327,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
             raise DataFailedError(f"{cfg.dataset}: no training rows for {', '.join(empty)}",
                                   fix="raise the smallest tradeoff.fractions")  # fmt: skip
         out = str(folder / "tradeoff")
-        cmd = command(cfg, lake.path("tradeoff"), version, info["levels"], info["folds"], out, run_id)
-        log.info("tradeoff %s: %s", cfg.dataset, " ".join(cmd[1:]))
-        code = run_foreground(cmd)
-        if code:
-            raise FulcrumError(f"{cfg.dataset}: the trade-off grid exited with code {code} (its error is printed "
-                               "above)", fix="see the message above; `python -m training.tradeoff --help`")  # fmt: skip
-        grid = json.loads((Path(out) / "tradeoff.json").read_text())
+        grid = launch.grid(cfg, run_id, grid_args(cfg, lake.path("tradeoff"), version, info["levels"], info["folds"],
+                                                   out), out, "the trade-off grid",
+                           "see the message above; `python -m training.tradeoff --help`")  # fmt: skip
         metric = cfg.tradeoff.metric
         curve = curves(grid["trials"], rows, metric)
         result = {"info": info, "metric": metric, "curves": curve, "conclusion": conclude(curve, metric),

@@ -31,7 +31,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import BALANCERS, PipelineConfig
-from jobs.errors import FulcrumError
 from jobs.lakehouse import ledger, tables
 
 log = logging.getLogger(__name__)
@@ -110,8 +109,8 @@ def summarise(trials: list[dict], names: list[str], metric: str) -> list[dict]:
 def choose(spark: SparkSession, cfg: PipelineConfig, run_id: str, silver: DataFrame, silver_version: int, folds: int,
            classes: list[str], record: ledger.StageRun, stage: str) -> tuple[str, dict, DataFrame]:  # fmt: skip
     """Measure the candidates on the folds; returns (the choice, the summary, the chosen candidate's gold rows)."""
+    from jobs import launch
     from jobs.balancing import oversample
-    from jobs.launch import ray_side, run_foreground
     from training.contract import to_flags
 
     start = time.perf_counter()
@@ -127,13 +126,9 @@ def choose(spark: SparkSession, cfg: PipelineConfig, run_id: str, silver: DataFr
     train = cfg.train.tuned(tensorboard=False, search=None)
     args = ["--table", path, "--version", str(version), "--out", out, *to_flags(train), "--levels", ",".join(names),
             "--fractions", "1", "--folds", ",".join(map(str, range(folds))), "--weighted-levels", "class_weight"]  # fmt: skip
-    cmd = ray_side(cfg, run_id, "training.tradeoff", args)
-    log.info("oversample %s: measuring %s on %d folds: %s", cfg.dataset, ", ".join(names), folds, " ".join(cmd[1:]))
-    code = run_foreground(cmd)
-    if code:
-        raise FulcrumError(f"{cfg.dataset}: measuring the balancing candidates exited with code {code} (its error is "
-                           "printed above)", fix="see the message above, or set oversample.method to one method")  # fmt: skip
-    grid = json.loads((Path(out) / "tradeoff.json").read_text())
+    log.info("oversample %s: measuring %s on %d folds", cfg.dataset, ", ".join(names), folds)
+    grid = launch.grid(cfg, run_id, args, out, "measuring the balancing candidates",
+                       "see the message above, or set oversample.method to one method")  # fmt: skip
     metric = cfg.oversample.metric
     rows = summarise(grid["trials"], names, metric)
     chosen, why = pick(rows, cfg.oversample.tolerance)
