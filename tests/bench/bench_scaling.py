@@ -3,8 +3,8 @@
 A tabular dataset (10 numeric features, one categorical, 3 imbalanced classes learnable
 from the features, 2 % exact and 2 % near duplicates, 0.2 % out-of-range values, 3 % of
 labels flipped) and an image manifest (class-tinted random textures, 64×64 PNGs, 5 %
-copies, 3 imbalanced classes) run through ingest → validate → curate → oversample →
-train → audit at each size, each in a fresh lake, through the same ``iter_pipeline`` as
+copies, 3 imbalanced classes) run through ingest → validate → curate → audit → oversample →
+train at each size, each in a fresh lake, through the same ``iter_pipeline`` as
 ``fulcrum run`` (one Spark session; training as its own process with its own Ray, as the
 CLI runs it). Per stage: seconds at each size and the growth exponent b of
 seconds ∝ size^b (least squares on log-log; b ≈ 1 is linear, b < 1 means fixed costs
