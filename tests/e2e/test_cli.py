@@ -97,8 +97,10 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     for dataset in ("cancer", "digits"):
         assert (tmp_path / "demo" / "lake" / dataset / "silver" / "_delta_log").is_dir()
         assert (tmp_path / "demo" / "lake" / dataset / "gold" / "_delta_log").is_dir()
-    # Training: both samples cross-validated on Ray, the CV table printed, predictions beside gold.
-    assert result.stdout.count("cross-validation:") == 2 and "mean ± std" in result.stdout
+    # Training: both samples cross-validated on Ray twice, the CV table printed each time: the audit's models on
+    # silver's real rows (audit/gold), then gold's; predictions beside gold.
+    assert result.stdout.count("cross-validation:") == 4 and "mean ± std" in result.stdout
+    assert result.stdout.count("/audit/gold v0") == 2
     for dataset in ("cancer", "digits"):
         assert (tmp_path / "demo" / "lake" / dataset / "predictions" / "_delta_log").is_dir()
         assert list((tmp_path / "demo" / "lake" / dataset / "reports").glob("*/train/model.pt"))
