@@ -113,6 +113,7 @@ def build_table(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake) -> 
     for more in levels[1:]:
         table = table.unionByName(more)
     table = table.withColumn("u", draw(F.col("_group"), cfg.seed)).drop("_group")
+    info["balancing"] = json.loads(props.get("fulcrum.balance") or "{}") or None  # oversample.method auto's choice
     info["props"] = {**{k_: v for k_, v in props.items() if k_.startswith("fulcrum.")},
                      "fulcrum.tradeoff_levels": json.dumps(info["levels"]), "fulcrum.gold_version": version}  # fmt: skip
     return table, info
@@ -283,7 +284,7 @@ def write_page(folder: Path, cfg: PipelineConfig, run_id: str, result: dict) -> 
         trials=len(result["trials"]), seconds=result["seconds"], metric=result["metric"], conclusion=result["conclusion"],
         plot=plots.data_uri(folder / "tradeoff.png"),
         curves=result["curves"], names=NAMES, raw=raw_text, flagged=result["info"].get("flagged"),
-        left_out=result["info"]["left_out"])  # fmt: skip
+        left_out=result["info"]["left_out"], balancing=result["info"].get("balancing"))  # fmt: skip
     path = folder / "tradeoff.html"
     path.write_text(html)
     return path

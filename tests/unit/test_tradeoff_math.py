@@ -71,3 +71,31 @@ def test_config_orders_levels_and_refuses_a_single_fraction():
         TradeoffConfig(fractions=[0, 1])
     with pytest.raises(ValueError, match="distinct and not empty"):
         TradeoffConfig(levels=[])
+
+
+def test_the_page_shows_how_gold_was_balanced_when_auto_chose(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from jobs.analysis.tradeoff import write_page
+    from jobs.config import parse_config
+    from tests.html_report import parse
+
+    buf = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(buf, "PNG")
+    (tmp_path / "tradeoff.png").write_bytes(buf.getvalue())
+    cfg = parse_config({"dataset": "t", "kind": "tabular", "source": {"path": "x", "format": "csv"},
+                        "columns": {"label": "y", "features": ["a"]}})  # fmt: skip
+    balancing = {"metric": "macro_f1", "chosen": "random", "reason": "the highest mean 0.900",
+                 "candidates": [{"name": "none", "mean": 0.8, "std": 0.01, "brier": 0.1, "ece": 0.05, "train_rows": 90},
+                                {"name": "random", "mean": 0.9, "std": 0.02, "brier": 0.12, "ece": 0.06,
+                                 "train_rows": 120}]}  # fmt: skip
+    result = {"info": {"gold_version": 3, "folds": [0, 1], "left_out": {}, "balancing": balancing}, "trials": [],
+              "seconds": 1.0, "metric": "macro_f1", "conclusion": {"text": ["x"]}, "curves": {}}  # fmt: skip
+    page = parse(write_page(tmp_path, cfg, "r-1", result))
+    assert page.sections == ["conclusion", "curves", "balancing", "levels"]
+    words = " ".join(page.text)
+    assert "random (chosen)" in words and "the highest mean 0.900" in words and "0.1200" in words
+    result["info"]["balancing"] = None  # a method named in the config: no such section
+    assert parse(write_page(tmp_path, cfg, "r-2", result)).sections == ["conclusion", "curves", "levels"]
