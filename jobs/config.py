@@ -143,6 +143,27 @@ class AuditConfig(Strict):
                              "the out-of-fold model's balanced accuracy is this share of the way from chance to perfect")  # fmt: skip
 
 
+class VerifyConfig(Strict):
+    """Images: how a candidate pair of near duplicates is confirmed (see the README, "Image near duplicates")."""
+
+    measure: Literal["ncc", "phash"] = Field(
+        default="ncc", description="ncc: normalised cross-correlation of the 32 px grayscale thumbnails, the best of "
+        "every shift up to max_shift px; phash: the pHash distance alone (dedup.near.hamming), the path before ncc")  # fmt: skip
+    threshold: float | Literal["auto"] = Field(
+        default="auto", description="the NCC a pair needs; auto: 1 − d/ratio, d the distance (1 − NCC) of the "
+        "closest 0.1 % of random pairs of this table")  # fmt: skip
+    ratio: float = Field(default=9.0, gt=1, description="auto: how many times closer than the closest 0.1 % of "
+                         "random pairs a copy must be")  # fmt: skip
+    floor: float = Field(default=0.9, ge=0, le=1, description="auto never goes below this NCC")
+    max_shift: int = Field(default=2, ge=0, le=6, description="shifts tried, in thumbnail pixels (each way)")
+    bucket_rows: int = Field(default=4096, ge=64, description="images compared all-pairs at once; up to this many "
+                             "images (after exact copies) the search is exhaustive")  # fmt: skip
+    tables: int = Field(default=2, ge=1, le=8, description="random projections that cut larger tables into buckets")
+    sample: int = Field(default=400, ge=50, description="images drawn (seeded) for the random-pair self-check")
+    max_random_share: float = Field(default=0.001, ge=0, le=1, description="warn when the threshold accepts more "
+                                    "than this share of random pairs")  # fmt: skip
+
+
 class NearDupConfig(Strict):
     enabled: bool = True
     tolerance: float = Field(default=0.05, gt=0, description="tabular: max difference per feature, in its stdevs")
@@ -151,6 +172,10 @@ class NearDupConfig(Strict):
         default=8, ge=1, le=64, description="tabular: offset grids; a true pair is missed by all with p < 0.4^grids"
     )
     action: Literal["remove", "keep"] = Field(default="remove", description="keep: rows stay, sharing a dup_group")
+    conflicts: Literal["per_label", "group"] = Field(
+        default="per_label", description="a near-duplicate group whose labels disagree: one survivor per label "
+        "(dedup.conflicts judges only exact copies), or the whole group judged by dedup.conflicts")  # fmt: skip
+    verify: VerifyConfig = VerifyConfig()
 
 
 class ExactDupConfig(Strict):

@@ -259,7 +259,6 @@ def make_digits(outdir: Path, seed: int = 7) -> Path:
         "images": {"root": "images", "path_column": "path", "size": IMAGE_SIZE // 2, "channels": 1,
                    "embed": True},
         "clean": {"labels": {"classes": DIGIT_NAMES, "synonyms": {str(i): n for i, n in enumerate(DIGIT_NAMES)}}},
-        "dedup": {"near": {"hamming": 2}},  # 8x8 digits: unrelated pairs start at 3-4 bits
         "split": {"folds": 5, "test_fraction": 0.2},
         "oversample": {"method": "random"},
         # A compact CNN (train.model cnn), not ResNet-18: low-detail 16 px digits need no 11M-parameter

@@ -24,11 +24,12 @@ from jobs.curation import clean, dedup, split
 from jobs.errors import ConfigError, DataFailedError
 from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
-from jobs.validation.probe import probe_images
+from jobs.validation.probe import THUMB_FIELD, probe_images
 
 log = logging.getLogger(__name__)
 STAGE = "curate"
 SUB_STAGES = ("clean", "dedup")
+THUMBS = THUMB_FIELD[0]  # the probe's thumbnails: dedup reads them, no table keeps them
 
 
 def validated_rows(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake) -> tuple[DataFrame, int]:
@@ -72,7 +73,7 @@ def curate(rows: DataFrame, cfg: PipelineConfig, held: list[DataFrame] | None = 
     how = dedup.plan(kept, cfg)
     found = dedup.find(kept, cfg, how)
     deduped = dedup.remove(found, cfg, how)
-    survivors = deduped.kept.drop("exact_key").persist(StorageLevel.MEMORY_AND_DISK)
+    survivors = deduped.kept.drop("exact_key", THUMBS).persist(StorageLevel.MEMORY_AND_DISK)
     held.append(survivors)
     folds = split.split(survivors, cfg)
     none = F.lit(None).cast("string")
@@ -91,7 +92,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         rows, bronze_version = validated_rows(spark, cfg, lake)
         record.inputs.append(("bronze", lake.path("bronze"), bronze_version))
         if cfg.images:
-            rows = probe_images(rows, cfg.images.path_column, cfg.resolve(cfg.images.root))
+            rows = probe_images(rows, cfg.images.path_column, cfg.resolve(cfg.images.root), thumbnails=True)
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         held = [rows]
         issues = _label_issues(spark, cfg, lake, record)
@@ -100,7 +101,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
             silver = silver.persist(StorageLevel.MEMORY_AND_DISK)
             held.append(silver)
             _require_classes(silver, cfg)
-            quarantine = rows.join(rejected, "sample_id").withColumn("run_id", F.lit(run_id))
+            quarantine = rows.drop(THUMBS).join(rejected, "sample_id").withColumn("run_id", F.lit(run_id))
             q_version = tables.replace_where(quarantine, lake.path("quarantine"), "stage IN ('clean', 'dedup', 'audit')",
                                          run_id, STAGE, partition_by="stage")  # fmt: skip
             props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": cfg.split.folds,

@@ -7,14 +7,18 @@ content (images). Near duplicates are found without comparing all pairs:
   every feature to cells a few tolerances wide at a seeded offset, and rows sharing a
   grid's key are candidates, each confirmed by checking every feature is within
   tolerance (see ``tabular_near_edges`` for the recall bound);
-- images: the 64-bit perceptual hash from the probe is cut into 8 bands (16 for a
-  threshold above 7 bits); pairs sharing a band are candidates (by pigeonhole, every
-  pair within the threshold shares one), confirmed by their Hamming distance.
+- images (``dedup.near.verify.measure: ncc``, the default): every pair of thumbnails in a
+  bucket compared by normalised cross-correlation over small shifts, with a threshold this
+  table calibrates, and groups anchored on their survivor (``near_images``);
+- images, ``measure: phash``: the 64-bit perceptual hash from the probe is cut into 8 bands
+  (16 for a threshold above 7 bits); pairs sharing a band are candidates (by pigeonhole,
+  every pair within the threshold shares one), confirmed by their Hamming distance.
 
 Pairs become groups by connected components, computed in Spark by alternating
 Large-Star / Small-Star rounds (no pair list is collected to the driver); a group's id is its smallest
-``sample_id``. A group whose labels disagree is quarantined whole as ``label_conflict``;
-otherwise the survivor is the smallest ``sample_id``.
+``sample_id``. Exact copies whose labels disagree follow ``dedup.conflicts``; a near group keeps one
+survivor per label (``dedup.near.conflicts: per_label``); otherwise the survivor is the smallest
+``sample_id``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.config import PipelineConfig
+from jobs.curation import near_images
 from jobs.errors import ConfigError
 from jobs.stage import StageReport, StageResult
 
@@ -69,6 +74,7 @@ class Plan:
     exact: bool = True
     near: bool = True
     chance: dict[str, Any] = field(default_factory=dict)
+    near_check: dict[str, Any] = field(default_factory=dict)  # images: the threshold's self-check and the groups
 
 
 def chance_collisions(df: DataFrame, cfg: PipelineConfig) -> dict[str, Any]:
@@ -246,6 +252,14 @@ def find(df: DataFrame, cfg: PipelineConfig, how: Plan | None = None) -> DataFra
     ``how`` says (default: ``plan(df, cfg)``)."""
     how = how or plan(df, cfg)
     df = exact_key(df, cfg, how.key_columns)
+    if cfg.kind == "images" and how.near and cfg.dedup.near.verify.measure == "ncc":
+        return _find_images(df, cfg, how)
+    if cfg.kind == "images" and how.near:  # the pHash-only path checks its radius on random pairs too
+        v = cfg.dedup.near.verify
+        sample = (df.where(F.col("image_phash").isNotNull()).orderBy(F.xxhash64(F.lit(cfg.seed), ID))
+                  .limit(v.sample).select("image_phash").collect())  # fmt: skip
+        how.near_check = {"phash": near_images.phash_check([r[0] for r in sample], cfg.dedup.near.hamming,
+                                                           v.max_random_share)}  # fmt: skip
     parts = []
     if how.exact:
         parts.append(exact_edges(df))
@@ -261,21 +275,57 @@ def find(df: DataFrame, cfg: PipelineConfig, how: Plan | None = None) -> DataFra
     return found.withColumn("dup_group", F.coalesce("component", ID)).drop("node", "component")
 
 
+def _find_images(df: DataFrame, cfg: PipelineConfig, how: Plan) -> DataFrame:
+    """Images, measured by NCC: each exact copy set is represented by its smallest id; representatives are
+    grouped by ``near_images`` (verified pairs, anchored groups); every row takes its representative's group.
+    The self-check's figures and the group statistics go to ``how.near_check``."""
+    v = cfg.dedup.near.verify
+    thumbs = near_images.THUMBS
+    if thumbs not in df.columns:
+        raise ValueError("image near-duplicate verification needs the probe's thumbnails (probe_images(thumbnails=True))")
+    first = F.min(ID).over(Window.partitionBy("exact_key"))
+    rep = F.when(F.col("exact_key").isNotNull(), first).otherwise(F.col(ID)) if how.exact else F.col(ID)
+    df = df.withColumn("_rep", rep)
+    reps = df.where((F.col(ID) == F.col("_rep")) & F.col(thumbs).isNotNull()).select(ID, thumbs, "image_phash")
+    reps = reps.localCheckpoint()
+    n = reps.count()
+    sample = reps.orderBy(F.xxhash64(F.lit(cfg.seed), ID)).limit(v.sample).collect()
+    check = near_images.calibrate(near_images.decode([r[thumbs] for r in sample]), v)
+    check["phash"] = near_images.phash_check([r["image_phash"] for r in sample], cfg.dedup.near.hamming, 1.0)
+    check["images"] = n
+    check["exhaustive"] = n <= v.bucket_rows
+    edges = near_images.verified_edges(reps.select(ID, thumbs), n, v, check["threshold"], cfg.seed).localCheckpoint()
+    groups, stats = near_images.anchored_groups(edges, reps.select(ID, thumbs), check["threshold"], v.max_shift,
+                                                connected_components)  # fmt: skip
+    check.update({"verified_pairs": edges.count(), **stats})
+    how.near_check = check
+    log.info("dedup: near duplicates by NCC >= %.4f (%s; %d images, %s), %d verified pairs", check["threshold"],
+             "auto" if v.threshold == "auto" else "configured", n,
+             "every pair compared" if check["exhaustive"] else f"buckets of {v.bucket_rows} x {v.tables} projections",
+             check["verified_pairs"])  # fmt: skip
+    found = df.join(groups.withColumnRenamed("node", "_rep"), "_rep", "left")
+    return found.withColumn("dup_group", F.coalesce("component", "_rep")).drop("_rep", "component")
+
+
 def remove(found: DataFrame, cfg: PipelineConfig, how: Plan | None = None) -> StageResult:
-    """Keep one survivor per group; quarantine the rest (exact/near duplicate). A group whose labels disagree
-    follows ``dedup.conflicts``: ``quarantine`` (the whole group, ``label_conflict``), ``majority`` (the
+    """Keep one survivor per group; quarantine the rest (exact/near duplicate). Exact copies whose labels
+    disagree follow ``dedup.conflicts``: ``quarantine`` (all of them, ``label_conflict``), ``majority`` (the
     survivor is the commonest label's smallest id, the other labels' rows are ``label_conflict``; a tie is
-    quarantined whole) or ``keep`` (one survivor per label)."""
+    quarantined whole) or ``keep`` (one survivor per label). A near group keeps one survivor per label
+    (``dedup.near.conflicts: per_label``), or is judged whole like exact copies (``group``)."""
     start = time.perf_counter()
     label = cfg.columns.label
     policy = cfg.dedup.conflicts
-    group = Window.partitionBy("dup_group")
+    per_label_near = cfg.dedup.near.conflicts == "per_label"
+    # Where labels are judged: each exact copy set (a near group keeps one survivor per label), or the group.
+    judged = ["dup_group", "exact_key"] if per_label_near else ["dup_group"]
+    group = Window.partitionBy(*judged)
     # The unit a survivor is chosen in: the group, or (keeping near copies) each exact copy set in it; with
-    # conflicts kept, each label within that.
+    # conflicts kept, or near groups judged per label, each label within that.
     unit = ["dup_group"] + (["exact_key"] if cfg.dedup.near.action == "keep" else [])
-    unit += [label] if policy == "keep" else []
-    per_label = Window.partitionBy("dup_group", label)
-    df = (found.withColumn("group_size", F.count(F.lit(1)).over(group))
+    unit += [label] if policy == "keep" or per_label_near else []
+    per_label = Window.partitionBy(*judged, label)
+    df = (found.withColumn("group_size", F.count(F.lit(1)).over(Window.partitionBy("dup_group")))
           .withColumn("labels", F.size(F.collect_set(label).over(group)))
           .withColumn("label_rows", F.count(F.lit(1)).over(per_label))
           .withColumn("top_rows", F.max("label_rows").over(group)))  # fmt: skip
@@ -309,9 +359,11 @@ def remove(found: DataFrame, cfg: PipelineConfig, how: Plan | None = None) -> St
                 .withColumn("reasons", F.array("reason")).drop(*helper))  # fmt: skip
     report = StageReport(stage=STAGE, rows_in=rows_in, rows_out=rows_in - sum(dropped.values()), dropped=dropped)
     report.details.update({"groups": groups["g"], "rows_in_groups": groups["rows"],
-                           "near_action": cfg.dedup.near.action, "conflicts": policy})  # fmt: skip
+                           "near_action": cfg.dedup.near.action, "conflicts": policy,
+                           "near_conflicts": cfg.dedup.near.conflicts})  # fmt: skip
     if how is not None:
         report.details.update({"key": how.key_columns or "features", "exact": how.exact, "near": how.near,
-                               **({"chance": how.chance} if how.chance else {})})  # fmt: skip
+                               **({"chance": how.chance} if how.chance else {}),
+                               **({"near_check": how.near_check} if how.near_check else {})})  # fmt: skip
     report.seconds = time.perf_counter() - start
     return StageResult(kept=kept, rejected=rejected, report=report)

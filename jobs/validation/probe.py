@@ -35,24 +35,35 @@ PROBE_FIELDS = [
 EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
               ".tiff": "TIFF", ".webp": "WEBP"}  # fmt: skip
 MAX_FILE_BYTES = 64 * 1024 * 1024
+THUMB_FIELD = ("image_thumb", T.BinaryType())
 
 
-def phash(img) -> str:
-    """64-bit DCT perceptual hash as 16 hex digits."""
+THUMB = 32  # the side of the grayscale thumbnail behind the pHash and near-duplicate verification
+
+
+def thumbnail(img) -> np.ndarray:
+    """The image as THUMB x THUMB grayscale (Lanczos), uint8: the pixels the pHash and the NCC check read."""
     from PIL import Image
+
+    return np.asarray(as_mode(img, "L").resize((THUMB, THUMB), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def phash(img, pixels: np.ndarray | None = None) -> str:
+    """64-bit DCT perceptual hash as 16 hex digits (of ``pixels``, the image's thumbnail, when given)."""
     from scipy.fft import dctn
 
-    pixels = np.asarray(as_mode(img, "L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
-    low = dctn(pixels, norm="ortho")[:8, :8]
+    pixels = thumbnail(img) if pixels is None else pixels
+    low = dctn(pixels.astype(np.float64), norm="ortho")[:8, :8]
     bits = (low > np.median(low)).flatten()
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
-def probe_file(root: str, rel: str | None) -> dict:
-    """Facts about one manifest path under ``root`` (see ``training.contract.safe_join``)."""
+def probe_file(root: str, rel: str | None, thumbnails: bool = False) -> dict:
+    """Facts about one manifest path under ``root`` (see ``training.contract.safe_join``); with ``thumbnails``,
+    also ``image_thumb``: the THUMB x THUMB grayscale pixels as bytes (for near-duplicate verification)."""
     from PIL import Image
 
-    facts: dict = {name: None for name, _ in PROBE_FIELDS}
+    facts: dict = {name: None for name, _ in PROBE_FIELDS + ([THUMB_FIELD] if thumbnails else [])}
     try:
         real = safe_join(root, rel)
     except UnsafePath as exc:  # never opened; quarantined by the suite's path expectations
@@ -77,8 +88,11 @@ def probe_file(root: str, rel: str | None) -> dict:
                 img.verify()
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
+                pixels = thumbnail(img)
                 facts.update(image_format=img.format, image_width=img.width, image_height=img.height,
-                             image_channels=len(img.getbands()), image_phash=phash(img), image_decodable=True)  # fmt: skip
+                             image_channels=len(img.getbands()), image_phash=phash(img, pixels), image_decodable=True)  # fmt: skip
+                if thumbnails:
+                    facts["image_thumb"] = pixels.tobytes()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return {**facts, "image_error": "decompression_bomb"}
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for broken files
@@ -88,17 +102,19 @@ def probe_file(root: str, rel: str | None) -> dict:
     return facts
 
 
-def probe_images(df: DataFrame, path_column: str, root: str) -> DataFrame:
-    """``df`` plus the probe columns, computed on the executors (root must be visible there)."""
+def probe_images(df: DataFrame, path_column: str, root: str, thumbnails: bool = False) -> DataFrame:
+    """``df`` plus the probe columns, computed on the executors (root must be visible there); with
+    ``thumbnails``, plus ``image_thumb`` (curate's near-duplicate check reads it; never written to a table)."""
     if not os.path.isdir(root):  # every row would be `image_missing`: a wrong root, not missing images
         raise ConfigError(f"the image root {root} is not a folder", fix="set images.root to the folder that holds "
                           "the manifest's relative paths (relative to the YAML file)")  # fmt: skip
-    schema = T.StructType(df.schema.fields + [T.StructField(n, t) for n, t in PROBE_FIELDS])
-    names = [n for n, _ in PROBE_FIELDS]
+    fields = PROBE_FIELDS + ([THUMB_FIELD] if thumbnails else [])
+    schema = T.StructType(df.schema.fields + [T.StructField(n, t) for n, t in fields])
+    names = [n for n, _ in fields]
 
     def probe_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            facts = pd.DataFrame([probe_file(root, p) for p in batch[path_column]], columns=names)
+            facts = pd.DataFrame([probe_file(root, p, thumbnails) for p in batch[path_column]], columns=names)
             yield pd.concat([batch.reset_index(drop=True), facts.astype(object)], axis=1)
 
     return df.mapInPandas(probe_batches, schema=schema)

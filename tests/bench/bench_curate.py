@@ -4,10 +4,13 @@
    exact-duplicate, near-duplicate, out-of-range and label-variant handling.
 2. Generated tabular rows with 5 % near duplicates: dedup rows/s, and near-duplicate
    recall/precision against a brute-force pairwise comparison on a sample.
-3. Generated images with shifted / brightened / re-encoded copies: probe + dedup
-   images/s, recall per copy kind, precision against brute force on a sample.
+3. Image near duplicates on three sets (generated textures, low-detail digits, and
+   patches of photographs held out from every choice): copies that are exact,
+   brightened/darkened 15 %, JPEG q70, shifted 1-3 px, resized +-10 %, cropped 5 %.
+   Recall per transform, pair precision and distinct images lost, for the NCC path
+   (the default) beside the pHash-only path; images per second per core.
 
-    python tests/bench/bench_curate.py [--rows 1000000] [--images 20000]
+    python tests/bench/bench_curate.py [--rows 1000000 (0: skip)] [--images 20000] [--skip-samples]
 """
 
 from __future__ import annotations
@@ -135,75 +138,175 @@ def _random_image(rng: np.random.Generator, size: int = 64):
     return img.convert("RGB")
 
 
-def image_scale(spark, images: int, tmp: Path, sample: int = 3000) -> tuple[list, dict]:
-    """``images`` PNGs: 90 % distinct random textures, 10 % shifted / brightened / re-encoded copies."""
+def _textures(n: int, rng: np.random.Generator) -> list:
+    """Generated 64 x 64 textures (random 8 x 8 fields, bicubic): detailed, every pair far apart."""
+    return [_random_image(rng) for _ in range(n)]
+
+
+def _digits() -> list:
+    """scikit-learn's 1,797 8 x 8 digits at 32 px, as the sample has them: low detail, distinct images close."""
+    from sklearn.datasets import load_digits
+
+    from jobs.samples import _digit_png
+
+    return [_digit_png(px) for px in load_digits().images]
+
+
+def _patches() -> list:
+    """64 x 64 patches of scikit-learn's two sample photographs on a 16 px grid (natural images; not a set the
+    measure or its defaults were chosen on)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    out = []
+    for photo in load_sample_images().images:
+        img = Image.fromarray(photo)
+        for y in range(0, photo.shape[0] - 64, 16):
+            for x in range(0, photo.shape[1] - 64, 16):
+                out.append(img.crop((x, y, x + 64, y + 64)))
+    return out
+
+
+def _shift(img, s: int):
+    from PIL import Image
+
+    return img.transform(img.size, Image.Transform.AFFINE, (1, 0, -s, 0, 1, -s))
+
+
+def _jpeg(img, quality: int = 70):
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode).save(buf, "JPEG", quality=quality)
+    return Image.open(_io.BytesIO(buf.getvalue()))
+
+
+def _resize(img, f: float):
+    from PIL import Image
+
+    return img.resize((round(img.width * f), round(img.height * f)), Image.Resampling.BILINEAR)
+
+
+def _crop(img, f: float = 0.05):
+    dx, dy = round(img.width * f / 2), round(img.height * f / 2)
+    return img.crop((dx, dy, img.width - dx, img.height - dy))
+
+
+def _brightness(img, f: float):
+    from PIL import ImageEnhance
+
+    return ImageEnhance.Brightness(img).enhance(f)
+
+
+TRANSFORMS = {
+    "exact": None, "brightened +15%": lambda i: _brightness(i, 1.15), "darkened -15%": lambda i: _brightness(i, 0.85),
+    "JPEG q70": _jpeg, "shifted 1 px": lambda i: _shift(i, 1), "shifted 2 px": lambda i: _shift(i, 2),
+    "shifted 3 px": lambda i: _shift(i, 3), "resized +10%": lambda i: _resize(i, 1.1),
+    "resized -10%": lambda i: _resize(i, 0.9), "cropped 5%": _crop,
+}  # fmt: skip
+TARGETED = ("exact", "brightened +15%", "darkened -15%", "JPEG q70", "shifted 1 px", "shifted 2 px")
+
+
+def _write_set(name: str, base: list, copies: int, root: Path, rng: np.random.Generator) -> tuple[list, dict]:
+    """The base images plus ``copies`` copies (one transform each, in turn) of random base images; every file
+    carries its base's label (index mod 3). (manifest rows, copy → (transform, source))."""
+    root.mkdir(parents=True)
+    rows, truth = [], {}
+    for i, img in enumerate(base):
+        img.save(root / f"{name}{i:06d}.png")
+        rows.append((f"b{i:06d}", f"{name}{i:06d}.png", f"c{i % 3}"))
+    kinds = list(TRANSFORMS)
+    for j in range(copies):
+        src = int(rng.integers(len(base)))
+        kind = kinds[j % len(kinds)]
+        sid, path = f"x{j:06d}", f"{name}_copy{j:06d}.png"
+        if kind == "exact":
+            (root / path).write_bytes((root / f"{name}{src:06d}.png").read_bytes())
+        elif kind == "JPEG q70":
+            path = path.replace(".png", ".jpg")
+            buf = _io.BytesIO()
+            base[src].convert("RGB").save(buf, "JPEG", quality=70)
+            (root / path).write_bytes(buf.getvalue())
+        else:
+            TRANSFORMS[kind](base[src]).save(root / path)
+        rows.append((sid, path, f"c{src % 3}"))
+        truth[sid] = (kind, f"b{src:06d}")
+    return rows, truth
+
+
+def _score(found_rows: list, kept: set, truth: dict) -> dict:
+    """Recall per transform (a copy in its source's group), pair precision (grouped pairs from one source) and
+    distinct images lost (sources none of whose rows survive)."""
+    group = {r["sample_id"]: r["dup_group"] for r in found_rows}
+    origin = {sid: truth[sid][1] if sid in truth else sid for sid in group}
+    recall = {}
+    for kind in TRANSFORMS:
+        pairs = [(c, b) for c, (k, b) in truth.items() if k == kind]
+        recall[kind] = sum(group[c] == group[b] for c, b in pairs) / max(1, len(pairs))
+    members: dict[str, list[str]] = {}
+    for sid, g in group.items():
+        members.setdefault(g, []).append(sid)
+    grouped = right = 0
+    for ids in members.values():
+        for a in range(len(ids)):
+            for b in range(a + 1, len(ids)):
+                grouped += 1
+                right += origin[ids[a]] == origin[ids[b]]
+    alive = {origin[s] for s in kept}
+    lost = len({o for o in origin.values()} - alive)
+    return {"recall": recall, "pairs": grouped, "precision": right / grouped if grouped else 1.0, "lost": lost}
+
+
+def image_quality(spark, tmp: Path, textures: int) -> tuple[list, dict]:
+    """Three image sets with copies under every transform, each through the NCC path (the default) and the
+    pHash-only path (``dedup.near.verify.measure: phash``, hamming 6): recall per transform, precision, lost."""
     import pandas as pd
-    from PIL import Image, ImageEnhance
-    from pyspark.sql import functions as F
 
     from jobs.config import parse_config
     from jobs.curation import dedup
     from jobs.validation.probe import probe_images
 
     rng = np.random.default_rng(0)
-    root = tmp / "images"
-    root.mkdir()
-    n_copies = images // 10
-    rows, kinds = [], {}
-    for i in range(images - n_copies):
-        _random_image(rng).save(root / f"b{i:06d}.png")
-        rows.append((f"b{i:06d}", f"b{i:06d}.png", "pos" if i % 3 else "neg"))
-    for j in range(n_copies):
-        src = int(rng.integers(images - n_copies))
-        img = Image.open(root / f"b{src:06d}.png")
-        kind = ("shifted", "brightened", "reencoded")[j % 3]
-        name = f"c{j:06d}_{src:06d}"
-        if kind == "shifted":
-            img.transform(img.size, Image.Transform.AFFINE, (1, 0, -1, 0, 1, -1)).save(root / f"{name}.png")
-            path = f"{name}.png"
-        elif kind == "brightened":
-            ImageEnhance.Brightness(img).enhance(1.15).save(root / f"{name}.png")
-            path = f"{name}.png"
-        else:
-            buf = _io.BytesIO()
-            img.save(buf, "JPEG", quality=90)
-            (root / f"{name}.jpg").write_bytes(buf.getvalue())
-            path = f"{name}.jpg"
-        rows.append((name, path, "pos" if src % 3 else "neg"))
-        kinds[name] = (kind, f"b{src:06d}")
-    df = spark.createDataFrame(pd.DataFrame(rows, columns=["sample_id", "path", "y"])).repartition(8)
-    cfg = parse_config({"dataset": "bench", "kind": "images", "source": {"path": "x", "format": "csv"},
-                        "columns": {"label": "y"}, "images": {"root": str(root)}})  # fmt: skip
-    start = time.perf_counter()
-    probed = probe_images(df, "path", str(root)).persist()
-    probed.count()
-    probe_s = time.perf_counter() - start
-    found = dedup.find(probed, cfg).persist()
-    kept = dedup.remove(found, cfg).kept.count()
-    seconds = time.perf_counter() - start
-    group = {r["sample_id"]: r["dup_group"] for r in found.select("sample_id", "dup_group").collect()}
-    recall = {}
-    for kind in ("shifted", "brightened", "reencoded"):
-        pairs = [(c, b) for c, (k, b) in kinds.items() if k == kind]
-        recall[kind] = sum(group[c] == group[b] for c, b in pairs) / max(1, len(pairs))
-    pdf = found.orderBy(F.xxhash64("sample_id")).limit(sample).select("dup_group", "image_phash").toPandas()
-    hashes = np.array([int(h, 16) for h in pdf["image_phash"]], dtype=np.uint64)
-    xor = hashes[:, None] ^ hashes[None, :]
-    bits = np.unpackbits(xor.view(np.uint8).reshape(len(hashes), len(hashes), 8), axis=2).sum(axis=2)
-    upper = np.triu(np.ones_like(bits, dtype=bool), 1)
-    close = (bits <= cfg.dedup.near.hamming) & upper
-    same = (pdf["dup_group"].to_numpy()[:, None] == pdf["dup_group"].to_numpy()[None, :]) & upper
-    found.unpersist(), probed.unpersist()
-    return [f"{images:,} images, {n_copies:,} copies", seconds, images / seconds,
-            ", ".join(f"{k} {v:.3f}" for k, v in recall.items()),
-            f"{int((close & same).sum())}/{int(same.sum())}", f"{int((close & same).sum())}/{int(close.sum())}"], \
-        {"probe_seconds": probe_s, "kept": kept, "recall": recall}  # fmt: skip
+    sets = {"textures 64 px": _textures(textures, rng), "digits 32 px (low detail)": _digits(),
+            "photo patches 64 px (held out)": _patches()}  # fmt: skip
+    rows_out, extra = [], {}
+    for name, base in sets.items():
+        short = name.split()[0]
+        root = tmp / f"img-{short}"
+        rows, truth = _write_set(short, base, len(base) // 3, root, rng)
+        df = spark.createDataFrame(pd.DataFrame(rows, columns=["sample_id", "path", "y"])).repartition(8)
+        start = time.perf_counter()
+        probed = probe_images(df, "path", str(root), thumbnails=True).persist()
+        probed.count()
+        probe_s = time.perf_counter() - start
+        for measure in ("ncc", "phash"):
+            cfg = parse_config({"dataset": "bench", "kind": "images", "source": {"path": "x", "format": "csv"},
+                                "columns": {"label": "y"}, "images": {"root": str(root)},
+                                "dedup": {"near": {"verify": {"measure": measure}}}})  # fmt: skip
+            start = time.perf_counter()
+            how = dedup.plan(probed, cfg)
+            found = dedup.find(probed, cfg, how).persist()
+            result = dedup.remove(found, cfg, how)
+            kept = {r["sample_id"] for r in result.kept.select("sample_id").collect()}
+            seconds = time.perf_counter() - start
+            score = _score(found.select("sample_id", "dup_group").collect(), kept, truth)
+            found.unpersist()
+            check = how.near_check
+            setting = (f"NCC >= {check['threshold']:.4f} (auto)" if measure == "ncc" else "pHash <= 6 bits")
+            rows_out.append([name, len(rows), setting] + [f"{score['recall'][k]:.2f}" for k in TRANSFORMS]
+                            + [f"{score['precision']:.3f}", score["lost"], round(seconds, 1),
+                               f"{len(rows) / (probe_s + seconds) / (os.cpu_count() or 1):.0f}"])  # fmt: skip
+            extra[f"{short}/{measure}"] = {"images": len(rows), "copies": len(truth), "probe_seconds": probe_s,
+                                           "dedup_seconds": seconds, **score, "near_check": check}  # fmt: skip
+        probed.unpersist()
+    return rows_out, extra
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--images", type=int, default=20_000, help="textures in the generated image set")
+    parser.add_argument("--skip-samples", action="store_true")
     args = parser.parse_args()
 
     from jobs.config import SparkConfig
@@ -212,15 +315,20 @@ def main() -> None:
     spark = build_spark(SparkConfig(master="local[*]", shuffle_partitions=8, driver_memory="8g"))
     tmp = Path(tempfile.mkdtemp(prefix="fulcrum-bench-"))
     try:
-        quality = sample_quality(spark, tmp)
-        report("curate_quality", "curate on the samples, against the injection log",
+        quality = [] if args.skip_samples else sample_quality(spark, tmp)
+        quality and report("curate_quality", "curate on the samples, against the injection log",
                ["dataset", "injected kind", "injected", "reached curate", "handled", "flagged", "precision",
                 "recall"], quality)  # fmt: skip
-        tab, tab_extra = tabular_scale(spark, args.rows)
-        img, img_extra = image_scale(spark, args.images, tmp)
-        report("curate_speed", f"dedup at scale ({os.cpu_count()} cores); brute force on a 3,000-row sample",
-               ["data", "seconds", "rows/s", "recall of injected copies", "grouped pairs within tolerance",
-                "pairs within tolerance grouped"], [tab, img], {"tabular": tab_extra, "images": img_extra})  # fmt: skip
+        images, image_extra = image_quality(spark, tmp, args.images)
+        report("curate_images", f"image near duplicates: recall per transform, pair precision, distinct images "
+               f"lost, NCC (default) beside pHash only ({os.cpu_count()} cores)",
+               ["set", "images", "path", *TRANSFORMS, "precision", "distinct lost", "dedup s", "images/s/core"],
+               images, image_extra)  # fmt: skip
+        if args.rows:
+            tab, tab_extra = tabular_scale(spark, args.rows)
+            report("curate_speed", f"tabular dedup at scale ({os.cpu_count()} cores); brute force on a 3,000-row "
+                   "sample", ["data", "seconds", "rows/s", "recall of injected copies", "grouped pairs within "
+                   "tolerance", "pairs within tolerance grouped"], [tab], {"tabular": tab_extra})  # fmt: skip
     finally:
         spark.stop()
         shutil.rmtree(tmp, ignore_errors=True)
