@@ -158,7 +158,7 @@ class VerifyConfig(Strict):
     max_shift: int = Field(default=2, ge=0, le=6, description="shifts tried, in thumbnail pixels (each way)")
     bucket_rows: int = Field(default=4096, ge=64, description="images compared all-pairs at once; up to this many "
                              "images (after exact copies) the search is exhaustive")  # fmt: skip
-    tables: int = Field(default=2, ge=1, le=8, description="random projections that cut larger tables into buckets")
+    tables: int = Field(default=8, ge=1, le=32, description="random projections that cut larger tables into buckets")
     sample: int = Field(default=400, ge=50, description="images drawn (seeded) for the random-pair self-check")
     max_random_share: float = Field(default=0.001, ge=0, le=1, description="warn when the threshold accepts more "
                                     "than this share of random pairs")  # fmt: skip

@@ -287,6 +287,7 @@ def _find_images(df: DataFrame, cfg: PipelineConfig, how: Plan) -> DataFrame:
     rep = F.when(F.col("exact_key").isNotNull(), first).otherwise(F.col(ID)) if how.exact else F.col(ID)
     df = df.withColumn("_rep", rep)
     reps = df.where((F.col(ID) == F.col("_rep")) & F.col(thumbs).isNotNull()).select(ID, thumbs, "image_phash")
+    clock = time.perf_counter()
     reps = reps.localCheckpoint()
     n = reps.count()
     sample = reps.orderBy(F.xxhash64(F.lit(cfg.seed), ID)).limit(v.sample).collect()
@@ -294,10 +295,17 @@ def _find_images(df: DataFrame, cfg: PipelineConfig, how: Plan) -> DataFrame:
     check["phash"] = near_images.phash_check([r["image_phash"] for r in sample], cfg.dedup.near.hamming, 1.0)
     check["images"] = n
     check["exhaustive"] = n <= v.bucket_rows
+    seconds = {"calibrate": time.perf_counter() - clock}
+    clock = time.perf_counter()
     edges = near_images.verified_edges(reps.select(ID, thumbs), n, v, check["threshold"], cfg.seed).localCheckpoint()
+    check["verified_pairs"] = edges.count()
+    seconds["compare"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     groups, stats = near_images.anchored_groups(edges, reps.select(ID, thumbs), check["threshold"], v.max_shift,
                                                 connected_components)  # fmt: skip
-    check.update({"verified_pairs": edges.count(), **stats})
+    groups = groups.localCheckpoint()
+    seconds["group"] = time.perf_counter() - clock
+    check.update({**stats, "seconds": {k: round(x, 2) for k, x in seconds.items()}})
     how.near_check = check
     log.info("dedup: near duplicates by NCC >= %.4f (%s; %d images, %s), %d verified pairs", check["threshold"],
              "auto" if v.threshold == "auto" else "configured", n,

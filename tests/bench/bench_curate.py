@@ -257,7 +257,8 @@ def _score(found_rows: list, kept: set, truth: dict) -> dict:
     return {"recall": recall, "pairs": grouped, "precision": right / grouped if grouped else 1.0, "lost": lost}
 
 
-def image_quality(spark, tmp: Path, textures: int) -> tuple[list, dict]:
+def image_quality(spark, tmp: Path, textures: int, sets: tuple[str, ...] = ("textures", "digits", "photo"),
+                  verify: dict | None = None) -> tuple[list, dict]:
     """Three image sets with copies under every transform, each through the NCC path (the default) and the
     pHash-only path (``dedup.near.verify.measure: phash``, hamming 6): recall per transform, precision, lost."""
     import pandas as pd
@@ -267,11 +268,14 @@ def image_quality(spark, tmp: Path, textures: int) -> tuple[list, dict]:
     from jobs.validation.probe import probe_images
 
     rng = np.random.default_rng(0)
-    sets = {"textures 64 px": _textures(textures, rng), "digits 32 px (low detail)": _digits(),
-            "photo patches 64 px (held out)": _patches()}  # fmt: skip
+    makers = {"textures 64 px": lambda: _textures(textures, rng), "digits 32 px (low detail)": _digits,
+              "photo patches 64 px (held out)": _patches}  # fmt: skip
     rows_out, extra = [], {}
-    for name, base in sets.items():
+    for name, make in makers.items():
         short = name.split()[0]
+        if short not in sets:
+            continue
+        base = make()
         root = tmp / f"img-{short}"
         rows, truth = _write_set(short, base, len(base) // 3, root, rng)
         df = spark.createDataFrame(pd.DataFrame(rows, columns=["sample_id", "path", "y"])).repartition(8)
@@ -282,7 +286,7 @@ def image_quality(spark, tmp: Path, textures: int) -> tuple[list, dict]:
         for measure in ("ncc", "phash"):
             cfg = parse_config({"dataset": "bench", "kind": "images", "source": {"path": "x", "format": "csv"},
                                 "columns": {"label": "y"}, "images": {"root": str(root)},
-                                "dedup": {"near": {"verify": {"measure": measure}}}})  # fmt: skip
+                                "dedup": {"near": {"verify": {"measure": measure, **(verify or {})}}}})  # fmt: skip
             start = time.perf_counter()
             how = dedup.plan(probed, cfg)
             found = dedup.find(probed, cfg, how).persist()
@@ -292,7 +296,9 @@ def image_quality(spark, tmp: Path, textures: int) -> tuple[list, dict]:
             score = _score(found.select("sample_id", "dup_group").collect(), kept, truth)
             found.unpersist()
             check = how.near_check
-            setting = (f"NCC >= {check['threshold']:.4f} (auto)" if measure == "ncc" else "pHash <= 6 bits")
+            setting = (f"NCC >= {check['threshold']:.4f} (auto{', exhaustive' if check['exhaustive'] else ''}"
+                       f"{'' if check['exhaustive'] else ', ' + str(cfg.dedup.near.verify.tables) + ' tables'})"
+                       if measure == "ncc" else "pHash <= 6 bits")  # fmt: skip
             rows_out.append([name, len(rows), setting] + [f"{score['recall'][k]:.2f}" for k in TRANSFORMS]
                             + [f"{score['precision']:.3f}", score["lost"], round(seconds, 1),
                                f"{len(rows) / (probe_s + seconds) / (os.cpu_count() or 1):.0f}"])  # fmt: skip
@@ -307,6 +313,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--images", type=int, default=20_000, help="textures in the generated image set")
     parser.add_argument("--skip-samples", action="store_true")
+    parser.add_argument("--sets", default="textures,digits,photo", help="image sets: textures, digits, photo")
+    parser.add_argument("--tables", type=int, default=0, help="dedup.near.verify.tables (0: the default)")
     args = parser.parse_args()
 
     from jobs.config import SparkConfig
@@ -319,7 +327,8 @@ def main() -> None:
         quality and report("curate_quality", "curate on the samples, against the injection log",
                ["dataset", "injected kind", "injected", "reached curate", "handled", "flagged", "precision",
                 "recall"], quality)  # fmt: skip
-        images, image_extra = image_quality(spark, tmp, args.images)
+        verify = {"tables": args.tables} if args.tables else None
+        images, image_extra = image_quality(spark, tmp, args.images, tuple(args.sets.split(",")), verify)
         report("curate_images", f"image near duplicates: recall per transform, pair precision, distinct images "
                f"lost, NCC (default) beside pHash only ({os.cpu_count()} cores)",
                ["set", "images", "path", *TRANSFORMS, "precision", "distinct lost", "dedup s", "images/s/core"],
