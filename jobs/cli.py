@@ -152,6 +152,11 @@ def print_curate(report: StageReport) -> None:
         dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("dropped", {}).items())) or "-"
         table.add_row(name, f"{s['rows_in']:,}", f"{s['rows_out']:,}", dropped, f"{s['seconds']:.1f}")
     out.print(table)
+    check = stages.get("dedup", {}).get("near_check")
+    if check:
+        from jobs.curation.near_images import describe
+
+        out.print(describe(check), markup=False)
     counts = stages.get("split", {}).get("class_counts_per_fold", {})
     folds = sorted({int(f) for per in counts.values() for f in per})
     if counts:

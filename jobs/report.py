@@ -65,6 +65,7 @@ def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = 
         "quarantine": _quarantine(spark, lake, run_id),
         "clusters": _clusters(spark, lake, cfg, run_id),
         "curate": _json(folder / "curate.json"),
+        "near_check": _near_check(_json(folder / "curate.json")),
         "cv": _json(folder / "train" / "cv.json"),
         "audit": _json(folder / "audit.json"),
         "balancing": _json(folder / "balance.json"),
@@ -101,6 +102,14 @@ def _attempt(row) -> dict:
 
 def _json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _near_check(curate: dict | None) -> str | None:
+    """The image near-duplicate self-check as a sentence (None for tables, or before curate ran)."""
+    from jobs.curation.near_images import describe
+
+    check = ((curate or {}).get("stages", {}).get("dedup") or {}).get("near_check")
+    return describe(check) if check else None
 
 
 def _data_docs(cfg: PipelineConfig, folder: Path) -> str | None:

@@ -128,7 +128,8 @@ def calibrate(pixels: np.ndarray, v: VerifyConfig) -> dict[str, Any]:
     (auto's, or the configured one) and the share of random pairs it accepts, with a warning when too many."""
     n = len(pixels)
     scores = all_pairs(pixels, v.max_shift)[np.triu_indices(n, 1)] if n > 1 else np.zeros(0)
-    out: dict[str, Any] = {"sample_images": n, "random_pairs": int(len(scores))}
+    out: dict[str, Any] = {"sample_images": n, "random_pairs": int(len(scores)),
+                           "mode": "auto" if v.threshold == "auto" else "configured", "ratio": v.ratio}  # fmt: skip
     if not len(scores):
         out.update(threshold=1.0 if v.threshold == "auto" else float(v.threshold), auto=None, accepted_share=0.0)
         return out
@@ -162,6 +163,27 @@ def phash_check(hashes: list[str], hamming: int, max_share: float) -> dict[str, 
                     "0.1 %% are %.0f bits apart): distinct images would be grouped. Lower it, or use "
                     "dedup.near.verify.measure: ncc", hamming, 100 * share, len(bits), out["bits_0.1%"])  # fmt: skip
     return out
+
+
+def describe(check: dict[str, Any]) -> str:
+    """One line for the console and the run report: the threshold, where it came from and what it accepts."""
+    if "threshold" not in check:  # the pHash-only path
+        p = check.get("phash", {})
+        return (f"near duplicates by pHash <= {p.get('hamming')} bits, which accepts "
+                f"{100 * p.get('accepted_share', 0):.3f} % of {p.get('random_pairs', 0):,} random pairs")
+    how = ("every pair compared" if check.get("exhaustive") else "pairs sharing a bucket compared")
+    d, pairs = check.get("distance_0.1%", 0.0), f"{check['random_pairs']:,}"
+    if check.get("mode") == "configured":
+        source = f"configured; the closest 0.1 % of {pairs} random pairs are at 1 - NCC = {d:.4f}"
+    elif check["random_pairs"] < MIN_PAIRS:
+        source = f"auto: {check['random_pairs']} random pairs are too few to calibrate on"
+    else:
+        source = f"auto: {check.get('ratio', 9):g}x closer than the closest 0.1 % of {pairs} random pairs, at 1 - NCC = {d:.4f}"
+    line = (f"near duplicates by NCC >= {check['threshold']:.4f} ({source}), "
+            f"which accepts {100 * check['accepted_share']:.3f} % of them; {check.get('images', 0):,} images, {how}, "
+            f"{check.get('verified_pairs', 0):,} verified pairs, {check.get('detached', 0):,} left alone after "
+            f"the anchor check")
+    return line + (" — WARNING: the threshold accepts too many random pairs" if check.get("warned") else "")
 
 
 # ------------------------------------------------------------------ on Spark

@@ -51,3 +51,18 @@ def test_auto_threshold_is_ratio_times_closer_than_the_closest_random_pairs():
     assert check["random_pairs"] == 1770 and abs(check["auto"] - max(v.floor, 1 - d / v.ratio)) < 1e-4
     assert check["accepted_share"] == 0.0 and not check["warned"]
     assert ni.calibrate(px[:10], v)["threshold"] == ni.SMALL_TABLE  # 45 pairs: too few to calibrate on
+
+
+def test_the_self_check_reads_as_one_sentence():
+    rng = np.random.default_rng(3)
+    px = rng.integers(0, 256, (60, 32, 32)).astype(np.float32)
+    auto = ni.calibrate(px, VerifyConfig())
+    auto.update(images=60, exhaustive=True, verified_pairs=0, detached=0)
+    line = ni.describe(auto)
+    assert line.startswith(f"near duplicates by NCC >= {auto['threshold']:.4f} (auto: 9x closer than the closest 0.1 %")
+    assert "1,770 random pairs" in line and "every pair compared" in line and "WARNING" not in line
+    loose = ni.calibrate(px, VerifyConfig(threshold=-1.0))
+    assert "configured" in ni.describe(loose) and ni.describe(loose).endswith("too many random pairs")
+    assert "too few to calibrate" in ni.describe(ni.calibrate(px[:5], VerifyConfig()))
+    assert ni.describe({"phash": {"hamming": 6, "accepted_share": 0.0004, "random_pairs": 100}}) == (
+        "near duplicates by pHash <= 6 bits, which accepts 0.040 % of 100 random pairs")
