@@ -156,7 +156,7 @@ class VerifyConfig(Strict):
                          "random pairs a copy must be")  # fmt: skip
     floor: float = Field(default=0.9, ge=0, le=1, description="auto never goes below this NCC")
     max_shift: int = Field(default=2, ge=0, le=6, description="shifts tried, in thumbnail pixels (each way)")
-    bucket_rows: int = Field(default=4096, ge=64, description="images compared all-pairs at once; up to this many "
+    bucket_rows: int = Field(default=3072, ge=64, description="images compared all-pairs at once; up to this many "
                              "images (after exact copies) the search is exhaustive")  # fmt: skip
     tables: int = Field(default=8, ge=1, le=32, description="random projections that cut larger tables into buckets")
     sample: int = Field(default=400, ge=50, description="images drawn (seeded) for the random-pair self-check")
