@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -149,7 +149,7 @@ class VerifyConfig(Strict):
     measure: Literal["ncc", "phash"] = Field(
         default="ncc", description="ncc: normalised cross-correlation of the 32 px grayscale thumbnails, the best of "
         "every shift up to max_shift px; phash: the pHash distance alone (dedup.near.hamming), the path before ncc")  # fmt: skip
-    threshold: float | Literal["auto"] = Field(
+    threshold: Annotated[float, Field(ge=-1, le=1)] | Literal["auto"] = Field(
         default="auto", description="the NCC a pair needs; auto: 1 − d/ratio, d the distance (1 − NCC) of the "
         "closest 0.1 % of random pairs of this table")  # fmt: skip
     ratio: float = Field(default=9.0, gt=1, description="auto: how many times closer than the closest 0.1 % of "

@@ -97,3 +97,20 @@ def test_curate_sections_have_defaults_and_name_bad_values():
         parse_config({**BASE, "split": {"folds": 1}})
     with pytest.raises(ConfigError, match=r"dedup\.near\.tolrance: unknown key; allowed here: enabled, tolerance"):
         parse_config({**BASE, "dedup": {"near": {"tolrance": 0.1}}})
+
+
+@pytest.mark.parametrize("verify, message", [
+    ({"measure": "ssim"}, r"dedup\.near\.verify\.measure.*'ssim'"),
+    ({"threshold": 1.5}, r"dedup\.near\.verify\.threshold"),
+    ({"threshold": "loose"}, r"dedup\.near\.verify\.threshold"),
+    ({"ratio": 1}, r"dedup\.near\.verify\.ratio"),
+    ({"max_shift": 9}, r"dedup\.near\.verify\.max_shift"),
+    ({"bucket_rows": 10}, r"dedup\.near\.verify\.bucket_rows"),
+])  # fmt: skip
+def test_image_near_duplicate_verification_names_bad_values(verify, message):
+    near = parse_config(BASE).dedup.near
+    assert (near.conflicts, near.verify.measure, near.verify.threshold, near.verify.ratio) == ("per_label", "ncc",
+                                                                                            "auto", 9.0)  # fmt: skip
+    assert parse_config({**BASE, "dedup": {"near": {"verify": {"threshold": 0.95}}}}).dedup.near.verify.threshold == 0.95
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**BASE, "dedup": {"near": {"verify": verify}}})
