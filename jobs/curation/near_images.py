@@ -195,8 +195,9 @@ EDGE_SCHEMA = T.StructType([T.StructField("src", T.StringType()), T.StructField(
 def _bucket_pairs(threshold: float, shift: int):
     def verify(pdf: pd.DataFrame) -> pd.DataFrame:
         pdf = pdf.sort_values(ID, kind="stable").reset_index(drop=True)
-        if len(pdf) < 2:
-            return pd.DataFrame({"src": [], "dst": [], "score": []}).astype({"score": "float32"})
+        if len(pdf) < 2:  # typed, not an untyped empty frame: Arrow cannot convert that one
+            none = np.array([], dtype=object)
+            return pd.DataFrame({"src": none, "dst": none, "score": np.array([], dtype=np.float32)})
         scores = all_pairs(decode(pdf[THUMBS].tolist()), shift)
         i, j = np.nonzero(np.triu(scores >= threshold, 1))
         ids = pdf[ID].to_numpy()

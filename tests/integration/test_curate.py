@@ -355,6 +355,18 @@ def test_a_near_group_keeps_one_survivor_per_label_and_exact_copies_still_confli
     assert dedup.remove(dedup.find(probed, whole), whole).kept.count() == 0
 
 
+def test_image_dedup_of_one_image_or_none(spark, tmp_path):
+    """Odd sizes: a single image (one bucket of one: no pair, no crash), and a table with no image left."""
+    probed, root = _probed(spark, tmp_path, {"only": _digit(3)})
+    cfg = image_config(root)
+    how = dedup.plan(probed, cfg)
+    result = dedup.remove(dedup.find(probed, cfg, how), cfg, how)
+    assert [r["sample_id"] for r in result.kept.collect()] == ["only"] and result.rejected.count() == 0
+    assert how.near_check["images"] == 1 and how.near_check["verified_pairs"] == 0
+    empty = probed.limit(0)
+    assert dedup.remove(dedup.find(empty, cfg), cfg).kept.count() == 0
+
+
 def test_the_threshold_checks_itself_on_random_pairs(spark, tmp_path, caplog):
     """A threshold that accepts a share of random pairs of this table warns with the figures and auto's value;
     auto accepts none of them."""
