@@ -323,10 +323,10 @@ def main() -> None:
     spark = build_spark(SparkConfig(master="local[*]", shuffle_partitions=8, driver_memory="8g"))
     tmp = Path(tempfile.mkdtemp(prefix="fulcrum-bench-"))
     try:
-        quality = [] if args.skip_samples else sample_quality(spark, tmp)
-        quality and report("curate_quality", "curate on the samples, against the injection log",
-               ["dataset", "injected kind", "injected", "reached curate", "handled", "flagged", "precision",
-                "recall"], quality)  # fmt: skip
+        if not args.skip_samples:
+            report("curate_quality", "curate on the samples, against the injection log",
+                   ["dataset", "injected kind", "injected", "reached curate", "handled", "flagged", "precision",
+                    "recall"], sample_quality(spark, tmp))  # fmt: skip
         verify = {"tables": args.tables} if args.tables else None
         images, image_extra = image_quality(spark, tmp, args.images, tuple(args.sets.split(",")), verify)
         report("curate_images", f"image near duplicates: recall per transform, pair precision, distinct images "
