@@ -40,7 +40,8 @@ def save(fig, path: Path) -> None:
     """Lay out, write ``path`` (making its folder) and free the figure."""
     plt = _pyplot()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure made with its own layout (constrained) keeps it
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -83,23 +84,38 @@ def class_balance(balance: dict, path: Path) -> None:
 
 
 def audit_estimate(est: dict, path: Path) -> None:
-    """The confident joint (counts) beside the estimated noise matrix P(given | true)."""
+    """The confident joint (counts) beside the estimated noise matrix P(given | true), written to ``path``."""
+    save(audit_figure(est), path)
+
+
+def audit_figure(est: dict):
+    """The audit's two heat maps as a figure (see ``audit_estimate``)."""
     plt = _pyplot()
 
     k = len(est["classes"])
-    fig, axes = plt.subplots(1, 2, figsize=(2.4 + 1.1 * k, 0.6 + 0.55 * k), squeeze=False)
-    for ax, key, title, fmt in ((axes[0][0], "confident_joint", "confident joint C (rows)", "d"),
-                                (axes[0][1], "noise_matrix", "noise matrix P(given | true)", ".2f")):  # fmt: skip
+    # Sized for the content: cells big enough for their numbers (at least 2.8 in of matrix for two classes),
+    # room for the class names, and constrained layout so titles and labels never overlap.
+    side = max(2.8, (0.5 if k > 6 else 0.8) * k)
+    label = max(len(str(c)) for c in est["classes"]) * 0.07
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (side + label + 0.9), side + 2 * label + 1.6), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    size = 7 if k > 8 else 9 if k > 4 else 11
+    for ax, key, title, fmt in ((axes[0][0], "confident_joint", "confident joint C\n(rows)", "d"),
+                                (axes[0][1], "noise_matrix", "noise matrix\nP(given | true)", ".2f")):  # fmt: skip
         m = np.asarray(est[key])
-        ax.imshow(m if key == "noise_matrix" else np.log1p(m), cmap="Blues")
+        shade = m if key == "noise_matrix" else np.log1p(m)
+        ax.imshow(shade, cmap="Blues", vmin=0, vmax=max(float(np.max(shade)), 1e-9))
+        dark = 0.55 * max(float(np.max(shade)), 1e-9)
         for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7 if k > 5 else 9)
-        ax.set_xticks(range(k), est["classes"], rotation=45, ha="right", fontsize=8)
+            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=size,
+                    color="white" if shade[i, j] > dark else "black")  # fmt: skip
+        ax.set_xticks(range(k), est["classes"], rotation=45 if k > 2 else 0, ha="right" if k > 2 else "center",
+                      fontsize=8)  # fmt: skip
         ax.set_yticks(range(k), est["classes"], fontsize=8)
-        ax.set_xlabel("true (confident) class")
-        ax.set_ylabel("given label")
+        ax.set_xlabel("true (confident) class", fontsize=9)
+        ax.set_ylabel("given label", fontsize=9)
         ax.set_title(title, fontsize=10)
-    save(fig, path)
+    return fig
 
 
 def tradeoff_curves(curve: dict[str, list[dict]], metric: str, names: dict[str, str], path: Path) -> None:
