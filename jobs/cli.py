@@ -58,6 +58,28 @@ def _load(config: Path, overrides: list[str] | None, master: str | None):
     return load_config(config, pairs)
 
 
+def _stage(cfg, name: str, job, run_id: str | None = None) -> StageReport:
+    """One stage as its own run: the run's engine log, the Spark session, a spinner while it runs."""
+    from jobs.console import PROGRESS, run_log
+    from jobs.lakehouse.ledger import new_run_id
+    from jobs.lakehouse.session import build_spark
+
+    run_id = run_id or new_run_id()
+    run_log(cfg.reports_dir, run_id)
+    spark = build_spark(cfg.spark)
+    with PROGRESS.stage(cfg.dataset, name):
+        return job(spark, cfg, run_id)
+
+
+def _spark(cfg):
+    """The Spark session for a command that is not a run: the engines' output goes to <reports>/engine.log."""
+    from jobs.console import ENGINE, ENGINE_LOG
+    from jobs.lakehouse.session import build_spark
+
+    ENGINE.use(Path(cfg.reports_dir) / ENGINE_LOG)
+    return build_spark(cfg.spark)
+
+
 def print_reports(dataset: str, reports: list[StageReport]) -> None:
     table = Table(title=f"{dataset}: stages", title_justify="left")
     for col in ("stage", "rows in", "rows out", "dropped", "seconds"):
@@ -93,11 +115,9 @@ def ingest(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = Non
     Example: fulcrum ingest samples/cancer/cancer.yaml --spark-master spark://127.0.0.1:7077
     """
     from jobs import ingest as stage
-    from jobs.lakehouse.ledger import new_run_id
-    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
-    report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+    report = _stage(cfg, "ingest", stage.run)
     print_reports(cfg.dataset, [report])
 
 
@@ -107,7 +127,7 @@ def print_validation(report: StageReport) -> None:
     table.add_column("expectation", no_wrap=True, min_width=max((len(s["name"]) for s in summary), default=10))
     for col in ("policy", "success", "unexpected", "%"):
         table.add_column(col, justify="right" if col in ("unexpected", "%") else "left", no_wrap=True)
-    table.add_column("observed", overflow="ellipsis", no_wrap=True, max_width=24)
+    table.add_column("observed", overflow="fold")
     for s in summary:
         pct = "" if s["unexpected_percent"] is None else f"{s['unexpected_percent']:.2f}"
         observed = (
@@ -126,13 +146,11 @@ def validate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = N
     Example: fulcrum validate samples/cancer/cancer.yaml --set validate.policies.diagnosis_canonical=drop
     """
     from jobs.errors import DataFailedError
-    from jobs.lakehouse.ledger import new_run_id
-    from jobs.lakehouse.session import build_spark
     from jobs.validation import validate as stage
 
     cfg = _load(config, set_, spark_master)
     try:
-        report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+        report = _stage(cfg, "validate", stage.run)
     except DataFailedError as exc:
         if getattr(exc, "report", None):
             print_validation(exc.report)
@@ -176,11 +194,9 @@ def curate(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt = Non
     Example: fulcrum curate samples/cancer/cancer.yaml --set split.folds=10
     """
     from jobs.curation import curate as stage
-    from jobs.lakehouse.ledger import new_run_id
-    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
-    report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+    report = _stage(cfg, "curate", stage.run)
     print_curate(report)
     print_reports(cfg.dataset, [report])
 
@@ -224,11 +240,9 @@ def oversample(config: ConfigArg, set_: SetOpt = None, spark_master: MasterOpt =
     Example: fulcrum oversample samples/cancer/cancer.yaml --set oversample.undersample=0.5
     """
     from jobs.balancing import oversample as stage
-    from jobs.lakehouse.ledger import new_run_id
-    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
-    report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+    report = _stage(cfg, "oversample", stage.run)
     print_balance(report)
     print_reports(cfg.dataset, [report])
 
@@ -241,17 +255,21 @@ def train(config: ConfigArg, set_: SetOpt = None, version: Annotated[int | None,
     Example: fulcrum train samples/cancer/cancer.yaml --set train.epochs=5
     """
     from jobs import launch as stage
-    from jobs.lakehouse.ledger import new_run_id
-    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, None)
-    report = stage.run(build_spark(cfg.spark), cfg, new_run_id(), version)
+    report = _stage(cfg, "train", lambda spark, c, run_id: stage.run(spark, c, run_id, version))
+    print_train(report)
     print_reports(cfg.dataset, [report])
     out.print(f"report: {report.details['report_dir']}/cv.json (plots beside it)")
 
 
 def print_audit(report: StageReport) -> None:
-    """Per class: rows, threshold, estimated noise rate, rows flagged; then the lowest-scored rows."""
+    """The out-of-fold models' CV (when they trained), then per class: rows, threshold, estimated noise rate,
+    rows flagged; then the lowest-scored rows."""
+    if report.details.get("cv"):
+        from training.contract import print_summary
+
+        print_summary(report.details["cv"], out)
     est = report.details["estimate"]
     flagged: dict[str, int] = {}
     for pair, n in report.details["pairs"].items():
@@ -302,11 +320,10 @@ def audit(
     """
     from jobs.analysis import audit as stage
     from jobs.lakehouse.ledger import new_run_id
-    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
     run_id = new_run_id()
-    report = stage.run(build_spark(cfg.spark), cfg, run_id, reset, retrain)
+    report = _stage(cfg, "audit", lambda spark, c, r: stage.run(spark, c, r, reset, retrain), run_id)
     print_audit(report)
     print_reports(cfg.dataset, [report])
     out.print(f"report: {cfg.reports_dir}/{run_id}/audit.json (audit.png beside it)")
@@ -349,20 +366,26 @@ def tradeoff(
     Example: fulcrum tradeoff samples/cancer/cancer.yaml --set tradeoff.fractions=[0.25,0.5,1]
     """
     from jobs.analysis import tradeoff as stage
-    from jobs.lakehouse.ledger import new_run_id
-    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, spark_master)
-    report = stage.run(build_spark(cfg.spark), cfg, new_run_id())
+    report = _stage(cfg, "tradeoff", stage.run)
     print_tradeoff(report)
     print_reports(cfg.dataset, [report])
     out.print(f"report: {report.details['html']} (tradeoff.png and tradeoff.json beside it)")
 
 
+def print_train(report: StageReport) -> None:
+    """The cross-validation's table: per fold, mean ± std, the final model on the test part (and the search)."""
+    from training.contract import print_summary
+
+    if report.details.get("summary"):
+        print_summary(report.details["summary"], out)
+
+
 def print_stage(report: StageReport) -> None:
-    """A stage's own tables (expectations, curate steps and folds, class balance, audit), where it has them."""
+    """A stage's own tables (expectations, curate steps and folds, class balance, audit, CV), where it has them."""
     printer = {"validate": print_validation, "curate": print_curate, "oversample": print_balance,
-               "audit": print_audit, "tradeoff": print_tradeoff}.get(report.stage)  # fmt: skip
+               "audit": print_audit, "train": print_train, "tradeoff": print_tradeoff}.get(report.stage)  # fmt: skip
     if printer:
         printer(report)
 
@@ -383,6 +406,7 @@ def run_(
 
     Example: fulcrum run samples/cancer/cancer.yaml --from curate --until oversample
     """
+    from jobs.console import run_log
     from jobs.lakehouse.ledger import new_run_id
     from jobs.lakehouse.session import build_spark
     from jobs.pipeline import iter_pipeline, select_stages
@@ -390,8 +414,9 @@ def run_(
 
     cfg = _load(config, set_, spark_master)
     stages = select_stages(from_, until)
-    spark = build_spark(cfg.spark)
     run_id = run_id or new_run_id()
+    run_log(cfg.reports_dir, run_id)
+    spark = build_spark(cfg.spark)
     reports: list[StageReport] = []
     try:
         for report in iter_pipeline(spark, cfg, run_id, stages):
@@ -415,11 +440,10 @@ def report(
 
     Example: fulcrum report samples/cancer/cancer.yaml 20261123T101500Z-1a2b3c4d
     """
-    from jobs.lakehouse.session import build_spark
     from jobs.report import write_report
 
     cfg = _load(config, set_, None)
-    out.print(f"report: {write_report(build_spark(cfg.spark), cfg, run_id)}")
+    out.print(f"report: {write_report(_spark(cfg), cfg, run_id)}")
 
 
 suite_app = typer.Typer(help="Great Expectations suites: suggest a starter suite from the data.", no_args_is_help=True)
@@ -439,12 +463,11 @@ def suite_init(
 
     Example: fulcrum suite init samples/cancer/cancer.yaml --out expectations/cancer.json --force
     """
-    from jobs.lakehouse.session import build_spark
     from jobs.validation.profile import init_suite
 
     cfg = _load(config, set_, None)
     target = out_path or config.parent / f"{cfg.dataset}.suite.json"
-    path, count = init_suite(build_spark(cfg.spark), cfg, target, force)
+    path, count = init_suite(_spark(cfg), cfg, target, force)
     out.print(f"wrote {path} ({count} expectations); review it, then set `suite: {path.name}` in the config")
 
 
@@ -460,10 +483,9 @@ def runs(
     """
     from jobs.lakehouse import tables
     from jobs.lakehouse.ledger import history
-    from jobs.lakehouse.session import build_spark
 
     cfg = _load(config, set_, None)
-    df = history(build_spark(cfg.spark), tables.Lake(cfg.lake_dir))
+    df = history(_spark(cfg), tables.Lake(cfg.lake_dir))
     if df is None:
         out.print(f"no runs recorded yet under {cfg.lake_dir}")
         return
@@ -503,25 +525,70 @@ def demo(
     out.print(f"lake: {out_dir.resolve() / 'lake'}")
 
 
-def _configure_logging() -> None:
-    handler = RichHandler(console=err, show_path=False, show_time=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+class _EngineHandler(logging.Handler):
+    """Other libraries' log records (py4j, GX, pandas' warnings...) go to the engine log, not the terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from jobs.console import ENGINE
+
+        try:
+            ENGINE.write(f"{record.levelname} {record.name}: {record.getMessage()}")
+        except Exception:  # never let a log line break a run
+            self.handleError(record)
+
+
+class _JsonHandler(logging.Handler):
+    """fulcrum's own log lines as JSON objects on stderr (``--log-format json``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import json
+
+        sys.stderr.write(json.dumps({"event": "log", "level": record.levelname, "logger": record.name,
+                                     "time": round(record.created, 3), "message": record.getMessage()}) + "\n")  # fmt: skip
+        sys.stderr.flush()
+
+
+def _configure_logging(log_format: str = "text") -> None:
+    """fulcrum's lines (loggers ``jobs``, ``training``) on the terminal; every line, fulcrum's and the
+    libraries' (py4j, GX, Python warnings...), in the engine log. Replaces only what it set up before."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _EngineHandler)]:
+        root.removeHandler(old)
+    root.addHandler(_EngineHandler())
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    own = _JsonHandler() if log_format == "json" else RichHandler(console=err, show_path=False, show_time=False)
+    own.setFormatter(logging.Formatter("%(message)s"))
+    own.fulcrum_own = True
     for name in ("jobs", "training"):
-        logging.getLogger(name).setLevel(logging.INFO)
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "fulcrum_own", False)]:
+            logger.removeHandler(old)
+        logger.addHandler(own)
+        logger.setLevel(logging.INFO)
     logging.getLogger("py4j").setLevel(logging.ERROR)
 
 
 @app.callback()
 def _options(
     events: Annotated[str, typer.Option(help="each stage's event on stderr: json (one object per line) or none")] = "json",
-    verbose: Annotated[bool, typer.Option(help="show the Ray workers' own lines (epoch reports, checkpoints, "
-                                          "controller chatter) on the terminal")] = False,
+    verbose: Annotated[bool, typer.Option(help="show the engines' own lines (Spark's log4j and Ivy, Ray's driver and "
+                                          "workers, Tune) on the terminal as well as in the run's engine.log")] = False,
+    log_format: Annotated[str, typer.Option(help="text: progress bars on a terminal, else one line per epoch; json: "
+                                            "fulcrum's log lines and the progress as JSON objects on stderr")] = "text",
 ) -> None:
     import os
 
+    from jobs.console import ENGINE, PROGRESS
+    from jobs.errors import ConfigError
     from jobs.pipeline import setup_events
 
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format {log_format!r}", fix="use text or json")
     setup_events(events, sys.stderr)
+    _configure_logging(log_format)
+    PROGRESS.configure("json" if log_format == "json" else "bars" if err.is_terminal else "lines", err)
+    ENGINE.set_verbose(verbose)
     if verbose:  # the Ray side reads it (a child process, or a Ray job's environment)
         os.environ["FULCRUM_VERBOSE"] = "1"
 

@@ -9,9 +9,11 @@ gold's current version, and reads back its ``cv.json``. With ``ray.address`` (or
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -30,6 +32,11 @@ from training.contract import TrainSettings, to_flags
 
 log = logging.getLogger(__name__)
 STAGE = "train"
+PROGRESS_PREFIX = "@fulcrum "  # training.progress.PREFIX: the Ray side's progress events
+TAIL_LINES = 40
+# The Ray side's own warnings and errors (its log format: "time LEVEL training.module: message") reach the
+# terminal at once; everything else it writes goes to the log (and its last lines to the terminal if it fails).
+OWN_WARNING = re.compile(r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL) training[.\w]*: (?P<message>.*)$")
 
 
 def command(cfg: PipelineConfig, run_id: str, version: int | None = None, *, table: str | None = None,
@@ -44,13 +51,14 @@ def command(cfg: PipelineConfig, run_id: str, version: int | None = None, *, tab
 
 
 def cross_validate(cfg: PipelineConfig, run_id: str, table: str, version: int, out: str,
-                   settings: TrainSettings | None = None) -> dict:  # fmt: skip
-    """Cross-validate a gold-contract table on the Ray side (foreground) and return its ``cv.json``."""
+                   settings: TrainSettings | None = None, label: str = "train") -> dict:  # fmt: skip
+    """Cross-validate a gold-contract table on the Ray side (foreground) and return its ``cv.json``;
+    ``label`` names it in the progress."""
     cmd = command(cfg, run_id, version, table=table, out=out, settings=settings)
     log.info("train %s: %s", cfg.dataset, " ".join(cmd[1:]))
-    code = run_foreground(cmd)
+    code = run_foreground(cmd, f"{cfg.dataset} {label}")
     if code:
-        raise FulcrumError(f"{cfg.dataset}: training exited with code {code} (its error is printed above)",
+        raise FulcrumError(f"{cfg.dataset}: training exited with code {code} (its last lines are printed above)",
                            fix="see the message above; `python -m training --help` lists the flags")  # fmt: skip
     return json.loads((Path(out) / "cv.json").read_text())
 
@@ -60,9 +68,9 @@ def grid(cfg: PipelineConfig, run_id: str, args: list[str], out: str, what: str,
     ``tradeoff.json``; ``what`` names the grid in the error, ``fix`` says what to do."""
     cmd = ray_side(cfg, run_id, "training.tradeoff", args)
     log.info("%s %s: %s", what, cfg.dataset, " ".join(cmd[1:]))
-    code = run_foreground(cmd)
+    code = run_foreground(cmd, f"{cfg.dataset} {what}")
     if code:
-        raise FulcrumError(f"{cfg.dataset}: {what} exited with code {code} (its error is printed above)", fix=fix)
+        raise FulcrumError(f"{cfg.dataset}: {what} exited with code {code} (its last lines are printed above)", fix=fix)
     return json.loads((Path(out) / "tradeoff.json").read_text())
 
 
@@ -79,11 +87,11 @@ def ray_side(cfg: PipelineConfig, run_id: str, module: str, args: list[str]) -> 
     records the run in the ledger and finds the outputs where the run report looks."""
     api = jobs_api(cfg)
     if api is None:
-        return [sys.executable, "-m", module, *args, *ray_flags(cfg)]
+        return [sys.executable, "-m", module, *args, "--progress", *ray_flags(cfg)]
     ray = Path(sys.executable).with_name("ray")
     return [str(ray) if ray.is_file() else "ray", "job", "submit", "--address", api,
             "--submission-id", f"{run_id}-{module.replace('.', '-')}-{secrets.token_hex(4)}",
-            "--", "python", "-m", module, *args]  # fmt: skip
+            "--", "python", "-m", module, *args, "--progress"]  # fmt: skip
 
 
 def ray_flags(cfg: PipelineConfig) -> list[str]:
@@ -96,12 +104,37 @@ def out_dir(cfg: PipelineConfig, run_id: str) -> str:
     return str(Path(cfg.reports_dir) / run_id / "train")
 
 
-def run_foreground(cmd: list[str]) -> int:
-    """Run the Ray side in the foreground; it ends with this process (see ``training.runtime``)."""
+def run_foreground(cmd: list[str], label: str = "training") -> int:
+    """Run the Ray side in the foreground; it ends with this process (see ``training.runtime``).
+
+    Its output goes to the run's engine log (``jobs.console``), except its progress events (``@fulcrum``
+    lines: one per epoch, from ``--progress``), which feed the live progress, and its own warnings and
+    errors, which reach the terminal. When it fails, its last lines are shown as well."""
+    from jobs.console import ENGINE, PROGRESS
+
     sys.stdout.flush()
-    proc = subprocess.Popen(cmd, env={**os.environ, "FULCRUM_PARENT_PID": str(os.getpid())})
+    env = {**os.environ, "FULCRUM_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1",
+           "FULCRUM_ENGINE_LOG": "1"}  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     try:
-        return proc.wait()
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            if line.startswith(PROGRESS_PREFIX):
+                try:
+                    event = json.loads(line[len(PROGRESS_PREFIX):])
+                except ValueError:
+                    ENGINE.write(line)
+                    continue
+                run = event.pop("run", None)
+                PROGRESS.event({**event, "label": f"{label}, {run}" if run else label})
+                continue
+            ENGINE.write(line)
+            tail.append(line)
+            if OWN_WARNING.match(line) and not ENGINE.verbose:
+                log.warning("%s", OWN_WARNING.match(line).group("message"))
+        code = proc.wait()
     finally:
         if proc.poll() is None:  # interrupted (Ctrl-C, an exception): stop training and its Ray instance
             proc.terminate()
@@ -109,6 +142,10 @@ def run_foreground(cmd: list[str]) -> int:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if code and not ENGINE.verbose:
+        log.error("%s exited with code %d; its last lines (all of them in %s):\n%s", label, code, ENGINE.where(),
+                  "\n".join(tail))  # fmt: skip
+    return code
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | None = None) -> StageReport:

@@ -12,6 +12,7 @@ from jobs import ingest, launch, samples
 from jobs.analysis import audit
 from jobs.balancing import oversample
 from jobs.config import PipelineConfig, load_config
+from jobs.console import PROGRESS, run_log
 from jobs.curation import curate
 from jobs.errors import ConfigError
 from jobs.lakehouse import ledger
@@ -85,9 +86,13 @@ def iter_pipeline(
         log.warning("%s: no suite configured; validation skipped", cfg.dataset)
     if "audit" in (stages or STAGES) and not cfg.audit.enabled:
         log.warning("%s: audit.enabled is false; the label audit is skipped", cfg.dataset)
+    engine_log = run_log(cfg.reports_dir, run_id)
+    log.info("%s: run %s; the engines' output goes to %s", cfg.dataset, run_id, engine_log)
     for i, name in enumerate(names, 1):
         log.info("[%d/%d] %s %s (run %s)", i, len(names), cfg.dataset, name, run_id)
-        yield STAGES[name](spark, cfg, run_id)
+        with PROGRESS.stage(cfg.dataset, name):
+            report = STAGES[name](spark, cfg, run_id)
+        yield report
 
 
 def run_pipeline(

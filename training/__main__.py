@@ -26,6 +26,8 @@ def run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="train-out", help="folder for cv.json, the model, checkpoints and TensorBoard files")
     p.add_argument("--address", default=None, help="Ray cluster to join (RAY_ADDRESS wins)")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray instance")
+    p.add_argument("--progress", action="store_true",
+                   help="print each epoch's progress as one `@fulcrum {json}` line on stdout (what `fulcrum` reads)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.environ.get("FULCRUM_PARENT_PID"):  # started by `fulcrum train`: end with it
         runtime.die_with_parent(int(os.environ["FULCRUM_PARENT_PID"]))
+    from training.contract.summary import print_summary
     from training.gold import Gold, GoldError
-    from training.report import print_summary
 
     try:
         gold = Gold.open(args.table, args.version)
@@ -64,13 +66,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     runtime.init_ray(address=args.address, num_cpus=args.num_cpus)
-    try:
-        found = None
-        if search is not None:
-            from training import search as searching
+    from training.progress import relay
 
-            settings, found = searching.run(gold, settings, search, Path(args.out) / "search")
-        summary = cross_validate(gold, settings, args.out, search=found)
+    try:
+        with relay(args.progress):
+            found = None
+            if search is not None:
+                from training import search as searching
+
+                settings, found = searching.run(gold, settings, search, Path(args.out) / "search")
+            summary = cross_validate(gold, settings, args.out, search=found)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

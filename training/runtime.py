@@ -38,12 +38,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
 
     The workers' own lines (every epoch's "Reporting training result", checkpoints, the controller's
     chatter) stay in Ray's session logs (``/tmp/ray/session_latest/logs``) instead of this process's
-    output, unless ``FULCRUM_VERBOSE=1`` (``fulcrum --verbose``); failures still reach the driver as
-    exceptions, and fulcrum's own lines come from the driver."""
+    output, unless ``FULCRUM_VERBOSE=1`` or ``FULCRUM_ENGINE_LOG=1`` (``fulcrum`` started this process and
+    writes its output to the run's engine log); failures still reach the driver as exceptions, and
+    fulcrum's own lines come from the driver."""
     import ray
 
     train_env()
-    kwargs.setdefault("log_to_driver", os.environ.get("FULCRUM_VERBOSE") == "1")
+    # Under `fulcrum` (FULCRUM_ENGINE_LOG) this process's output is the run's engine log: the workers' lines
+    # belong there. Run directly, they stay in Ray's session logs unless FULCRUM_VERBOSE.
+    kwargs.setdefault("log_to_driver", "1" in (os.environ.get("FULCRUM_VERBOSE"), os.environ.get("FULCRUM_ENGINE_LOG")))
     if ray.is_initialized():
         return ray.get_runtime_context()
     address = os.environ.get("RAY_ADDRESS") or address

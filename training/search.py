@@ -117,7 +117,8 @@ def run(gold: Gold, s: TrainSettings, search: SearchSettings, out: str | Path) -
         where.mkdir(parents=True, exist_ok=True)
         (where / "config.json").write_text(json.dumps(config))
         run = slot_config(gold, apply(base, config), cv_slots(gold.folds, folds), where, metric=search.metric)
-        results = train_slots({**run, "use_gpu": use_gpu}, report=tune.report)
+        results = train_slots({**run, "use_gpu": use_gpu, "progress_run": f"search trial {_describe(config)}"},
+                              report=tune.report)  # fmt: skip
         if results is None:
             raise RuntimeError(f"trial failed: {(read_error(run['error_file']) or {}).get('error')}")
         for f in range(folds):  # the trial ran to its end (not stopped by ASHA): its folds, as the CV's

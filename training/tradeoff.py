@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
               if not bad else f"error: fractions must be in (0, 1], got {bad}", file=sys.stderr)  # fmt: skip
         return 2
     runtime.init_ray(address=args.address, num_cpus=args.num_cpus)
+    from training.progress import relay
+
     try:
-        grid(table, settings, args.levels, args.fractions, args.folds, args.out, args.weighted_levels)
+        with relay(args.progress):
+            grid(table, settings, args.levels, args.fractions, args.folds, args.out, args.weighted_levels)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

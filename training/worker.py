@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import augment, data, loop, models
+from training import augment, data, loop, models, progress
 from training.engine import Slot, SlotInput
 from training.gold import Gold
 
@@ -125,6 +125,7 @@ class Run:
         self.images = self.gold.kind == "images"
         self.history: dict[str, list[dict]] = {}
         self.results: dict[str, dict] = {}
+        self.poster: progress.Poster | None = None
 
     def allreduce(self, t: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(t)
@@ -229,6 +230,7 @@ class Run:
                         writers[i].add_scalar(key, value, epoch)
                     writers[i].flush()  # readable while the run goes on, and complete if the worker dies next
             self._collect(slots, best, train_m)
+            self._post(slots, models_, best, epoch, epochs)
             self._report(phase, epoch, slots, models_, best, last=epoch == epochs - 1 or all(s.stopped for s in models_))
         for w in writers:
             w.close()
@@ -286,6 +288,26 @@ class Run:
                                        "resumed": any(h.get("resumed_from") is not None for h in history)}  # fmt: skip
 
     # -- checkpoints and reports ----------------------------------------------------------------------
+    def _post(self, slots: list[Slot], models_: list[loop.SlotModel], best: list[dict | None], epoch: int,
+              epochs: int) -> None:  # fmt: skip
+        """The epoch's progress event (``training.progress``), from rank 0."""
+        if self.rank != 0:
+            return
+        if self.poster is None:
+            self.poster = progress.Poster()
+        metric = self.config["metric"]
+        run = self.config.get("progress_run")
+        if slots and all(s.final for s in slots):
+            run = f"{run}, final model" if run else "final model"
+        self.poster.post({
+            "run": run, "epoch": epoch + 1, "epochs": epochs, "metric": metric,
+            "slots": [{"name": slot.name, "stopped": bool(s.stopped),
+                       "value": float(self.history[slot.name][-1].get(f"val_{metric}", float("nan")))
+                       if self.history.get(slot.name) else None,
+                       "best": float(b["metrics"][metric]) if b is not None else None}
+                      for slot, s, b in zip(slots, models_, best, strict=True)],
+        })  # fmt: skip
+
     def _report(self, phase: int, epoch: int, slots: list[Slot], models_: list[loop.SlotModel],
                 best: list[dict | None], last: bool = False) -> None:  # fmt: skip
         c = self.config

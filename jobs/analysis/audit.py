@@ -305,6 +305,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
         if trained is not None:
             report.details["model_cv"] = {m: trained["mean"][m] for m in ("accuracy", "macro_f1", "roc_auc")}
             report.details["train_seconds"] = round(trained["cv_seconds"], 2)
+            report.details["cv"] = trained  # the out-of-fold models' cross-validation (cv.json), for the console
         report.rows_out = report.details["flagged"]
         report.seconds = time.perf_counter() - start
         record.counts.update(report.counts())
@@ -331,7 +332,7 @@ def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silve
     record.outputs.append(("audit/gold", lake.path("audit/gold"), version))
     out = str(Path(cfg.reports_dir) / run_id / "audit" / "train")
     summary = launch.cross_validate(cfg, run_id, lake.path("audit/gold"), version, out,
-                                    cfg.train.model_copy(update={"search": None}))  # fmt: skip
+                                    cfg.train.model_copy(update={"search": None}), label="audit CV")  # fmt: skip
     record.outputs.append(("audit/predictions", summary["predictions"]["path"],
                            tables.version(spark, summary["predictions"]["path"])))  # fmt: skip
     return summary

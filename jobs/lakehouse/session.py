@@ -1,21 +1,28 @@
 """The Spark session: the only place one is made.
 
-Delta Lake's jars come from Maven Central through Spark's own package resolution
-(``configure_spark_with_delta_pip``), cached in the Ivy cache after the first start;
-a cluster without internet access lists local copies in ``spark.jars``.
+Delta Lake's jars come from Maven Central (or the mirror in ``spark.jars.ivySettings``) through Spark's
+own package resolution (``configure_spark_with_delta_pip``) on the first start, which caches them in the
+Ivy cache; fulcrum then records the resolved jar files (``jar_manifest()``) and later starts put those
+files on ``spark.jars`` without asking any repository: a machine that has started once starts offline,
+and faster. A cluster without internet access lists local copies in ``spark.jars``.
+
+The JVM's own output (log4j, Ivy) goes to the run's engine log, not the terminal (``jobs.console``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from jobs.config import SparkConfig
+from jobs.console import ENGINE, engine_output
 from jobs.errors import EnvironmentSetupError
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,44 @@ def delta_package() -> str:
     from pyspark.sql import SparkSession
 
     return configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
+
+
+def jar_manifest() -> Path:
+    """Where the jar files a package resolution found are recorded (``FULCRUM_CACHE``, default
+    ``~/.cache/fulcrum``): ``{"<maven coordinates>": ["/path/to.jar", ...]}``."""
+    return Path(os.environ.get("FULCRUM_CACHE") or Path.home() / ".cache" / "fulcrum") / "spark-jars.json"
+
+
+def cached_jars(packages: str) -> list[str] | None:
+    """The jar files recorded for ``packages`` when every one of them is still on disk, else None."""
+    try:
+        jars = json.loads(jar_manifest().read_text()).get(packages)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not jars or not all(os.path.isfile(j) for j in jars):
+        return None
+    return jars
+
+
+def record_jars(packages: str, spark_jars: str) -> list[str]:
+    """Record the local jar files Spark resolved for ``packages`` (its ``spark.jars`` after the start)."""
+    from urllib.parse import unquote, urlparse
+
+    jars = [unquote(urlparse(j).path) if j.startswith("file:") else j for j in spark_jars.split(",") if j]
+    jars = [j for j in jars if os.path.isfile(j)]
+    if not jars:
+        return []
+    path = jar_manifest()
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        known = known if isinstance(known, dict) else {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**known, packages: jars}, indent=1))
+        tmp.replace(path)  # atomic: concurrent starts never read half a file
+    except (OSError, ValueError) as exc:
+        log.debug("could not record the resolved jars in %s: %s", path, exc)
+    return jars
 
 
 def submit_args() -> list[str]:
@@ -117,17 +162,32 @@ def build_spark(cfg: SparkConfig | None = None, master: str | None = None):
         if missing:
             raise EnvironmentSetupError(f"spark.jars lists files that do not exist: {missing}")
         builder = builder.config("spark.jars", ",".join(cfg.jars))
-    elif not submitted:
-        builder = configure_spark_with_delta_pip(builder)
+    resolve = None
+    if not cfg.jars and not submitted:
+        packages = delta_package()
+        jars = cached_jars(packages)
+        if jars:  # resolved once before: no repository is asked
+            builder = builder.config("spark.jars", ",".join(jars))
+        else:
+            builder, resolve = configure_spark_with_delta_pip(builder), packages
     try:
-        spark = builder.getOrCreate()
+        with engine_output("spark-jvm"):  # log4j and Ivy go to the engine log
+            spark = builder.getOrCreate()
     except Exception as exc:  # py4j/pyspark raise bare exceptions when the JVM cannot start
+        time.sleep(0.5)  # the pump thread's last lines
+        said = "".join(ENGINE.recent).strip()
         raise EnvironmentSetupError(
-            f"Spark could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            fix="the Delta jars are resolved from Maven Central on first start (cached in ~/.ivy2*); "
-            "without network access set spark.jars to local delta-spark_4.2_2.13 and delta-storage jars",
+            f"Spark could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            + (f"\nthe JVM's last lines (all of them in {ENGINE.where()}):\n{said}" if said else ""),
+            fix="the Delta jars are resolved from Maven Central (or spark.jars.ivySettings' mirror) on the first start "
+            f"and recorded in {jar_manifest()}; later starts need no network. Warm once where the network is "
+            "reachable (`make warm` or `python -m jobs.lakehouse.session`), or set spark.jars to local "
+            "delta-spark_4.2_2.13 and delta-storage jars",
         ) from exc
     spark.sparkContext.setLogLevel(cfg.log_level)
+    if resolve:
+        jars = record_jars(resolve, spark.sparkContext.getConf().get("spark.jars", ""))
+        log.debug("resolved %s: %d jars recorded in %s", resolve, len(jars), jar_manifest())
     if submitted:
         _require_delta(spark)
     log.info("spark %s on %s", spark.version, spark.sparkContext.master)

@@ -82,11 +82,31 @@ def test_validate_exit_codes_and_summary(spark, tmp_path, capsys):
     assert main(["curate", cfg, "--set", "split.folds=1"]) == 2
 
 
+# Lines only the engines write: Spark's JVM (log4j, Ivy), Ray's driver and workers, Ray Train and Tune.
+ENGINE_LINES = ("log4j", " WARN ", "Ivy", ":: resolving", "RayTrainWorker", "Reporting training result",
+                "Execution plan", "Failed to query Ray Train Controller", "(pid=", "Token authentication",
+                "Started a local Ray", "NativeCodeLoader", "DeprecationWarning")  # fmt: skip
+
+
 @pytest.mark.spark
 @pytest.mark.slow
 def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     result = fulcrum("demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--set", "split.folds=2", timeout=840)
     assert result.returncode == 0, result.stderr[-3000:]
+    # What a user sees: fulcrum's lines only, tables at full width (not a terminal: never cut), one progress
+    # line per training epoch; the engines' output in each run's engine.log.
+    seen = result.stdout + result.stderr
+    assert not [marker for marker in ENGINE_LINES if marker in seen], [
+        line for line in seen.splitlines() if any(m in line for m in ENGINE_LINES)][:10]  # fmt: skip
+    assert "…" not in seen
+    assert "cancer train: epoch 1/1, 2 of 2 slot(s) training, val macro_f1" in result.stderr
+    assert "digits audit CV: epoch 1/1, 2 of 2 slot(s) training" in result.stderr
+    for dataset in ("cancer", "digits"):
+        (log,) = (tmp_path / "demo" / "lake" / dataset / "reports").glob("*/engine.log")
+        text = log.read_text()
+        assert "started local Ray" in text and "Reporting training result" in text  # the Ray side, workers too
+    (first,) = (tmp_path / "demo" / "lake" / "cancer" / "reports").glob("*/engine.log")
+    assert "log4j" in first.read_text()  # the JVM's start, in the first run's log
     assert "cancer: stages" in result.stdout and "digits: stages" in result.stdout
     assert "image_undecodable" in result.stdout and "validate" in result.stdout
     assert (tmp_path / "demo" / "lake" / "cancer" / "bronze" / "_delta_log").is_dir()
@@ -158,3 +178,29 @@ def test_train_before_gold_exists_is_a_usage_error_and_is_recorded(spark, tmp_pa
     assert main(["runs", cfg]) == 0
     out = capsys.readouterr().out
     assert "train" in out and "failed" in out and "tradeoff" in out
+
+
+@pytest.mark.spark
+def test_a_warm_machine_starts_spark_offline_and_verbose_shows_the_engines(spark, tmp_path):
+    """After one start has resolved the Delta jars (the session's, or `make warm`), Spark starts without asking a
+    repository: here the only one it could ask is unreachable. Without the recorded jars, the same start fails
+    with the resolver's error and the fix."""
+    (tmp_path / "ivy.xml").write_text(
+        '<ivysettings><settings defaultResolver="unreachable"/><resolvers><ibiblio name="unreachable" '
+        'm2compatible="true" root="http://127.0.0.1:9/maven2/"/></resolvers></ivysettings>')  # fmt: skip
+    assert fulcrum("samples", str(tmp_path / "s")).returncode == 0
+    config = str(tmp_path / "s" / "cancer" / "cancer.yaml")
+    unreachable = "spark.conf=" + json.dumps({"spark.jars.ivySettings": str(tmp_path / "ivy.xml"),
+                                              "spark.jars.ivy": str(tmp_path / "ivy-cache")})  # fmt: skip
+    warm = fulcrum("--verbose", "runs", config, "--set", unreachable, timeout=300)
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    assert "no runs recorded yet" in warm.stdout
+    assert "log4j" in warm.stderr  # --verbose: the JVM's lines on the terminal too
+    assert "log4j" in (tmp_path / "s" / "lake" / "cancer" / "reports" / "engine.log").read_text()
+    (tmp_path / "empty").mkdir()
+    cold = subprocess.run([sys.executable, "-m", "jobs", "runs", config, "--set", unreachable], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "FULCRUM_CACHE": str(tmp_path / "empty")},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert cold.returncode == 3
+    assert "Spark could not start" in cold.stderr and "127.0.0.1:9" in cold.stderr and "make warm" in cold.stderr
+    assert "log4j" not in cold.stderr.split("error:")[0]  # not verbose: nothing of the JVM's before the error

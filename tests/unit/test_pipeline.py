@@ -8,7 +8,7 @@ import types
 import pytest
 
 
-def test_the_pipeline_sets_up_stage_events_when_called_from_python(monkeypatch):
+def test_the_pipeline_sets_up_stage_events_when_called_from_python(monkeypatch, tmp_path):
     from jobs import pipeline
     from jobs.lakehouse import ledger
 
@@ -17,9 +17,10 @@ def test_the_pipeline_sets_up_stage_events_when_called_from_python(monkeypatch):
         json.dumps({"event": "stage", "run_id": run_id})) or "ingested"})  # fmt: skip
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
-    cfg = types.SimpleNamespace(suite=None, dataset="d")
+    cfg = types.SimpleNamespace(suite=None, dataset="d", reports_dir=str(tmp_path))
     try:
         assert list(pipeline.iter_pipeline(None, cfg, "r-1", ["ingest"])) == ["ingested"]
+        assert (tmp_path / "r-1" / "engine.log").is_file()  # the run's engine log
 
         def events() -> list[dict]:  # the JSON lines (a CLI test may have left a log handler on stderr too)
             return [json.loads(line) for line in stderr.getvalue().splitlines() if line.startswith("{")]

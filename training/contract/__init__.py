@@ -1,5 +1,6 @@
 """What the Spark side and the Ray side share besides the gold table: the training settings schema,
-the metric names, and how an image path resolves under the image root.
+the metric names, how an image path resolves under the image root, and the console summary of a
+cross-validation's ``cv.json`` (``training.contract.summary``).
 
 This package is the only part of ``training/`` that ``jobs/`` imports (an import contract in
 pyproject.toml, run by ``make lint`` and the tests, keeps it so), so it imports neither Ray nor torch.
@@ -16,6 +17,7 @@ from training.contract.settings import (
     from_flags,
     to_flags,
 )
+from training.contract.summary import print_search, print_summary
 
 __all__ = ["METRICS", "SCORED", "Scored", "SearchSettings", "TrainSettings", "UnsafePath", "add_flags", "as_mode",
-           "from_flags", "real_root", "safe_join", "to_flags"]  # fmt: skip
+           "from_flags", "print_search", "print_summary", "real_root", "safe_join", "to_flags"]  # fmt: skip

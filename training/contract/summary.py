@@ -1,4 +1,4 @@
-"""The console summary of a cross-validation run."""
+"""The console summary of a cross-validation run (`cv.json`): shared by `python -m training` and `fulcrum train`."""
 
 from __future__ import annotations
 
