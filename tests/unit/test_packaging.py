@@ -25,9 +25,10 @@ def test_a_wheel_ships_the_suites_and_its_samples_validate(tmp_path):
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                             "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
+    assert "Warning" not in build.stderr, build.stderr[-3000:]  # no deprecated or ambiguous packaging settings
     wheel = next((tmp_path / "dist").glob("fulcrum-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"expectations/cancer.json", "expectations/digits.json"} <= set(names)
+    assert {"expectations/cancer.json", "expectations/digits.json", "jobs/templates/report.html.j2"} <= set(names)
     site = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
                               str(wheel)], capture_output=True, text=True, timeout=300)  # fmt: skip
