@@ -1,29 +1,37 @@
 """Suggest a starter suite from the data, like Deequ's constraint suggestion.
 
-One aggregation profiles every column (null fraction, min/max and 1st/99th percentiles
-of numbers, approximate distinct count); a second collects the value sets of the
+One aggregation profiles every column (null fraction, approximate distinct count, and for
+numbers min/max and approximate quartiles); a second collects the value sets of the
 low-cardinality columns. The rules: complete columns must stay complete (drop), mostly
-complete ones mostly so (warn); numbers stay within their observed range widened by a
-margin (drop); low-cardinality columns stay within their value set (warn: clean
+complete ones mostly so (warn); numbers stay within a range from robust statistics (drop,
+see ``numeric_range``); low-cardinality columns stay within their value set (warn: clean
 normalises spellings); columns whose values are all distinct stay unique (warn); the
 table keeps at least half its rows (fail). A person then edits it.
+
+Why not the observed minimum and maximum: an outlier in the profiled data widens its own
+range, so the suite never catches it. Quartiles are not moved by a few outliers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.ingest import LINEAGE_COLUMNS, NUMERIC_TYPES
 from jobs.validation.probe import PROBE_FIELDS
 
 LOW_CARDINALITY = 20
-RANGE_MARGIN = 0.1  # of the observed range, on each side
+RANGE_MARGIN = 0.1  # of the observed range, on each side: the fallback when quartiles cannot be trusted
+FENCE = 3.0  # Tukey's "far out" fences: Q1 - 3 IQR, Q3 + 3 IQR (4.7 standard deviations on normal data)
+MIN_ROBUST_ROWS = 20  # fewer non-null values: the observed range (quartiles of a handful of rows mean little)
+SKEW = 1.5  # (Q3 - Q2) / (Q2 - Q1) above this, with every value positive: the fences on the log scale
+QUANTILE_ACCURACY = 10_000  # percentile_approx's accuracy: rank error about 1 / 10,000 of the rows
 
 
 def profile(df: DataFrame) -> dict[str, dict[str, Any]]:
@@ -35,18 +43,67 @@ def profile(df: DataFrame) -> dict[str, dict[str, Any]]:
         q = F.col(f"`{c}`")
         aggs += [F.count(q).alias(f"{c}__nonnull"), F.approx_count_distinct(q).alias(f"{c}__distinct")]
         if c in numeric:
-            aggs += [F.min(q).alias(f"{c}__min"), F.max(q).alias(f"{c}__max")]
+            aggs += [F.min(q).alias(f"{c}__min"), F.max(q).alias(f"{c}__max"),
+                     F.percentile_approx(q.cast("double"), [0.25, 0.5, 0.75], QUANTILE_ACCURACY).alias(f"{c}__q")]  # fmt: skip
     row = df.agg(*aggs).first()
     rows = row["__rows"]
     facts = {c: {"numeric": c in numeric, "rows": rows, "null_fraction": 1 - row[f"{c}__nonnull"] / max(rows, 1),
-                 "distinct": row[f"{c}__distinct"], "min": row[f"{c}__min"] if c in numeric else None,
-                 "max": row[f"{c}__max"] if c in numeric else None} for c in cols}  # fmt: skip
+                 "nonnull": row[f"{c}__nonnull"], "distinct": row[f"{c}__distinct"],
+                 "min": row[f"{c}__min"] if c in numeric else None, "max": row[f"{c}__max"] if c in numeric else None,
+                 "quartiles": list(row[f"{c}__q"]) if c in numeric and row[f"{c}__q"] else None}
+             for c in cols}  # fmt: skip
     small = [c for c in cols if c not in numeric and 0 < facts[c]["distinct"] <= LOW_CARDINALITY]
     if small:
         sets = df.agg(*[F.collect_set(F.col(f"`{c}`")).alias(c) for c in small]).first()
         for c in small:
             facts[c]["value_set"] = sorted(sets[c])
     return facts
+
+
+def metric_exprs(df: DataFrame, columns: list[str], run_id: str | None = None) -> dict[str, Column]:
+    """The metric history's column profile as aggregates (to ride in the fused validation pass): per column
+    the null fraction and a distinct count estimate; for numbers also mean, stdev and approximate quartiles.
+    With ``run_id``, the same for the batch this run ingested (``batch.*``: rows whose ``ingest_run_id`` is
+    the run's; bronze keeps every earlier batch, so a drift in tonight's rows shows there undiluted)."""
+    types = {f.name: f.dataType for f in df.schema.fields}
+    exprs: dict[str, Column] = {}
+    new = F.col("ingest_run_id") == F.lit(run_id) if run_id and "ingest_run_id" in types else None
+    if new is not None:
+        exprs["batch.rows"] = F.count_if(new)
+    for c in columns:
+        if c not in types:
+            continue
+        q = F.col(f"`{c}`")
+        exprs[f"null_fraction.{c}"] = F.count_if(q.isNull()) / F.greatest(F.count(F.lit(1)), F.lit(1))
+        exprs[f"distinct.{c}"] = F.approx_count_distinct(q)
+        numeric = isinstance(types[c], NUMERIC_TYPES)
+        if numeric:
+            exprs[f"mean.{c}"] = F.mean(q)
+            exprs[f"stdev.{c}"] = F.stddev_samp(q)
+            exprs[f"quartiles.{c}"] = F.percentile_approx(q.cast("double"), [0.25, 0.5, 0.75], QUANTILE_ACCURACY)
+        if new is not None:
+            exprs[f"batch.null_fraction.{c}"] = F.count_if(new & q.isNull()) / F.greatest(F.count_if(new), F.lit(1))
+            if numeric:
+                exprs[f"batch.mean.{c}"] = F.mean(F.when(new, q))
+                exprs[f"batch.stdev.{c}"] = F.stddev_samp(F.when(new, q))
+    return exprs
+
+
+def metric_values(values: dict[str, Any]) -> dict[str, float]:
+    """``metric_exprs``' results as named numbers (quartiles become p25, p50, p75); no ``batch.*`` figure when
+    this run ingested no row."""
+    out: dict[str, float] = {}
+    if not values.get("batch.rows"):
+        values = {k: v for k, v in values.items() if not k.startswith("batch.")}
+    for name, v in values.items():
+        if v is None:
+            continue
+        if name.startswith("quartiles."):
+            for p, x in zip(("p25", "p50", "p75"), v, strict=False):
+                out[f"{p}.{name.split('.', 1)[1]}"] = float(x)
+        else:
+            out[name] = float(v)
+    return out
 
 
 def suggest(facts: dict[str, dict[str, Any]], name: str, label: str | None = None) -> dict[str, Any]:
@@ -63,12 +120,12 @@ def suggest(facts: dict[str, dict[str, Any]], name: str, label: str | None = Non
             exps.append(_exp("expect_column_values_to_not_be_null", {"column": col, "mostly": mostly},
                              f"{col}_mostly_present", "warn"))  # fmt: skip
         if f["numeric"] and f["min"] is not None:
-            lo, hi = float(f["min"]), float(f["max"])
-            pad = (hi - lo) * RANGE_MARGIN
-            low = lo - pad if lo < 0 else max(0.0, lo - pad)  # non-negative data stays non-negative
-            exps.append(_exp("expect_column_values_to_be_between",
-                             {"column": col, "min_value": round(low, 6), "max_value": round(hi + pad, 6)},
-                             f"{col}_in_range", "drop"))  # fmt: skip
+            low, high, how = numeric_range(f)
+            exp = _exp("expect_column_values_to_be_between",
+                       {"column": col, "min_value": round(low, 6), "max_value": round(high, 6)},
+                       f"{col}_in_range", "drop")  # fmt: skip
+            exp["meta"]["range_from"] = how
+            exps.append(exp)
         if "value_set" in f:
             policy = "warn" if col == label else "drop"
             exps.append(_exp("expect_column_values_to_be_in_set", {"column": col, "value_set": f["value_set"]},
@@ -77,6 +134,36 @@ def suggest(facts: dict[str, dict[str, Any]], name: str, label: str | None = Non
             exps.append(_exp("expect_column_values_to_be_unique", {"column": col}, f"{col}_unique", "warn"))
     return {"name": name, "meta": {"notes": f"suggested by `fulcrum suite init` from {rows} rows; edit before use"},
             "expectations": exps}  # fmt: skip
+
+
+def numeric_range(f: dict[str, Any]) -> tuple[float, float, str]:
+    """(low, high, how) for a numeric column's range check, from ``profile``'s facts.
+
+    - ``quartiles``: Tukey's far-out fences, Q1 - 3 IQR and Q3 + 3 IQR. A few outliers do not move them,
+      so the suite quarantines outliers that are in the very data it was profiled from.
+    - ``log quartiles``: the same fences on the log scale, for a positive column whose upper half is much
+      wider than its lower half ((Q3 - Q2) > 1.5 (Q2 - Q1): areas, counts, prices). Quantiles commute with
+      the logarithm, so these are the same quartiles; on the plain scale the fences of a right-skewed column
+      would cut its legitimate tail.
+    - ``observed``: the observed minimum and maximum widened by 10 % of the range, when there are fewer
+      than 20 values or the quartiles coincide (a column that is mostly one value).
+
+    A column with no negative value gets no negative lower bound.
+    """
+    lo, hi = float(f["min"]), float(f["max"])
+    q = f.get("quartiles")
+    nonnull = f.get("nonnull", f.get("rows", 0))
+    if not q or nonnull < MIN_ROBUST_ROWS or q[2] <= q[0]:
+        pad = (hi - lo) * RANGE_MARGIN
+        low = lo - pad if lo < 0 else max(0.0, lo - pad)  # non-negative data stays non-negative
+        return low, hi + pad, "observed"
+    q1, q2, q3 = map(float, q)
+    if lo > 0 and q2 > q1 and (q3 - q2) > SKEW * (q2 - q1):
+        l1, l3 = math.log(q1), math.log(q3)
+        return math.exp(l1 - FENCE * (l3 - l1)), math.exp(l3 + FENCE * (l3 - l1)), "log quartiles"
+    iqr = q3 - q1
+    low, high = q1 - FENCE * iqr, q3 + FENCE * iqr
+    return (max(0.0, low) if lo >= 0 else low), high, "quartiles"
 
 
 def _exp(exp_type: str, kwargs: dict[str, Any], name: str, policy: str) -> dict[str, Any]:

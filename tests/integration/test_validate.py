@@ -199,3 +199,44 @@ def test_suite_init_suggests_a_suite_that_validates_its_own_data(spark, tmp_path
     assert result.report.rows_out == 6  # the data it came from passes its own suite
     with pytest.raises(Exception, match="exists"):
         init_suite(spark, cfg, path)
+
+
+def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the_profiled_data(spark, tmp_path):
+    """Outliers in the very data `suite init` profiles (1 % of the rows, far out, and a sentinel) are
+    quarantined by the suite it writes, while a right-skewed column keeps its legitimate tail and a column
+    that is mostly one value keeps its rare values."""
+    import numpy as np
+
+    from jobs.validation.profile import init_suite
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    x = rng.normal(50, 10, n)  # symmetric
+    area = rng.lognormal(6.0, 0.8, n)  # positive, right-skewed: a long legitimate upper tail
+    flag = (rng.random(n) < 0.03).astype(float)  # mostly 0: quartiles coincide
+    bad = set(rng.choice(n, 60, replace=False).tolist())
+    spread = sorted(bad)
+    for i in spread[:25]:
+        x[i] = x.max() + 50 * x.std()  # as bench_quality injects them
+    for i in spread[25:30]:
+        x[i] = -999.0  # a sentinel
+    for i in spread[30:]:
+        area[i] = area.max() + 50 * area.std()
+    rows = [(f"r{i:05d}", float(x[i]), float(area[i]), float(flag[i]), "a" if i % 2 else "b") for i in range(n)]
+    spark.createDataFrame(rows, "id string, x double, area double, flag double, s string").coalesce(1) \
+        .write.parquet(str(tmp_path / "src"))  # fmt: skip
+    cfg = {"dataset": "robust", "kind": "tabular", "lake_root": "lake", "source": {"path": "src", "format": "parquet"},
+           "columns": {"id": "id", "label": "s", "features": ["x", "area", "flag"]}}  # fmt: skip
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    cfg = load_config(tmp_path / "p.yaml")
+    ingest.run(spark, cfg, "ingest-1")
+    path, _ = init_suite(spark, cfg, tmp_path / "suggested.json")
+    names = {e["meta"]["name"]: e for e in json.loads(path.read_text())["expectations"]}
+    assert names["x_in_range"]["meta"]["range_from"] == "quartiles"
+    assert names["area_in_range"]["meta"]["range_from"] == "log quartiles"
+    assert names["flag_in_range"]["meta"]["range_from"] == "observed"
+    result = validate.validate(tables.read(spark, tables.Lake(cfg.lake_dir).path("bronze")), *load_suite(path), "robust")
+    dropped = {r["id"] for r in result.rejected.select("id").collect()}
+    assert dropped == {f"r{i:05d}" for i in bad}  # every outlier, and not one legitimate row
+    # The old rule (observed min/max ± 10 %) would have caught none of them: each range held its outliers.
+    assert names["x_in_range"]["kwargs"]["max_value"] < x.max() and names["x_in_range"]["kwargs"]["min_value"] > -999
