@@ -63,12 +63,16 @@ def _stage(cfg, name: str, job, run_id: str | None = None) -> StageReport:
     from jobs.console import PROGRESS, run_log
     from jobs.lakehouse.ledger import new_run_id
     from jobs.lakehouse.session import build_spark
+    from jobs.pipeline import flush_metrics
 
     run_id = run_id or new_run_id()
     run_log(cfg.reports_dir, run_id)
     spark = build_spark(cfg.spark)
-    with PROGRESS.stage(cfg.dataset, name):
-        return job(spark, cfg, run_id)
+    try:
+        with PROGRESS.stage(cfg.dataset, name):
+            return job(spark, cfg, run_id)
+    finally:
+        flush_metrics(spark, cfg, run_id)
 
 
 def _spark(cfg):
@@ -498,6 +502,56 @@ def runs(
         table.add_row(row["run_id"], row["stage"], row["status"], f"{row['started_at']:%Y-%m-%d %H:%M:%S}",
                       f"{row['seconds']:.1f}", outputs, error)  # fmt: skip
     out.print(table)
+
+
+DEFAULT_METRICS = ["rows_read", "rows", "quarantine_rate", "duplicate_rate", "silver_rows", "label_issue_rate",
+                   "class_share.*", "batch.class_share.*"]  # fmt: skip
+
+
+@app.command()
+def metrics(
+    config: ConfigArg,
+    metric: Annotated[list[str] | None, typer.Option("--metric", help="metric name or glob (repeatable), e.g. "
+                                                     "'null_fraction.*'; default: the table-level ones")] = None,
+    limit: Annotated[int, typer.Option(help="latest runs to show")] = 8,
+    set_: SetOpt = None,
+) -> None:
+    """Show the metric history (the dataset's `metrics` Delta table): one row per metric, one column per run, the
+    anomalies marked (yellow: warn, red: fail) and listed with the check that fired.
+
+    Example: fulcrum metrics samples/cancer/cancer.yaml --metric 'null_fraction.*' --metric rows_read
+    """
+    from jobs.lakehouse import metrics as history
+    from jobs.lakehouse import tables
+
+    cfg = _load(config, set_, None)
+    rows = history.load(_spark(cfg), tables.Lake(cfg.lake_dir), metric or DEFAULT_METRICS)
+    if not rows:
+        out.print(f"no metrics recorded under {cfg.lake_dir} yet" + (f" matching {metric}" if metric else ""))
+        return
+    runs, table = history.by_run(rows)
+    runs = runs[-limit:]
+    view = Table(title=f"{cfg.dataset}: metric history (oldest run first; ! = anomaly)", title_justify="left")
+    view.add_column("metric", no_wrap=True)
+    for run in runs:
+        view.add_column(run, justify="right", no_wrap=True)
+    flagged = []
+    for name in sorted(table):
+        cells = []
+        for run in runs:
+            r = table[name].get(run)
+            if r is None:
+                cells.append("")
+                continue
+            text = f"{r['value']:,.4g}"
+            if r["anomaly"]:
+                flagged.append(r)
+                text = f"[{'red' if r['anomaly'].startswith('fail') else 'yellow'}]{text} ![/]"
+            cells.append(text)
+        view.add_row(name, *cells)
+    out.print(view)
+    for r in flagged:
+        out.print(f"{r['run_id']} {r['stage']} {r['metric']}: {escape(r['anomaly'])}")
 
 
 @app.command()

@@ -75,12 +75,44 @@ class ImagesConfig(Strict):
     embed: bool = Field(default=False, description="store each image in gold as PNG bytes at the training size")
 
 
+class AnomalyCheck(Strict):
+    """One check over the metric history: which metrics (a glob over names), how they are judged, the policy."""
+
+    metric: str = Field(min_length=1, description="metric name or glob, e.g. rows_read, null_fraction.*, class_share.*")
+    policy: Literal["warn", "fail"] = Field(default="warn", description="fail stops the run before its stage writes")
+    change: float | None = Field(default=None, gt=0, description="fire when |value / previous run's - 1| exceeds this")
+    z: float | None = Field(default=None, gt=0, description="fire when the robust z-score (median/MAD over the window) exceeds this")
+    min_delta: float = Field(default=0.0, ge=0, description="absolute differences below this never fire")
+
+    @model_validator(mode="after")
+    def _one_test(self):
+        if self.change is None and self.z is None:
+            raise ValueError(f"anomaly check {self.metric!r} needs `change`, `z` or both")
+        return self
+
+
+def _default_checks() -> list[AnomalyCheck]:
+    return [AnomalyCheck(metric="rows_read", change=0.4, z=5),
+            AnomalyCheck(metric="batch.null_fraction.*", z=5, min_delta=0.05),
+            AnomalyCheck(metric="null_fraction.*", z=5, min_delta=0.05),
+            AnomalyCheck(metric="batch.class_share.*", z=5, min_delta=0.05),
+            AnomalyCheck(metric="class_share.*", z=5, min_delta=0.05)]  # fmt: skip
+
+
+class AnomaliesConfig(Strict):
+    enabled: bool = Field(default=True, description="record metrics and check them against the history")
+    min_runs: int = Field(default=3, ge=1, description="earlier runs needed before any check fires")
+    window: int = Field(default=10, ge=2, description="the last N earlier runs the robust z-score is computed over")
+    checks: list[AnomalyCheck] = Field(default_factory=_default_checks, description="replaces the defaults when set")
+
+
 class ValidateConfig(Strict):
     policies: dict[str, Literal["warn", "drop", "fail"]] = Field(
         default_factory=dict, description="policy per expectation name (meta.name), overriding the suite"
     )
     data_docs: bool = Field(default=True, description="build the GX Data Docs site")
     partial_unexpected: int = Field(default=20, ge=0, le=1000, description="unexpected values kept per expectation")
+    anomalies: AnomaliesConfig = Field(default_factory=AnomaliesConfig)
 
 
 Imputation = Literal["drop", "median", "mean", "mode", "constant", "keep"]

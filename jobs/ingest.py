@@ -20,6 +20,7 @@ from pyspark.sql import types as T
 from jobs.config import PipelineConfig
 from jobs.errors import SchemaMismatchError, SourceError
 from jobs.lakehouse import ledger, tables
+from jobs.lakehouse.metrics import RECORDER
 from jobs.stage import StageReport, StageResult
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         record.inputs.append(("source", cfg.resolve(cfg.source.path), cfg.source.version))
         record.outputs.append(("bronze", lake.path("bronze"), written["version"]))
         record.counts.update(report.counts())
+        # Judged by validate, before anything downstream is written (bronze is the landing zone: it keeps the batch).
+        RECORDER.keep(cfg, run_id, "ingest", {"rows_read": report.rows_in, "rows_new": report.rows_out})
     log.info("ingest %s: %d rows read, %d new in bronze (v%d) in %.1fs -> %s", cfg.dataset,
              report.rows_in, report.rows_out, written["version"], report.seconds, lake.path("bronze"))  # fmt: skip
     return report

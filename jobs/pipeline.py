@@ -15,8 +15,9 @@ from jobs.config import PipelineConfig, load_config
 from jobs.console import PROGRESS, run_log
 from jobs.curation import curate
 from jobs.errors import ConfigError
-from jobs.lakehouse import ledger
+from jobs.lakehouse import ledger, tables
 from jobs.lakehouse.ledger import new_run_id
+from jobs.lakehouse.metrics import RECORDER
 from jobs.stage import StageReport
 from jobs.validation import validate
 
@@ -25,7 +26,19 @@ EVENT_FORMATS = ("json", "none")
 
 
 class _EventHandler(logging.StreamHandler):
-    """The stage events as they are: one JSON object per line, never wrapped."""
+    """The stage events as they are: one JSON object per line, never wrapped. Set up for ``sys.stderr``, it writes
+    to whatever ``sys.stderr`` is at the time (a test's capture, a redirect), never to a stream closed since."""
+
+    def __init__(self, stream=None) -> None:
+        super().__init__(stream)
+        self.follow = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        if self.follow:
+            self.stream = sys.stderr
+        super().emit(record)
 
 
 def setup_events(fmt: str = "json", stream=None) -> None:
@@ -41,7 +54,7 @@ def setup_events(fmt: str = "json", stream=None) -> None:
     events.propagate = False
     events.setLevel(logging.INFO)
     if fmt == "json":
-        events.addHandler(_EventHandler(stream or sys.stderr))
+        events.addHandler(_EventHandler(None if stream is None or stream is sys.stderr else stream))
     events.fulcrum_format = fmt  # set up: iter_pipeline keeps it
 
 
@@ -88,11 +101,22 @@ def iter_pipeline(
         log.warning("%s: audit.enabled is false; the label audit is skipped", cfg.dataset)
     engine_log = run_log(cfg.reports_dir, run_id)
     log.info("%s: run %s; the engines' output goes to %s", cfg.dataset, run_id, engine_log)
-    for i, name in enumerate(names, 1):
-        log.info("[%d/%d] %s %s (run %s)", i, len(names), cfg.dataset, name, run_id)
-        with PROGRESS.stage(cfg.dataset, name):
-            report = STAGES[name](spark, cfg, run_id)
-        yield report
+    try:
+        for i, name in enumerate(names, 1):
+            log.info("[%d/%d] %s %s (run %s)", i, len(names), cfg.dataset, name, run_id)
+            with PROGRESS.stage(cfg.dataset, name):
+                report = STAGES[name](spark, cfg, run_id)
+            yield report
+    finally:  # the run's metrics, in one commit, also when a stage failed
+        flush_metrics(spark, cfg, run_id)
+
+
+def flush_metrics(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> None:
+    """Write the run's metrics (``jobs.lakehouse.metrics``); a failure is logged, never raised over the run's own."""
+    try:
+        RECORDER.flush(spark, tables.Lake(cfg.lake_dir), run_id)
+    except Exception as exc:
+        log.warning("%s: could not write the run's metrics: %s", cfg.dataset, exc)
 
 
 def run_pipeline(

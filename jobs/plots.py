@@ -249,3 +249,27 @@ def search(summary: dict, path: Path) -> None:
     axes[1].set_xlabel("learning rate")
     axes[1].set_title("last mean (hollow: stopped, black: best)")
     save(fig, path)
+
+
+def metric_trend(metric: str, runs: list[str], values: list[float | None], current: str, path: Path,
+                 anomaly: str | None = None) -> None:  # fmt: skip
+    """One metric over the runs (oldest first): the line, the median of the earlier runs, this run in red."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 2.8), layout="constrained")
+    xs = [i for i, v in enumerate(values) if v is not None]
+    ys = [values[i] for i in xs]
+    ax.plot(xs, ys, marker="o", color="#4477aa", linewidth=1.2)
+    i = runs.index(current) if current in runs else None
+    earlier = [v for j, v in enumerate(values) if v is not None and (i is None or j < i)]
+    if earlier:
+        ax.axhline(float(np.median(earlier)), color="#999", linestyle="--", linewidth=1, label="median of earlier runs")
+    if i is not None and values[i] is not None:
+        ax.plot([i], [values[i]], marker="o", markersize=9, color="#cc3311", label="this run", linestyle="none")
+    step = max(1, len(runs) // 8)
+    ax.set_xticks(range(0, len(runs), step), [r[:15] for r in runs][::step], rotation=30, ha="right", fontsize=7)
+    ax.set_title(metric, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", loc="best")
+    if anomaly:
+        ax.set_xlabel(anomaly if len(anomaly) < 110 else anomaly[:107] + "...", fontsize=7)
+    save(fig, path)

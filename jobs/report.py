@@ -70,6 +70,7 @@ def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = 
         "audit": _json(folder / "audit.json"),
         "balancing": _json(folder / "balance.json"),
         "metrics": METRICS,
+        "history": _metric_history(spark, lake, run_id, folder),
         "tensorboard": str(folder / "train" / "tensorboard") if (folder / "train" / "tensorboard").exists() else None,
         "plots": {name: plots.data_uri(path) for name, path in (
             ("class counts per fold", folder / "folds.png"),
@@ -87,6 +88,26 @@ def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = 
     path.write_text(render("report.html.j2", **context))
     log.info("report %s: %s", cfg.dataset, path)
     return path
+
+
+def _metric_history(spark: SparkSession, lake: tables.Lake, run_id: str, folder: Path) -> dict | None:
+    """This run's recorded metrics and anomalies, with a trend plot per flagged metric (``jobs.lakehouse.metrics``)."""
+    from jobs.lakehouse import metrics
+
+    rows = metrics.load(spark, lake)
+    if not rows:
+        return None
+    runs, table = metrics.by_run(rows)
+    mine = [r for r in rows if r["run_id"] == run_id]
+    flagged = [r for r in mine if r["anomaly"]]
+    trends = {}
+    for r in flagged:
+        series = table[r["metric"]]
+        path = folder / "metrics" / f"{r['metric'].replace('/', '_')}.png"
+        plots.metric_trend(r["metric"], runs, [series[x]["value"] if x in series else None for x in runs], run_id,
+                           path, r["anomaly"])  # fmt: skip
+        trends[r["metric"]] = plots.data_uri(path)
+    return {"runs": len(runs), "recorded": len(mine), "anomalies": flagged, "trends": trends}
 
 
 def _attempt(row) -> dict:

@@ -40,6 +40,7 @@ from jobs import plots
 from jobs.config import AuditConfig, PipelineConfig
 from jobs.errors import ConfigError, DataFailedError
 from jobs.lakehouse import ledger, tables
+from jobs.lakehouse.metrics import RECORDER, as_rows
 from jobs.lakehouse.ranks import rank_within
 from jobs.stage import StageReport, StageResult
 
@@ -307,6 +308,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
             report.details["train_seconds"] = round(trained["cv_seconds"], 2)
             report.details["cv"] = trained  # the out-of-fold models' cross-validation (cv.json), for the console
         report.rows_out = report.details["flagged"]
+        report.details["anomalies"] = as_rows(RECORDER.check(spark, cfg, run_id, STAGE, {
+            "label_issues": report.rows_out, "label_issue_rate": report.rows_out / max(report.rows_in, 1)}))  # fmt: skip
         report.seconds = time.perf_counter() - start
         record.counts.update(report.counts())
         _save(report, Path(cfg.reports_dir) / run_id)

@@ -23,6 +23,7 @@ from jobs.config import PipelineConfig
 from jobs.curation import clean, dedup, split
 from jobs.errors import ConfigError, DataFailedError
 from jobs.lakehouse import ledger, tables
+from jobs.lakehouse.metrics import RECORDER, as_rows
 from jobs.stage import StageReport
 from jobs.validation.probe import THUMB_FIELD, probe_images
 
@@ -100,7 +101,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
             silver, rejected, reports = curate(rows, cfg, held, issues)
             silver = silver.persist(StorageLevel.MEMORY_AND_DISK)
             held.append(silver)
-            _require_classes(silver, cfg)
+            counts, batch = _require_classes(silver, cfg, run_id)
+            anomalies = RECORDER.check(spark, cfg, run_id, STAGE, _metrics(reports, counts, batch))  # before any write
             quarantine = rows.drop(THUMBS).join(rejected, "sample_id").withColumn("run_id", F.lit(run_id))
             q_version = tables.replace_where(quarantine, lake.path("quarantine"), "stage IN ('clean', 'dedup', 'audit')",
                                          run_id, STAGE, partition_by="stage")  # fmt: skip
@@ -116,7 +118,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         report.details.update({"stages": {r.stage: {"rows_in": r.rows_in, "rows_out": r.rows_out,
                                                     "dropped": r.dropped, "seconds": round(r.seconds, 2),
                                                     **r.details} for r in reports},
-                               "silver_version": s_version, "quarantine_version": q_version})  # fmt: skip
+                               "silver_version": s_version, "quarantine_version": q_version,
+                               "anomalies": as_rows(anomalies)})  # fmt: skip
         report.seconds = time.perf_counter() - start
         record.outputs += [
             ("silver", lake.path("silver"), s_version),
@@ -141,9 +144,32 @@ def _label_issues(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake, r
     return tables.read(spark, path, version)
 
 
-def _require_classes(silver: DataFrame, cfg: PipelineConfig) -> None:
-    """Training needs two classes and at least one row per fold: say so here, before anything is written."""
-    counts = {r[0]: r[1] for r in silver.groupBy(cfg.columns.label).count().collect()}
+def _metrics(reports: list[StageReport], counts: dict[str, int], batch: dict[str, int]) -> dict[str, float]:
+    """curate's metrics for the history: rows, duplicate rate, quarantine reasons, class counts and shares, in
+    silver and (``batch.*``) among the rows this run ingested."""
+    cleaned, deduped, _ = reports
+    duplicates = sum(v for k, v in deduped.dropped.items() if "duplicate" in k)
+    out = {"silver_rows": sum(counts.values()), "duplicate_rate": duplicates / max(deduped.rows_in, 1),
+           **{f"quarantined.{k}": v for r in (cleaned, deduped) for k, v in r.dropped.items()}}  # fmt: skip
+    for prefix, per in (("", counts), ("batch.", batch)):
+        total = sum(per.values())
+        if total:
+            out.update({f"{prefix}class_count.{k}": v for k, v in per.items()})
+            out.update({f"{prefix}class_share.{k}": v / total for k, v in per.items()})
+    return out
+
+
+def _require_classes(silver: DataFrame, cfg: PipelineConfig, run_id: str = "") -> tuple[dict[str, int], dict[str, int]]:
+    """Training needs two classes and at least one row per fold: say so here, before anything is written.
+    Returns silver's class counts, and those of the rows this run ingested (one aggregation)."""
+    new = (F.col("ingest_run_id") == F.lit(run_id)) if "ingest_run_id" in silver.columns else F.lit(False)
+    rows = silver.groupBy(F.col(f"`{cfg.columns.label}`").alias("label"), new.alias("new")).count().collect()
+    counts: dict[str, int] = {}
+    batch: dict[str, int] = {}
+    for r in rows:
+        counts[r["label"]] = counts.get(r["label"], 0) + r["count"]
+        if r["new"]:
+            batch[r["label"]] = r["count"]
     if len(counts) < 2:
         raise DataFailedError(f"{cfg.dataset}: silver would hold {sum(counts.values())} rows of "
                               f"{len(counts)} class(es) {sorted(counts)}; training needs at least two",
@@ -152,6 +178,7 @@ def _require_classes(silver: DataFrame, cfg: PipelineConfig) -> None:
     if small:
         raise DataFailedError(f"{cfg.dataset}: classes with fewer rows than folds ({cfg.split.folds}): {small}",
                               fix="lower split.folds or add data for those classes")  # fmt: skip
+    return counts, batch
 
 
 def _save(report: StageReport, folder: Path) -> None:

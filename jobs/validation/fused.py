@@ -110,6 +110,7 @@ class Evaluation:
     limit_reads: int  # partial-unexpected-list queries (each stops after k rows)
     group_passes: int  # one group-by per uniqueness expectation
     rejected_rows: DataFrame | None = None  # lazy: the rows failing a drop expectation, with reasons
+    extra: dict[str, Any] = field(default_factory=dict)  # the caller's own aggregates, computed in the same pass
 
 
 def any_failure(drops: list[Rule]) -> Column:
@@ -131,13 +132,16 @@ def tag(df: DataFrame, drops: list[Rule], empty: bool = False) -> DataFrame:
     return failing.withColumn("reason", F.get("reasons", 0))
 
 
-def evaluate(df: DataFrame, the_plan: Plan, rules: list[Rule], partial: int = 20) -> Evaluation:
-    """Every fused metric and the quarantine counts in one ``agg`` over ``df``, then GX's validation logic.
+def evaluate(df: DataFrame, the_plan: Plan, rules: list[Rule], partial: int = 20,
+             extra: dict[str, Column] | None = None) -> Evaluation:  # fmt: skip
+    """Every fused metric and the quarantine counts in one ``agg`` over ``df``, then GX's validation logic;
+    ``extra`` aggregates (the metric history's column profile) ride in the same ``agg``.
 
     The rejected rows come back lazy, so a caller can check the ``fail`` expectations
     before anything is written.
     """
     exprs: dict[str, Column] = {"__rows": F.count(F.lit(1))}
+    exprs.update({f"x:{k}": e for k, e in (extra or {}).items()})
     drops = [r for r in rules if r.policy == "drop"]
     if drops:
         exprs["__rejected"] = F.count_if(any_failure(drops))
@@ -179,7 +183,8 @@ def evaluate(df: DataFrame, the_plan: Plan, rules: list[Rule], partial: int = 20
     rejected = int(row["__rejected"] or 0) if drops else 0
     return Evaluation(results=results, rows_in=int(row["__rows"]), rejected=rejected,
                       dropped={k: v for k, v in dropped.items() if v}, limit_reads=reads,
-                      group_passes=groups, rejected_rows=tag(df, drops, empty=not rejected))  # fmt: skip
+                      group_passes=groups, rejected_rows=tag(df, drops, empty=not rejected),
+                      extra={k: row[f"x:{k}"] for k in extra or {}})  # fmt: skip
 
 
 def _aggregate(mc, rule: Rule) -> Column | None:

@@ -24,9 +24,11 @@ from pyspark.sql import functions as F
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, DataFailedError
 from jobs.lakehouse import ledger, tables
+from jobs.lakehouse.metrics import RECORDER, as_rows
 from jobs.stage import StageReport, StageResult
 from jobs.validation import fused
 from jobs.validation.probe import probe_images
+from jobs.validation.profile import metric_exprs, metric_values
 from jobs.validation.suites import Rule, load_suite
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ def run_gx(df: DataFrame, suite, dataset: str, docs_dir: str | None = None, part
 
 
 def run_suite(df: DataFrame, suite, rules: list[Rule], dataset: str, docs_dir: str | None = None,
-              partial: int = 20, run_name: str | None = None):  # fmt: skip
+              partial: int = 20, run_name: str | None = None, extra: dict | None = None):  # fmt: skip
     """The whole suite in GX's result format: fused expectations in one pass, the rest on GX's engine.
 
     Returns (ExpectationSuiteValidationResult in suite order, fused.Evaluation). With ``docs_dir``
@@ -82,7 +84,7 @@ def run_suite(df: DataFrame, suite, rules: list[Rule], dataset: str, docs_dir: s
     from great_expectations.validator.validation_statistics import calc_validation_statistics
 
     plan = fused.plan(df, suite, rules, partial)
-    evaluation = fused.evaluate(df, plan, rules, partial)
+    evaluation = fused.evaluate(df, plan, rules, partial, extra)
     by_name = dict(evaluation.results)
     run_id = RunIdentifier(run_name=run_name, run_time=datetime.datetime.now(datetime.UTC))
     meta: dict[str, Any] = {}
@@ -144,10 +146,13 @@ def summarize(gx_result, rules: list[Rule]) -> list[dict[str, Any]]:
 
 
 def validate(df: DataFrame, suite, rules: list[Rule], dataset: str, docs_dir: str | None = None,
-             partial: int = 20, run_name: str | None = None) -> StageResult:  # fmt: skip
-    """Results for the whole suite (one fused pass + GX for the rest), kept rows, rejected rows with reasons."""
+             partial: int = 20, run_name: str | None = None, profile: list[str] | None = None) -> StageResult:  # fmt: skip
+    """Results for the whole suite (one fused pass + GX for the rest), kept rows, rejected rows with reasons;
+    with ``profile`` (columns), the metric history's column profile from the same pass (``details["metrics"]``;
+    ``run_name``'s batch too)."""
     start = time.perf_counter()
-    gx_result, evaluation = run_suite(df, suite, rules, dataset, docs_dir, partial, run_name)
+    extra = metric_exprs(df, profile, run_name) if profile else None
+    gx_result, evaluation = run_suite(df, suite, rules, dataset, docs_dir, partial, run_name, extra)
     summary = summarize(gx_result, rules)
     report = StageReport(stage=STAGE, rows_in=evaluation.rows_in, rows_out=evaluation.rows_in - evaluation.rejected)
     report.dropped = evaluation.dropped
@@ -156,6 +161,10 @@ def validate(df: DataFrame, suite, rules: list[Rule], dataset: str, docs_dir: st
         "summary": summary, "gx_success": bool(gx_result.success), "gx_result": gx_result.to_json_dict(),
         "fused": gx_result.meta["fulcrum"]["fused"], "gx_engine": gx_result.meta["fulcrum"]["gx_engine"],
     })  # fmt: skip
+    rows = evaluation.rows_in
+    report.details["metrics"] = {
+        "rows": rows, "quarantined": evaluation.rejected, "quarantine_rate": evaluation.rejected / max(rows, 1),
+        **{f"quarantined.{k}": v for k, v in evaluation.dropped.items()}, **metric_values(evaluation.extra)}  # fmt: skip
     report.seconds = time.perf_counter() - start
     kept = df.filter(~fused.any_failure([r for r in rules if r.policy == "drop"]))
     return StageResult(kept=kept, rejected=evaluation.rejected_rows, report=report)
@@ -181,9 +190,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # read by the fused pass and the quarantine write
         docs = str(Path(cfg.reports_dir) / "data_docs") if cfg.validate_.data_docs else None
         try:
-            result = validate(rows, suite, rules, cfg.dataset, docs, cfg.validate_.partial_unexpected, run_id)
+            profiled = [f.name for f in cfg.columns.features] + [cfg.columns.label]
+            result = validate(rows, suite, rules, cfg.dataset, docs, cfg.validate_.partial_unexpected, run_id, profiled)
             report = result.report
-            _finish(cfg, lake, run_id, result, record, report_dir)
+            _finish(spark, cfg, lake, run_id, result, record, report_dir)
         finally:
             rows.unpersist()
     log.info("validate %s: %d rows, %d quarantined %s, %d/%d expectations passed in %.1fs -> %s", cfg.dataset,
@@ -192,8 +202,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
     return report
 
 
-def _finish(cfg: PipelineConfig, lake: tables.Lake, run_id: str, result: StageResult, record, report_dir: Path):
-    """Save the report; stop on a failed ``fail`` expectation, else write quarantine (one commit)."""
+def _finish(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake, run_id: str, result: StageResult, record,
+            report_dir: Path):  # fmt: skip
+    """Save the report; stop on a failed ``fail`` expectation or a ``fail`` anomaly, else write quarantine (one
+    commit)."""
     report = result.report
     _save(report, report_dir)
     record.counts.update(report.counts())
@@ -204,6 +216,12 @@ def _finish(cfg: PipelineConfig, lake: tables.Lake, run_id: str, result: StageRe
                                 fix=f"see {report_dir / 'validation.json'} and the Data Docs; nothing was written downstream")  # fmt: skip
         error.report = report
         raise error
+    try:  # this run's metrics (ingest's too) against the history: a `fail` anomaly stops here, like a fail expectation
+        anomalies = RECORDER.check(spark, cfg, run_id, STAGE, report.details["metrics"])
+    except DataFailedError as error:
+        error.report = report
+        raise
+    report.details["anomalies"] = as_rows(anomalies)
     version = write_quarantine(lake, result.rejected, run_id)
     record.outputs.append(("quarantine", lake.path("quarantine"), version))
     report.details["quarantine_version"] = version

@@ -24,7 +24,8 @@ def fulcrum(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Co
 def test_help_lists_commands_with_examples(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("samples", "ingest", "validate", "curate", "oversample", "train", "runs", "demo", "audit", "tradeoff"):
+    for command in ("samples", "ingest", "validate", "curate", "oversample", "train", "runs", "metrics", "demo", "audit",
+                    "tradeoff"):
         assert command in text
     assert main(["ingest", "--help"]) == 0
     assert "Example: fulcrum ingest" in capsys.readouterr().out
@@ -99,8 +100,11 @@ def test_demo_runs_end_to_end_in_a_fresh_process(tmp_path):
     assert not [marker for marker in ENGINE_LINES if marker in seen], [
         line for line in seen.splitlines() if any(m in line for m in ENGINE_LINES)][:10]  # fmt: skip
     assert "…" not in seen
-    assert "cancer train: epoch 1/1, 2 of 2 slot(s) training, val macro_f1" in result.stderr
+    # (cancer: the search's best trial trained both folds, so the CV reuses them and trains the final model)
+    assert "cancer train, search trial lr " in result.stderr
+    assert "cancer train, final model: epoch 1/1, 1 of 1 slot(s) training, val macro_f1" in result.stderr
     assert "digits audit CV: epoch 1/1, 2 of 2 slot(s) training" in result.stderr
+    assert "digits train: epoch 1/1, 2 of 2 slot(s) training" in result.stderr
     for dataset in ("cancer", "digits"):
         (log,) = (tmp_path / "demo" / "lake" / dataset / "reports").glob("*/engine.log")
         text = log.read_text()

@@ -33,7 +33,7 @@ def test_report_of_a_run_shows_validation_duplicates_and_thumbnails(spark, curat
     html = Path(cfg.reports_dir) / "c-1" / "report.html"
     assert str(html) in capsys.readouterr().out.replace("\n", "")
     page = parse(html)
-    assert page.sections == ["stages", "validation", "quarantine", "duplicates", "audit", "balance", "cv"]
+    assert page.sections == ["stages", "history", "validation", "quarantine", "duplicates", "audit", "balance", "cv"]
     assert "exact_duplicate" in page.text and "Training did not run in this run." in page.text
     assert "The label audit did not run in this run." in page.text
     kept = [decode(src) for alt, src in page.images if alt.startswith("kept ")]
