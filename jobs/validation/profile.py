@@ -28,9 +28,8 @@ from jobs.validation.probe import PROBE_FIELDS
 
 LOW_CARDINALITY = 20
 RANGE_MARGIN = 0.1  # of the observed range, on each side: the fallback when quartiles cannot be trusted
-FENCE = 3.0  # Tukey's "far out" fences: Q1 - 3 IQR, Q3 + 3 IQR (4.7 standard deviations on normal data)
+FENCE = 4.0  # fences at Q1 - 4 IQR and Q3 + 4 IQR (6 standard deviations on normal data): beyond Tukey's "far out" 3
 MIN_ROBUST_ROWS = 20  # fewer non-null values: the observed range (quartiles of a handful of rows mean little)
-SKEW = 1.5  # (Q3 - Q2) / (Q2 - Q1) above this, with every value positive: the fences on the log scale
 QUANTILE_ACCURACY = 10_000  # percentile_approx's accuracy: rank error about 1 / 10,000 of the rows
 
 
@@ -44,7 +43,7 @@ def profile(df: DataFrame) -> dict[str, dict[str, Any]]:
         aggs += [F.count(q).alias(f"{c}__nonnull"), F.approx_count_distinct(q).alias(f"{c}__distinct")]
         if c in numeric:
             aggs += [F.min(q).alias(f"{c}__min"), F.max(q).alias(f"{c}__max"),
-                     F.percentile_approx(q.cast("double"), [0.25, 0.5, 0.75], QUANTILE_ACCURACY).alias(f"{c}__q")]  # fmt: skip
+                     F.percentile_approx(q.cast("double"), [0.01, 0.25, 0.5, 0.75], QUANTILE_ACCURACY).alias(f"{c}__q")]  # fmt: skip
     row = df.agg(*aggs).first()
     rows = row["__rows"]
     facts = {c: {"numeric": c in numeric, "rows": rows, "null_fraction": 1 - row[f"{c}__nonnull"] / max(rows, 1),
@@ -137,33 +136,36 @@ def suggest(facts: dict[str, dict[str, Any]], name: str, label: str | None = Non
 
 
 def numeric_range(f: dict[str, Any]) -> tuple[float, float, str]:
-    """(low, high, how) for a numeric column's range check, from ``profile``'s facts.
+    """(low, high, how) for a numeric column's range check, from ``profile``'s facts (min, max, and the 1st,
+    25th, 50th and 75th percentiles).
 
-    - ``quartiles``: Tukey's far-out fences, Q1 - 3 IQR and Q3 + 3 IQR. A few outliers do not move them,
-      so the suite quarantines outliers that are in the very data it was profiled from.
-    - ``log quartiles``: the same fences on the log scale, for a positive column whose upper half is much
-      wider than its lower half ((Q3 - Q2) > 1.5 (Q2 - Q1): areas, counts, prices). Quantiles commute with
-      the logarithm, so these are the same quartiles; on the plain scale the fences of a right-skewed column
-      would cut its legitimate tail.
-    - ``observed``: the observed minimum and maximum widened by 10 % of the range, when there are fewer
-      than 20 values or the quartiles coincide (a column that is mostly one value).
+    - ``log quartiles``, for a column that is not negative (its 1st percentile is at least 0: a stray negative
+      outlier does not decide): fences at Q1 - 4 IQR and Q3 + 4 IQR on the log scale, log(x + d) (d = 0 when
+      the 1st percentile is positive, else Q1, or IQR / 4 when Q1 is 0 too); the lower bound is never below 0.
+      Measures, sizes, counts and prices are right-skewed: on the plain scale the fences would cut their
+      legitimate tail (on scikit-learn's breast cancer table, 119 of 17,070 values; on the log scale, none).
+    - ``quartiles``, for a signed column: the fences on the plain scale.
+    - ``observed``: the observed minimum and maximum widened by 10 % of the range, when there are fewer than 20
+      values or the quartiles coincide (a column that is mostly one value).
 
-    A column with no negative value gets no negative lower bound.
+    A few outliers move neither the percentiles nor the fences, so the suite quarantines outliers that are in
+    the very data it was profiled from.
     """
     lo, hi = float(f["min"]), float(f["max"])
     q = f.get("quartiles")
     nonnull = f.get("nonnull", f.get("rows", 0))
-    if not q or nonnull < MIN_ROBUST_ROWS or q[2] <= q[0]:
+    if not q or nonnull < MIN_ROBUST_ROWS or q[-1] <= q[-3]:
         pad = (hi - lo) * RANGE_MARGIN
         low = lo - pad if lo < 0 else max(0.0, lo - pad)  # non-negative data stays non-negative
         return low, hi + pad, "observed"
-    q1, q2, q3 = map(float, q)
-    if lo > 0 and q2 > q1 and (q3 - q2) > SKEW * (q2 - q1):
-        l1, l3 = math.log(q1), math.log(q3)
-        return math.exp(l1 - FENCE * (l3 - l1)), math.exp(l3 + FENCE * (l3 - l1)), "log quartiles"
+    p01, q1, _, q3 = map(float, q)
+    if p01 >= 0:
+        d = 0.0 if p01 > 0 else (q1 if q1 > 0 else (q3 - q1) / 4)
+        l1, l3 = math.log(q1 + d), math.log(q3 + d)
+        spread = l3 - l1
+        return max(0.0, math.exp(l1 - FENCE * spread) - d), math.exp(l3 + FENCE * spread) - d, "log quartiles"
     iqr = q3 - q1
-    low, high = q1 - FENCE * iqr, q3 + FENCE * iqr
-    return (max(0.0, low) if lo >= 0 else low), high, "quartiles"
+    return q1 - FENCE * iqr, q3 + FENCE * iqr, "quartiles"
 
 
 def _exp(exp_type: str, kwargs: dict[str, Any], name: str, policy: str) -> dict[str, Any]:

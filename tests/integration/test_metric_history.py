@@ -12,6 +12,8 @@ from jobs.config import load_config
 from jobs.errors import DataFailedError
 from jobs.lakehouse import tables
 from jobs.pipeline import run_pipeline
+from jobs.report import write_report
+from tests.html_report import parse
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 STAGES = ["ingest", "validate", "curate"]
@@ -68,6 +70,11 @@ def test_drift_fires_the_right_check_and_fail_stops_the_run_before_any_write(spa
     assert fired["batch.mean.x"] == "warn" and fired["batch.class_share.c"] == "warn"
     assert set(fired) <= {"batch.mean.x", "batch.class_share.a", "batch.class_share.b", "batch.class_share.c"}
     # Quiet: the batch's size (+8 %), y's batch mean, null fractions, silver's class shares (c: 1/3 -> 0.31).
+    page = parse(write_report(spark, cfg, "night-4"))  # the run report: the anomalies, a trend plot for each
+    assert page.sections[:2] == ["stages", "history"]
+    assert "batch.mean.x" in " ".join(page.text) and "robust z-score" in " ".join(page.text)
+    trends = [alt for alt, _ in page.images if alt.startswith("trend of ")]
+    assert "trend of batch.mean.x" in trends and "trend of batch.class_share.c" in trends
     silver_before = tables.version(spark, lake.path("silver"))
     quarantine_before = tables.version(spark, lake.path("quarantine"))
 

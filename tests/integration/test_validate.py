@@ -211,8 +211,8 @@ def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the
 
     rng = np.random.default_rng(5)
     n = 4000
-    x = rng.normal(50, 10, n)  # symmetric
-    area = rng.lognormal(6.0, 0.8, n)  # positive, right-skewed: a long legitimate upper tail
+    x = rng.normal(0, 10, n)  # signed, symmetric
+    area = rng.lognormal(6.0, 0.5, n)  # positive, right-skewed (as areas are): a long legitimate upper tail
     flag = (rng.random(n) < 0.03).astype(float)  # mostly 0: quartiles coincide
     bad = set(rng.choice(n, 60, replace=False).tolist())
     spread = sorted(bad)
