@@ -196,7 +196,7 @@ def slot_state(slot: dict, metric: str) -> str:
     best = slot.get("best")
     text = f"val {metric} {value:.3f}" if isinstance(value, float) else ""
     if isinstance(best, float) and best != value:
-        text += f" (best {best:.3f})"
+        text += f" (best epoch: {best:.3f})"  # the epoch early stopping keeps (lowest validation loss)
     return text + (", stopped early" if slot.get("stopped") else "")
 
 

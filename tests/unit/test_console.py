@@ -73,7 +73,7 @@ def test_an_epoch_in_one_line_and_a_slot_in_a_few_words():
                                      "stopped early: fold-2")  # fmt: skip
     one = {**EPOCH, "slots": EPOCH["slots"][:1]}
     assert describe_epoch(one) == "cancer train: epoch 3/8, 1 of 1 slot(s) training, val macro_f1 0.910"
-    assert slot_state(EPOCH["slots"][0], "macro_f1") == "val macro_f1 0.910 (best 0.930)"
+    assert slot_state(EPOCH["slots"][0], "macro_f1") == "val macro_f1 0.910 (best epoch: 0.930)"
     assert slot_state(EPOCH["slots"][1], "macro_f1") == "val macro_f1 0.870"
     assert slot_state(EPOCH["slots"][2], "macro_f1").endswith(", stopped early")
 
