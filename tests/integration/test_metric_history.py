@@ -58,6 +58,8 @@ def test_drift_fires_the_right_check_and_fail_stops_the_run_before_any_write(spa
     (tmp_path / "drift.yaml").write_text(yaml.safe_dump(config))
     cfg = load_config(tmp_path / "drift.yaml")
     lake = tables.Lake(cfg.lake_dir)
+    assert main(["metrics", str(tmp_path / "drift.yaml")]) == 0  # before any run: said, not an error
+    assert "no metrics recorded" in capsys.readouterr().out
     for night, n in enumerate((300, 330, 360), 1):  # the baseline: a source that grows by 30 rows a night
         write_source(spark, tmp_path, source(n))
         reports = run_pipeline(spark, cfg, f"night-{night}", STAGES)
@@ -105,3 +107,6 @@ def test_drift_fires_the_right_check_and_fail_stops_the_run_before_any_write(spa
     assert "night-1" in out and "night-5" in out and "195 !" in out
     assert "night-5 ingest rows_read: fail: changed -50% from the previous run" in " ".join(out.split())
     assert "night-4 validate batch.mean.x: warn: robust z-score" in " ".join(out.split())
+    assert main(["metrics", str(tmp_path / "drift.yaml"), "--metric", "no_such_metric.*"]) == 0
+    none = capsys.readouterr().out
+    assert "no metrics recorded" in none and "no_such_metric" in none
