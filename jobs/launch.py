@@ -28,11 +28,10 @@ from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, FulcrumError
 from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
-from training.contract import TrainSettings, to_flags
+from training.contract import PROGRESS_PREFIX, TrainSettings, to_flags
 
 log = logging.getLogger(__name__)
 STAGE = "train"
-PROGRESS_PREFIX = "@fulcrum "  # training.progress.PREFIX: the Ray side's progress events
 TAIL_LINES = 40
 # The Ray side's own warnings and errors (its log format: "time LEVEL training.module: message") reach the
 # terminal at once; everything else it writes goes to the log (and its last lines to the terminal if it fails).
@@ -132,8 +131,9 @@ def run_foreground(cmd: list[str], label: str = "training") -> int:
                 continue
             ENGINE.write(line)
             tail.append(line)
-            if OWN_WARNING.match(line) and not ENGINE.verbose:
-                log.warning("%s", OWN_WARNING.match(line).group("message"))
+            own = OWN_WARNING.match(line)
+            if own and not ENGINE.verbose:
+                log.warning("%s", own.group("message"))
         code = proc.wait()
     finally:
         if proc.poll() is None:  # interrupted (Ctrl-C, an exception): stop training and its Ray instance

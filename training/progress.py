@@ -17,8 +17,9 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from training.contract.settings import PROGRESS_PREFIX
+
 log = logging.getLogger(__name__)
-PREFIX = "@fulcrum "
 POLL_S = 0.5
 
 
@@ -69,7 +70,7 @@ def relay(enabled: bool, stream=None) -> Iterator[None]:
                 log.debug("progress board unavailable: %s", exc)
                 return
             for event in events:
-                stream.write(PREFIX + json.dumps(event, default=float) + "\n")
+                stream.write(PROGRESS_PREFIX + json.dumps(event, default=float) + "\n")
             stream.flush()
             if finished:
                 return

@@ -190,7 +190,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # read by the fused pass and the quarantine write
         docs = str(Path(cfg.reports_dir) / "data_docs") if cfg.validate_.data_docs else None
         try:
-            profiled = [f.name for f in cfg.columns.features] + [cfg.columns.label]
+            # The metric history's column profile rides in the fused pass, only when the history is on.
+            profiled = ([f.name for f in cfg.columns.features] + [cfg.columns.label]
+                        if cfg.validate_.anomalies.enabled else None)  # fmt: skip
             result = validate(rows, suite, rules, cfg.dataset, docs, cfg.validate_.partial_unexpected, run_id, profiled)
             report = result.report
             _finish(spark, cfg, lake, run_id, result, record, report_dir)

@@ -9,6 +9,7 @@ pyproject.toml, run by ``make lint`` and the tests, keeps it so), so it imports 
 from training.contract.files import UnsafePath, as_mode, real_root, safe_join
 from training.contract.settings import (
     METRICS,
+    PROGRESS_PREFIX,
     SCORED,
     Scored,
     SearchSettings,
@@ -19,5 +20,5 @@ from training.contract.settings import (
 )
 from training.contract.summary import print_search, print_summary
 
-__all__ = ["METRICS", "SCORED", "Scored", "SearchSettings", "TrainSettings", "UnsafePath", "add_flags", "as_mode",
+__all__ = ["METRICS", "PROGRESS_PREFIX", "SCORED", "Scored", "SearchSettings", "TrainSettings", "UnsafePath", "add_flags", "as_mode",
            "from_flags", "print_search", "print_summary", "real_root", "safe_join", "to_flags"]  # fmt: skip
