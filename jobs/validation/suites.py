@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,9 @@ class Rule:
     type: str
     kwargs: dict[str, Any]
     policy: str
+    # The predicate, built once: each Column operation is a py4j round trip (about 20 ms for a range check),
+    # and validation asks for a rule's predicate in the aggregation, the tagging, the filter and the lists.
+    _predicate: dict[str, Column] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def row_level(self) -> bool:
@@ -76,10 +79,14 @@ class Rule:
         """Spark predicate: true where a row fails this expectation (GX's semantics)."""
         if not self.row_level:
             raise ValueError(f"{self.name} ({self.type}) is not a row-level expectation")
-        col = F.col(f"`{self.column}`")
-        if self.type in _NULL_CHECKS:
-            return col.isNull() if _NULL_CHECKS[self.type] else col.isNotNull()
-        return col.isNotNull() & F.coalesce(_NONNULL_FAILS[self.type](col, self.kwargs), F.lit(False))
+        if "fails" not in self._predicate:
+            col = F.col(f"`{self.column}`")
+            if self.type in _NULL_CHECKS:
+                fails = col.isNull() if _NULL_CHECKS[self.type] else col.isNotNull()
+            else:
+                fails = col.isNotNull() & F.coalesce(_NONNULL_FAILS[self.type](col, self.kwargs), F.lit(False))
+            self._predicate["fails"] = fails
+        return self._predicate["fails"]
 
 
 def default_name(exp_type: str, kwargs: dict[str, Any]) -> str:
