@@ -257,8 +257,12 @@ class OversampleConfig(Strict):
         description="first cut every class to at most smallest / this (imbalanced-learn's sampling_strategy)",
     )  # fmt: skip
     k_neighbors: int = Field(default=5, ge=1, le=100, description="neighbours for smote, adasyn, smotenc")
-    knn_tables: int = Field(default=2, ge=1, le=8, description="random projections whose buckets are searched")
-    bucket_rows: int = Field(default=2048, ge=16, description="rows per k-NN bucket (exact k-NN inside)")
+    bucket_rows: int = Field(default=250_000, ge=16, description="a (pool, class) group up to this many rows is one "
+                             "bucket (one task); a larger one is cut into k-means cells of about this size")
+    knn_exact_rows: int = Field(default=20_000, ge=2, description="exact k-NN in a bucket of up to this many rows; "
+                                "an HNSW graph above (its recall@k is measured in the stage report)")
+    knn_probes: int = Field(default=2, ge=1, le=8, description="a row of a cut group is a neighbour candidate in its "
+                            "this-many nearest cells (a query only in its nearest)")
 
     @property
     def interpolates(self) -> bool:

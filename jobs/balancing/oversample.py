@@ -38,9 +38,10 @@ from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from jobs import plots
-from jobs.balancing import knn
+from jobs.balancing import engine
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
 from jobs.lakehouse import ledger, tables
@@ -107,108 +108,59 @@ def undersampled(pools: DataFrame, plan_df: DataFrame, label: str, seed: int) ->
     return cut.groupBy("sample_id").agg(F.array_sort(F.collect_list("pool")).alias("dropped_for"))
 
 
-def _scaled(pools: DataFrame, numeric: list[str], by: list[str]) -> DataFrame:
-    """Numeric features standardised with the mean and standard deviation of their ``by`` group, as ``_z``."""
-    stats = pools.groupBy(*by).agg(
-        *[F.avg(c).alias(f"_m{i}") for i, c in enumerate(numeric)],
-        *[F.stddev_pop(c).alias(f"_s{i}") for i, c in enumerate(numeric)],
-    )
-    z = [(F.col(c) - F.col(f"_m{i}")) / F.when(F.col(f"_s{i}") > 0, F.col(f"_s{i}")).otherwise(1.0)
-         for i, c in enumerate(numeric)]  # fmt: skip
-    out = pools.join(F.broadcast(stats), by).withColumn("_z", F.array(*[F.coalesce(v, F.lit(0.0)) for v in z]))
-    return out.drop(*[f"_m{i}" for i in range(len(numeric))], *[f"_s{i}" for i in range(len(numeric))])
-
-
-def _item(field: str, i: int):
-    """``x -> x.field[i]`` for F.transform (a two-argument lambda would receive the element's index)."""
-    return lambda x: F.get(x[field], i)
-
-
-def _mode(values: Column) -> Column:
-    """Most frequent value of an array (ties: the smallest)."""
-    counted = F.transform(F.array_distinct(values),
-                          lambda v: F.struct((-F.size(F.filter(values, lambda x: x == v))).alias("c"), v.alias("v")))  # fmt: skip
-    return F.element_at(F.array_sort(counted), 1)["v"]
-
-
-def exact_copies(src: DataFrame, keys: list[str], seed: int) -> DataFrame:
-    """``_copies`` per source row: the floor of its weighted share of ``_make``, and one more for the
-    rows with the largest remainders (remainders in 64 steps, then a seeded hash), so each group
-    makes exactly ``_make`` rows. Aggregations and ``rank_within``, not a window over the group."""
-    totals = src.groupBy(*keys).agg(F.sum("_w").alias("_wsum"), F.count(F.lit(1)).alias("_rows"))
-    src = src.join(totals, keys).withColumn("_w", F.when(F.col("_wsum") > 0, F.col("_w")).otherwise(1.0))
-    total = F.when(F.col("_wsum") > 0, F.col("_wsum")).otherwise(F.col("_rows"))
-    src = src.withColumn("_share", F.col("_w") / total * F.col("_make")).withColumn("_base", F.floor("_share"))
-    short = src.groupBy(*keys).agg((F.first("_make") - F.sum("_base")).alias("_short"))
-    src = src.join(short, keys).withColumn("_h", _hash(seed, "pool", "sample_id"))
-    step = (63 - F.least(F.floor((F.col("_share") - F.col("_base")) * 64), F.lit(63))).cast("long")
-    src = rank_within(src, keys, step * 1024 + hash_bucket(F.col("_h")), [F.col("_h"), F.col("sample_id")])
-    copies = F.col("_base") + F.when(F.col("_rank") <= F.col("_short"), 1).otherwise(0)
-    return src.withColumn("_copies", copies.cast("int")).drop("_wsum", "_rows", "_short", "_h", "_rank")
-
-
 def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -> DataFrame | None:
-    """Synthetic rows for every pool: silver's columns, features made by the planned method, plus lineage."""
+    """Synthetic rows for every pool: silver's columns, features made by the planned method, plus lineage.
+    One shuffle and one Arrow UDF per (pool, class, cell) bucket (``jobs/balancing/engine.py``)."""
     label, seed, o = cfg.columns.label, cfg.seed, cfg.oversample
-    if not any(p["make"] for per in plan.values() for p in per.values()):
+    groups = {(f, c): p for f, per in plan.items() for c, p in per.items() if p["make"]}
+    if not groups:
         return None
     spark = silver.sparkSession
-    numeric = [f.name for f in cfg.columns.features if f.kind == "numeric"] if cfg.kind == "tabular" else []
-    categorical = [f.name for f in cfg.columns.features if f.kind == "categorical"] if cfg.kind == "tabular" else []
+    tabular = cfg.kind == "tabular"
+    numeric = [f.name for f in cfg.columns.features if f.kind == "numeric"] if tabular else []
+    categorical = [f.name for f in cfg.columns.features if f.kind == "categorical"] if tabular else []
     plan_df = _plan_frame(spark, plan, label)
-    src = pooled(silver, folds).withColumn(label, F.col(label).cast("string"))
-    src = src.join(F.broadcast(plan_df.where("_make > 0")), ["pool", label])
-    interpolating = {p["method"] for per in plan.values() for p in per.values() if p["make"]} - {"random"}
-    weight = F.lit(1.0)
-    if "adasyn" in interpolating:
-        everyone = _scaled(pooled(silver, folds).withColumn(label, F.col(label).cast("string")), numeric, ["pool"])
-        asked = plan_df.where("_make > 0 AND _method = 'adasyn'").select("pool", label, F.lit(True).alias("_ask"))
-        everyone = everyone.join(F.broadcast(asked), ["pool", label], "left").fillna(False, ["_ask"])
-        largest = max(sum(p["n"] for p in per.values()) for per in plan.values())
-        near = knn.neighbours(everyone, ["pool"], "_z", o.k_neighbors, dim=len(numeric), largest=largest,
-                              seed=seed, tables=1,
-                              bucket_rows=o.bucket_rows, carry=[label], query="_ask")  # fmt: skip
-        near = near.join(everyone.select("pool", "sample_id", label), ["pool", "sample_id"])
-        other = F.size(F.filter("neighbours", lambda x: x[label] != F.col(label)))
-        hard = near.select("pool", "sample_id", (other / F.greatest(F.size("neighbours"), F.lit(1))).alias("_hard"))
-        src = src.join(hard, ["pool", "sample_id"], "left")
-        weight = F.when(F.col("_method") == "adasyn", F.coalesce("_hard", F.lit(0.0))).otherwise(1.0)
-    src = exact_copies(src.withColumn("_w", weight), ["pool", label], seed)
-    if interpolating:
-        # Candidates: every row of a growing class in its pool; queries: the rows that make copies. The
-        # counts are computed once (local checkpoint) and feed both the k-NN and the generation.
-        src = src.localCheckpoint(eager=True)
-        candidates = src.where(F.col("_method") != "random")
-        candidates = _scaled(candidates, numeric, ["pool", label]).withColumn("_ask", F.col("_copies") > 0)
-        candidates = candidates.withColumn("_raw", F.array(*[F.col(c).cast("double") for c in numeric]))
-        cats = F.array(*[F.col(c).cast("string") for c in categorical]).cast("array<string>")
-        candidates = candidates.withColumn("_cats", cats)
-        largest = max(p["n"] for per in plan.values() for p in per.values() if p["make"] and p["method"] != "random")
-        near = knn.neighbours(candidates, ["pool", label], "_z", o.k_neighbors, dim=len(numeric), largest=largest,
-                              seed=seed, tables=o.knn_tables, bucket_rows=o.bucket_rows,
-                              categories="_cats" if categorical else None, carry=["_raw", "_cats"], query="_ask")  # fmt: skip
-        src = src.where("_copies > 0")
-        src = src.join(near.select("pool", "sample_id", "neighbours"), ["pool", "sample_id"], "left")
+    everyone = pooled(silver, folds).withColumn(label, F.col(label).cast("string"))
+    everyone = everyone.withColumn("_h", _hash(seed, "pool", "sample_id"))
+    src = everyone.join(F.broadcast(plan_df.where("_make > 0").select("pool", label)), ["pool", label])
+    spec = {"numeric": numeric, "categorical": categorical, "label": label, "k": o.k_neighbors,
+            "exact_rows": o.knn_exact_rows, "mismatch": 1.0}  # fmt: skip
+    adasyn = {g for g, p in groups.items() if p["method"] == "adasyn"}
+    if adasyn:  # ADASYN's weights: neighbours among every class of the pool, a first compact pass
+        pools = sorted({f for f, _ in adasyn})
+        asked = spark.createDataFrame([(f, c, True) for f, c in adasyn], f"pool int, `{label}` string, _ask boolean")
+        rows = everyone.where(F.col("pool").isin(pools)).join(F.broadcast(asked), ["pool", label], "left")
+        rows = rows.fillna(False, ["_ask"])
+        sizes = {(f,): sum(p["n"] for p in plan[f].values()) for f in pools}
+        rows, stats = engine.cut_into_cells(rows, ["pool"], sizes, cfg, numeric, set())
+        schema = "pool int, sample_id string, _w double"
+        hard = rows.groupBy("pool", "_cell").applyInArrow(engine.hardener({**spec, "stats": stats}), schema)
+        src = src.join(hard, ["pool", "sample_id"], "left").withColumn("_w", F.coalesce("_w", F.lit(0.0)))
     else:
-        src = src.where("_copies > 0").withColumn("neighbours", F.lit(None))
-    made = src.withColumn("_copy", F.explode(F.sequence(F.lit(1), F.col("_copies"))))
-    if interpolating:
-        count = F.size("neighbours")
-        pick = F.when(count > 0, F.element_at("neighbours", (F.pmod(_hash(seed, "pool", "sample_id", "_copy"),
-                                                                     count) + 1).cast("int")))  # fmt: skip
-        made = made.withColumn("_nb", pick)
-        gap = F.pmod(_hash(seed + 1, "pool", "sample_id", "_copy"), F.lit(1 << 24)) / float(1 << 24)
-        types = dict(silver.dtypes)
-        for i, c in enumerate(numeric):
-            value = F.col(c) + gap * (F.get(F.col("_nb._raw"), i) - F.col(c))
-            made = made.withColumn(c, F.when(F.col("_nb").isNotNull(), value.cast(types[c])).otherwise(F.col(c)))
-        for i, c in enumerate(categorical):
-            value = _mode(F.transform("neighbours", _item("_cats", i)))
-            made = made.withColumn(c, F.when(F.col("_nb").isNotNull(), value.cast(types[c])).otherwise(F.col(c)))
-        made = made.withColumn("synthetic_with", F.col("_nb.sample_id"))
-    else:
-        made = made.withColumn("synthetic_with", F.lit(None).cast("string"))
-    made = made.select(
+        src = src.withColumn("_w", F.lit(1.0))
+    sizes = {g: p["n"] for g, p in groups.items()}
+    rand = {g for g, p in groups.items() if p["method"] == "random"}
+    src, stats = engine.cut_into_cells(src, ["pool", label], sizes, cfg, numeric, rand)
+    quotas = {}
+    cut = [g for g, n in sizes.items() if n > o.bucket_rows]
+    if cut:  # the group's make shared among its cells by weight: one small aggregation
+        weights: dict[tuple, dict[int, float]] = {}
+        for r in (src.where("_home").where(engine.in_groups(["pool", label], cut)).groupBy("pool", label, "_cell")
+                  .agg(F.sum("_w").alias("w"), F.count(F.lit(1)).alias("n")).collect()):  # fmt: skip
+            g = (r["pool"], r[label])
+            w = r["w"] if groups[g]["method"] == "adasyn" else r["n"]
+            weights.setdefault(g, {})[r["_cell"]] = float(w)
+        for g, per in weights.items():
+            quotas.update({(*g, c): q for c, q in engine.share_quota(groups[g]["make"], per).items()})
+    fields = {f.name: f for f in src.schema.fields}
+    keep = [c for c in silver.columns if c != "sample_id"]
+    out = [*keep, "pool", "sample_id", "synthetic_with", "_copy", "_exact"]
+    schema = T.StructType([fields[c] for c in [*keep, "pool", "sample_id"]]
+                          + [T.StructField("synthetic_with", T.StringType()), T.StructField("_copy", T.IntegerType()),
+                             T.StructField("_exact", T.BooleanType())])  # fmt: skip
+    udf = engine.generator({**spec, "stats": stats, "groups": groups, "quotas": quotas, "out": out})
+    made = src.groupBy("pool", label, "_cell").applyInArrow(udf, schema)
+    return made.select(
         *[F.col(c) for c in silver.columns if c not in ("sample_id", label)],
         F.col(label),
         F.col("pool").alias("synthetic_for"),
@@ -217,7 +169,6 @@ def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -
         F.lit(None).cast("array<int>").alias("dropped_for"),
         F.sha2(F.concat_ws("|", "sample_id", "pool", "_copy"), 256).substr(1, 32).alias("sample_id"),
     )
-    return made
 
 
 def build_gold(silver: DataFrame, cfg: PipelineConfig, folds: int) -> tuple[DataFrame, dict]:
