@@ -300,3 +300,76 @@ def in_groups(keys: list[str], groups) -> F.Column:
             one = one & (F.col(k) == F.lit(v))
         cond = cond | one
     return cond
+
+
+def recall_estimate(gold: DataFrame, silver: DataFrame, cfg, folds: int, plan: dict, sample: int = 200) -> dict:
+    """recall@k of the neighbours the approximate groups used, against exact neighbours, on a seeded sample.
+
+    A synthetic row's neighbour is drawn uniformly from the k its source was given, so the share of sampled rows
+    whose neighbour is among the source's exact k nearest (same pool and class, same distance) estimates recall@k
+    without keeping the neighbour lists. The exact k nearest come from one distributed pass over the groups."""
+    import pyarrow as pa
+
+    o, label = cfg.oversample, cfg.columns.label
+    approx = {(f, c) for f, per in plan.items() for c, p in per.items()
+              if p["make"] and p["method"] in ("smote", "adasyn", "smotenc") and p["n"] > o.knn_exact_rows}  # fmt: skip
+    exact_groups = sum(1 for per in plan.values() for p in per.values()
+                       if p["make"] and p["method"] in ("smote", "adasyn", "smotenc")) - len(approx)  # fmt: skip
+    out = {"k": o.k_neighbors, "exact_groups": exact_groups, "approximate_groups": len(approx)}
+    if not approx:
+        return {**out, "recall_at_k": 1.0 if exact_groups else None, "sampled": 0}
+    numeric = [f.name for f in cfg.columns.features if f.kind == "numeric"]
+    categorical = [f.name for f in cfg.columns.features if f.kind == "categorical"]
+    from jobs.balancing.oversample import pooled
+
+    picked = (gold.where(F.col("synthetic_with").isNotNull())
+              .where(in_groups(["synthetic_for", "class_name"], approx))
+              .orderBy(F.xxhash64(F.lit(cfg.seed), "sample_id")).limit(sample)
+              .select("synthetic_for", "class_name", "synthetic_of", "synthetic_with").collect())  # fmt: skip
+    if not picked:
+        return {**out, "recall_at_k": None, "sampled": 0}
+    groups = sorted({(r["synthetic_for"], r["class_name"]) for r in picked})
+    rows = pooled(silver, folds).withColumn(label, F.col(label).cast("string")).where(in_groups(["pool", label], groups))
+    stats = group_stats(rows, ["pool", label], numeric)
+    ids = {r["synthetic_of"] for r in picked}
+    queries = {(r["pool"], r[label], r["sample_id"]): r for r in rows.where(F.col("sample_id").isin(list(ids))).collect()}
+    k = o.k_neighbors
+
+    def vec(values: dict, g) -> np.ndarray:
+        x = np.array([np.nan if values[c] is None else float(values[c]) for c in numeric], dtype=np.float64)
+        mean, std = stats.get(g, (np.zeros(len(numeric)), np.ones(len(numeric))))
+        return np.nan_to_num((x - mean) / np.where(std > 0, std, 1.0))
+
+    qs = {g: [(sid, vec(r, g), [r[c] for c in categorical]) for (p, c, sid), r in queries.items() if (p, c) == g]
+          for g in groups}  # fmt: skip
+
+    def nearest(batches):
+        for batch in batches:
+            pools = batch.column("pool").to_numpy(zero_copy_only=False)
+            classes = np.array(batch.column(label).to_pylist(), dtype=object)
+            for g, mine in qs.items():
+                at = np.flatnonzero((pools == g[0]) & (classes == g[1]))
+                if not len(at) or not mine:
+                    continue
+                x = np.column_stack([_numbers(batch.column(c)) for c in numeric]) if numeric else np.zeros((batch.num_rows, 0))
+                mean, std = stats.get(g, (np.zeros(len(numeric)), np.ones(len(numeric))))
+                z = np.nan_to_num((x[at] - mean) / np.where(std > 0, std, 1.0))
+                cats = np.array([batch.column(c).to_pylist() for c in categorical], dtype=object).T.reshape(-1, len(categorical))[at] if categorical else np.zeros((len(at), 0), dtype=object)  # fmt: skip
+                sids = np.array(batch.column("sample_id").to_pylist(), dtype=object)[at]
+                for sid, q, qc in mine:
+                    d2 = ((z - q) ** 2).sum(1) + (cats != np.array(qc, dtype=object)).sum(1) * 1.0
+                    d2[sids == sid] = np.inf
+                    top = np.argsort(d2, kind="stable")[:k]
+                    yield pa.RecordBatch.from_arrays([pa.array([sid] * len(top), pa.string()),
+                                                      pa.array([int(g[0])] * len(top), pa.int32()),
+                                                      pa.array(sids[top].tolist(), pa.string()),
+                                                      pa.array(d2[top], pa.float64())], names=["q", "pool", "c", "d2"])  # fmt: skip
+
+    found = rows.select("pool", label, "sample_id", *numeric, *categorical).mapInArrow(
+        nearest, "q string, pool int, c string, d2 double").collect()
+    best: dict[tuple, list] = {}
+    for r in found:
+        best.setdefault((r["pool"], r["q"]), []).append((r["d2"], r["c"]))
+    truth = {key: {c for _, c in sorted(v)[:k]} for key, v in best.items()}
+    hits = [r["synthetic_with"] in truth.get((r["synthetic_for"], r["synthetic_of"]), set()) for r in picked]
+    return {**out, "recall_at_k": float(np.mean(hits)), "sampled": len(hits)}

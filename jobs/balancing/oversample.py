@@ -21,9 +21,11 @@ pools, grouped by (pool, class).
   cut, per pool, to at most ``smallest / ratio`` rows. A cut real row stays in gold,
   with the pools it is left out of in ``dropped_for``; it still validates its own fold.
 
-Neighbours are computed distributedly (``jobs/balancing/knn.py``). Counts are exact: a class
-needing m rows from n sources gives each source ``floor(m · w_i / Σw)`` copies, and the
-largest remainders one more (w = 1, or the ADASYN hardness), ordered by a seeded hash.
+The synthetic rows are made by one shuffle and one Arrow UDF per (pool, class, cell) bucket
+(``jobs/balancing/engine.py``; neighbours in ``knn.py``). Counts are exact: a class needing m
+rows from n sources gives each source ``floor(m · w_i / Σw)`` copies, and the largest
+remainders one more (w = 1, or the ADASYN hardness), ties by a seeded hash. The stage report
+gives the recall@k of the neighbours where they were approximate.
 A class with fewer than k + 1 rows in a pool falls back to ``random`` with a warning.
 Images are always repeated, flagged ``augment`` so that training augments them.
 """
@@ -122,7 +124,10 @@ def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -
     plan_df = _plan_frame(spark, plan, label)
     everyone = pooled(silver, folds).withColumn(label, F.col(label).cast("string"))
     everyone = everyone.withColumn("_h", _hash(seed, "pool", "sample_id"))
-    src = everyone.join(F.broadcast(plan_df.where("_make > 0").select("pool", label)), ["pool", label])
+    growing = sorted({c for _, c in groups})  # only the classes that grow are pooled (a filter before the explode)
+    src = pooled(silver.where(F.col(label).cast("string").isin(growing)), folds)
+    src = src.withColumn(label, F.col(label).cast("string")).withColumn("_h", _hash(seed, "pool", "sample_id"))
+    src = src.join(F.broadcast(plan_df.where("_make > 0").select("pool", label)), ["pool", label])
     spec = {"numeric": numeric, "categorical": categorical, "label": label, "k": o.k_neighbors,
             "exact_rows": o.knn_exact_rows, "mismatch": 1.0}  # fmt: skip
     adasyn = {g for g, p in groups.items() if p["method"] == "adasyn"}
@@ -263,9 +268,11 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         record.outputs.append(("gold", lake.path("gold"), g_version))
         written = tables.read(spark, lake.path("gold"), g_version)
         balance = _balance(written, info["classes"], folds)
+        neighbours = engine.recall_estimate(written, silver, cfg, folds, info["plan"])
         report = StageReport(stage=STAGE, rows_in=silver.count(), rows_out=sum(balance["after"][str(folds)].values()))
         report.details.update({"gold_version": g_version, "method": method, "auto": chosen, "balance": balance,
                                "k_neighbors": cfg.oversample.k_neighbors, "fallback": info["fallback"],
+                               "knn": neighbours,
                                "synthetic": {str(f): sum(p["make"] for p in per.values())
                                              for f, per in info["plan"].items()},
                                "dropped": {str(f): sum(p["n"] - p["keep"] for p in per.values())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.balancing import knn, oversample
+from jobs.balancing import oversample
 from jobs.config import load_config
 from jobs.errors import ConfigError
 from jobs.lakehouse import tables
@@ -167,35 +167,44 @@ def test_oversample_needs_silver(spark, sample_dir, tmp_path):
     assert not tables.exists(spark, tables.Lake(cfg.lake_dir).path("gold"))
 
 
-def test_distributed_knn_matches_brute_force(spark):
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(600, 4))
-    rows = [(int(i % 2), f"id{i:04d}", [float(v) for v in row]) for i, row in enumerate(x)]
-    df = spark.createDataFrame(rows, "g int, sample_id string, v array<double>")
-    truth = {}
-    for g in (0, 1):
-        idx = np.flatnonzero(np.arange(600) % 2 == g)
-        for i in idx:
-            d = ((x[idx] - x[i]) ** 2).sum(1)
-            d[idx == i] = np.inf
-            truth[f"id{i:04d}"] = {f"id{j:04d}" for j in idx[np.argsort(d)[:5]]}
+def test_groups_larger_than_a_bucket_are_cut_into_cells_with_exact_counts_and_measured_recall(spark):
+    """bucket_rows 120 cuts each minority group (~400 rows) into k-means cells, knn_exact_rows 60 makes the search
+    inside them HNSW: counts stay exact, rows stay on segments of their own pool and class, the result is the
+    same on a re-run, and the recall@5 the stage reports is measured against brute force."""
+    from sklearn.datasets import make_classification
 
-    def found(**kw):
-        out = knn.neighbours(df, ["g"], "v", 5, dim=4, largest=300, seed=1, **kw).collect()
-        return {r["sample_id"]: [n["sample_id"] for n in r["neighbours"]] for r in out}
+    from jobs.balancing import engine
+    from jobs.config import parse_config
 
-    exact = found(bucket_rows=1000)
-    assert len(exact) == 600 and all(set(v) == truth[k] for k, v in exact.items())
-    for near in exact.values():
-        assert len(near) == 5
-    bucketed = found(bucket_rows=50, tables=3)  # 6 buckets per group: approximate
-    recall = np.mean([len(set(v) & truth[k]) / 5 for k, v in bucketed.items()])
-    assert len(bucketed) == 600 and recall > 0.8, recall
-    mixed = spark.createDataFrame([(0, f"c{i}", [0.0], [c]) for i, c in enumerate("aabbb")],
-                                  "g int, sample_id string, v array<double>, cat array<string>")  # fmt: skip
-    out = knn.neighbours(mixed, ["g"], "v", 2, dim=1, largest=5, seed=1, categories="cat").collect()
-    near = {r["sample_id"]: [n["sample_id"] for n in r["neighbours"]] for r in out}
-    assert near["c0"] == ["c1", "c2"] and near["c2"] == ["c3", "c4"]  # a category mismatch costs distance
+    x, y = make_classification(n_samples=3000, n_features=6, n_informative=4, weights=[0.8, 0.2], random_state=4)
+    rows = [(f"r{i:05d}", str(y[i]), i % 3, *map(float, x[i])) for i in range(len(y))]
+    feats = [f"f{j}" for j in range(6)]
+    silver = spark.createDataFrame(rows, "sample_id string, y string, fold int, " + ", ".join(f"{f} double" for f in feats))
+    cfg = parse_config({"dataset": "cells", "kind": "tabular", "source": {"path": "x.parquet", "format": "parquet"},
+                        "columns": {"label": "y", "features": feats},
+                        "oversample": {"method": "smote", "bucket_rows": 120, "knn_exact_rows": 60}})  # fmt: skip
+    counts = {f: {c: int(((np.arange(3000) % 3 == f) & (y.astype(str) == c)).sum()) for c in ("0", "1")} for f in range(3)}
+    plan = oversample.plan_pools(counts, cfg, folds=3)
+    made = oversample.synthesize(silver, cfg, 3, plan).cache()
+    got = {(r["synthetic_for"], r["y"]): r["count"] for r in made.groupBy("synthetic_for", "y").count().collect()}
+    assert got == {(f, c): p["make"] for f, per in plan.items() for c, p in per.items() if p["make"]}
+    real = {r[0]: (r[1], r[2], np.array(r[3:])) for r in rows}
+    out = made.collect()
+    assert len({r["sample_id"] for r in out}) == len(out)
+    for r in out:
+        for parent in (r["synthetic_of"], r["synthetic_with"]):
+            assert real[parent][0] == r["y"] and real[parent][1] not in (r["synthetic_for"], -1)
+        a, b, v = real[r["synthetic_of"]][2], real[r["synthetic_with"]][2], np.array([r[f] for f in feats])
+        t = (v - a) / np.where(np.abs(b - a) > 1e-12, b - a, np.nan)
+        assert np.nanmax(t) - np.nanmin(t) < 1e-6 and -1e-9 <= np.nanmin(t) and np.nanmax(t) <= 1 + 1e-9
+    again = oversample.synthesize(silver, cfg, 3, plan)
+    assert sorted((r["sample_id"], r["f0"]) for r in again.collect()) == sorted((r["sample_id"], r["f0"]) for r in out)
+    gold = made.withColumnRenamed("y", "class_name")
+    est = engine.recall_estimate(gold, silver, cfg, 3, plan, sample=300)
+    assert est["approximate_groups"] == 4 and est["sampled"] == 300
+    assert 0.6 <= est["recall_at_k"] <= 1.0, est
+    exact_cfg = parse_config({**cfg.model_dump(by_alias=True), "oversample": {"method": "smote"}})
+    assert engine.recall_estimate(gold, silver, exact_cfg, 3, plan)["recall_at_k"] == 1.0  # one exact bucket
 
 
 def test_digits_gold_embeds_images_at_the_training_size(spark, curated, lake_copy):
