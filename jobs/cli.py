@@ -231,6 +231,11 @@ def print_balance(report: StageReport) -> None:
     for cls in sorted(balance["before"][sets[0]]):
         table.add_row(cls, *[f"{balance['before'][s][cls]:,} -> {balance['after'][s][cls]:,}" for s in sets])
     out.print(table)
+    nn = report.details.get("knn") or {}
+    if nn.get("approximate_groups") and nn.get("recall_at_k") is not None:
+        out.print(f"neighbours: approximate (HNSW or k-means cells) in {nn['approximate_groups']} (pool, class) "
+                  f"groups, exact in {nn['exact_groups']}; recall@{nn['k']} against exact neighbours "
+                  f"{nn['recall_at_k']:.3f} on {nn['sampled']} sampled synthetic rows")  # fmt: skip
     for fb in report.details.get("fallback", []):
         where = "the final model" if str(fb["pool"]) == sets[-1] else f"fold {fb['pool']}"
         out.print(f"[yellow]warning[/]: {fb['class']!r} has {fb['rows']} rows in the training part of {where}, "

@@ -79,6 +79,8 @@ def test_smotenc_rows_lie_on_segments_of_their_folds_training_part(spark, cancer
         assert r["augment"] is False  # tabular rows are not augmented
     for f, counts in report.details["balance"]["after"].items():  # every training set reaches the target
         assert len(set(counts.values())) == 1, (f, counts)
+    knn = report.details["knn"]  # every group is one small bucket: exact neighbours
+    assert knn["approximate_groups"] == 0 and knn["exact_groups"] > 0 and knn["recall_at_k"] == 1.0
     path = tables.Lake(cfg.lake_dir).path("gold")
     props = tables.properties(spark, path)
     assert json.loads(props["fulcrum.classes"]) == ["benign", "malignant"]
