@@ -179,7 +179,7 @@ def _child(who: str, data: Path, out: Path, cap_gb: float | None = None) -> dict
         result = json.loads(lines[-1])
     if group:
         result.update({"cgroup_peak_mb": round(peak, 1), "cgroup_limit_hits": ooms})
-        group.rmdir()
+        _remove(group)
     return result
 
 
@@ -201,6 +201,26 @@ def _recall(data: Path, made_dir: Path, samples: int = 2000) -> float:
     flat.add(z)
     _, near = flat.search(z[src], K + 1)
     return float(np.mean([b in set(row[row != a][:K]) for a, b, row in zip(src, nb, near, strict=True)]))
+
+
+def _remove(group: Path, wait_s: float = 60.0) -> None:
+    """Remove a cgroup once the processes the child left in it (Spark's JVM, Python workers) have exited; those
+    still there after ``wait_s`` are stopped by their process ids (they are this benchmark's own)."""
+    deadline = time.monotonic() + wait_s
+    while (group / "cgroup.procs").read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in (group / "cgroup.procs").read_text().split():
+        try:
+            os.kill(int(pid), 9)
+        except ProcessLookupError:
+            pass
+    for _ in range(20):
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.5)
+    group.rmdir()
 
 
 def _f1(train_x, train_y, test_x, test_y) -> float:
