@@ -140,7 +140,7 @@ def generator(spec: dict):
             z = _standardise(x, spec["stats"].get((pool, cls)), home)
             vectors = knn.encode(z, codes, spec["mismatch"])
             asked = home[copies > 0]
-            near, valid, exact = knn.search(vectors, asked, spec["k"], spec["exact_rows"])
+            near, valid, _ = knn.search(vectors, asked, spec["k"], spec["exact_rows"])
             row_of = np.full(len(table), -1)
             row_of[asked] = np.arange(len(asked))
             count = valid.sum(1)
@@ -175,7 +175,6 @@ def generator(spec: dict):
             else:
                 cols["synthetic_with"] = pa.nulls(len(src), pa.string())
             cols["_copy"] = pa.array(copy_no[part].astype(np.int32))
-            cols["_exact"] = pa.array(np.full(len(src), exact if interpolate else True))
             yield pa.RecordBatch.from_arrays([cols[n].combine_chunks() if isinstance(cols[n], pa.ChunkedArray)
                                               else cols[n] for n in out_names], names=out_names)  # fmt: skip
 

@@ -159,10 +159,9 @@ def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -
             quotas.update({(*g, c): q for c, q in engine.share_quota(groups[g]["make"], per).items()})
     fields = {f.name: f for f in src.schema.fields}
     keep = [c for c in silver.columns if c != "sample_id"]
-    out = [*keep, "pool", "sample_id", "synthetic_with", "_copy", "_exact"]
+    out = [*keep, "pool", "sample_id", "synthetic_with", "_copy"]
     schema = T.StructType([fields[c] for c in [*keep, "pool", "sample_id"]]
-                          + [T.StructField("synthetic_with", T.StringType()), T.StructField("_copy", T.IntegerType()),
-                             T.StructField("_exact", T.BooleanType())])  # fmt: skip
+                          + [T.StructField("synthetic_with", T.StringType()), T.StructField("_copy", T.IntegerType())])
     udf = engine.generator({**spec, "stats": stats, "groups": groups, "quotas": quotas, "out": out})
     made = src.groupBy("pool", label, "_cell").applyInArrow(udf, schema)
     return made.select(
