@@ -97,6 +97,11 @@ def _plan_frame(spark: SparkSession, plan: dict, label: str) -> DataFrame:
     return spark.createDataFrame(rows, schema)
 
 
+def _pair(pool: str, label: str) -> Column:
+    """``pool|label`` as one string, to test (pool, class) pairs against a set."""
+    return F.concat_ws("|", F.col(pool).cast("string"), F.col(label).cast("string"))
+
+
 def _hash(seed: int, *cols) -> Column:
     return F.xxhash64(F.lit(seed), *cols)
 
@@ -117,25 +122,22 @@ def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -
     groups = {(f, c): p for f, per in plan.items() for c, p in per.items() if p["make"]}
     if not groups:
         return None
-    spark = silver.sparkSession
     tabular = cfg.kind == "tabular"
     numeric = [f.name for f in cfg.columns.features if f.kind == "numeric"] if tabular else []
     categorical = [f.name for f in cfg.columns.features if f.kind == "categorical"] if tabular else []
-    plan_df = _plan_frame(spark, plan, label)
     everyone = pooled(silver, folds).withColumn(label, F.col(label).cast("string"))
     everyone = everyone.withColumn("_h", _hash(seed, "pool", "sample_id"))
     growing = sorted({c for _, c in groups})  # only the classes that grow are pooled (a filter before the explode)
     src = pooled(silver.where(F.col(label).cast("string").isin(growing)), folds)
     src = src.withColumn(label, F.col(label).cast("string")).withColumn("_h", _hash(seed, "pool", "sample_id"))
-    src = src.join(F.broadcast(plan_df.where("_make > 0").select("pool", label)), ["pool", label])
+    src = src.where(_pair("pool", label).isin([f"{f}|{c}" for f, c in groups]))  # a hash-set test, no join
     spec = {"numeric": numeric, "categorical": categorical, "label": label, "k": o.k_neighbors,
             "exact_rows": o.knn_exact_rows, "mismatch": 1.0}  # fmt: skip
     adasyn = {g for g, p in groups.items() if p["method"] == "adasyn"}
     if adasyn:  # ADASYN's weights: neighbours among every class of the pool, a first compact pass
         pools = sorted({f for f, _ in adasyn})
-        asked = spark.createDataFrame([(f, c, True) for f, c in adasyn], f"pool int, `{label}` string, _ask boolean")
-        rows = everyone.where(F.col("pool").isin(pools)).join(F.broadcast(asked), ["pool", label], "left")
-        rows = rows.fillna(False, ["_ask"])
+        asked = _pair("pool", label).isin([f"{f}|{c}" for f, c in adasyn])
+        rows = everyone.where(F.col("pool").isin(pools)).withColumn("_ask", asked)
         sizes = {(f,): sum(p["n"] for p in plan[f].values()) for f in pools}
         rows, stats = engine.cut_into_cells(rows, ["pool"], sizes, cfg, numeric, set())
         schema = "pool int, sample_id string, _w double"
