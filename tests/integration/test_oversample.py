@@ -227,3 +227,39 @@ def test_digits_gold_embeds_images_at_the_training_size(spark, curated, lake_cop
     for row in gold.select("image").limit(5).collect():
         with Image.open(BytesIO(row["image"])) as img:
             assert img.size == (cfg.images.size, cfg.images.size) and img.mode == "L"
+
+
+def test_integer_features_nulls_and_tiny_classes_keep_exact_counts_and_types(spark):
+    """Data unlike the samples: an integer feature and a double with nulls, a categorical with nulls, a class of
+    14 rows and one of 6 (fewer than k + 1 in some training parts: random there)."""
+    from jobs.config import parse_config
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        cls = "a" if i < 100 else ("b" if i < 114 else "c")
+        rows.append((f"s{i:04d}", cls, i % 3, None if i % 17 == 0 else int(rng.integers(0, 50)),
+                     float(rng.normal()) if i % 11 else None, None if i % 13 == 0 else str(rng.choice(["x", "y"]))))  # fmt: skip
+    silver = spark.createDataFrame(rows, "sample_id string, y string, fold int, n1 int, n2 double, c1 string")
+    real = {r[0]: r for r in rows}
+    for method in ("smotenc", "adasyn"):
+        feats = [{"name": "n1", "kind": "numeric"}, {"name": "n2", "kind": "numeric"}]
+        feats += [{"name": "c1", "kind": "categorical"}] if method == "smotenc" else []
+        cfg = parse_config({"dataset": "odd", "kind": "tabular", "source": {"path": "x.parquet", "format": "parquet"},
+                            "columns": {"label": "y", "features": feats}, "oversample": {"method": method}})  # fmt: skip
+        counts = {f: {c: sum(1 for r in rows if r[2] == f and r[1] == c) for c in "abc"} for f in range(3)}
+        plan = oversample.plan_pools(counts, cfg, folds=3)
+        assert any(p["method"] == "random" for per in plan.values() for p in per.values() if p["make"])
+        made = oversample.synthesize(silver, cfg, 3, plan).collect()
+        got: dict = {}
+        for r in made:
+            got[(r["synthetic_for"], r["y"])] = got.get((r["synthetic_for"], r["y"]), 0) + 1
+            assert r["n1"] is None or isinstance(r["n1"], int)
+            src = real[r["synthetic_of"]]
+            if r["synthetic_with"] is None:  # random: an exact copy
+                assert (r["n1"], r["n2"]) == (src[3], src[4])
+            elif src[3] is not None and real[r["synthetic_with"]][3] is not None:
+                lo, hi = sorted((src[3], real[r["synthetic_with"]][3]))
+                assert lo <= r["n1"] <= hi
+        assert got == {(f, c): p["make"] for f, per in plan.items() for c, p in per.items() if p["make"]}
+        assert len({r["sample_id"] for r in made}) == len(made)
