@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from training import augment, data, loop, models, progress
@@ -169,7 +171,9 @@ class Run:
         masks = [s.masks(rows.contract, folds) for s in slots]
         train_m = torch.from_numpy(np.stack([m[0] for m in masks]))
         val_m = torch.from_numpy(np.stack([m[1] for m in masks]))
-        models_ = self._build(slots, train_m, epochs)
+        union = train_m.any(0).nonzero().squeeze(1)
+        levels = self._levels(slots, union)  # trade-off levels: (each slot's level, each level's rows, batches)
+        models_ = self._build(slots, train_m, epochs, None if levels is None else [levels[2][g] for g in levels[0]])
         start, resumed = 0, None
         best: list[dict | None] = [None] * len(slots)
         if state is not None:
@@ -177,7 +181,6 @@ class Run:
                 s.load_state_dict(saved)
             start = resumed = int(state["epoch"]) + 1
             best = state["best"]
-        union = train_m.any(0).nonzero().squeeze(1)
         steps = len(loop.batches_of(union, c["batch_size"]))
         if self.world > 1:  # every worker takes the same number of steps
             steps = self._min_reduce(steps)
@@ -191,13 +194,19 @@ class Run:
             if all(s.stopped for s in models_):
                 break
             torch.manual_seed(c["seed"] * 1000 + epoch)  # dropout and augmentation, the same on a resumed run
-            order = union[torch.randperm(len(union), generator=torch.Generator().manual_seed(
-                c["seed"] + 7919 * epoch + 104729 * self.rank))]  # fmt: skip
+            shuffle = torch.Generator().manual_seed(c["seed"] + 7919 * epoch + 104729 * self.rank)
+            spans = None
+            if levels is None:
+                order = union[torch.randperm(len(union), generator=shuffle)]
+            else:  # one level per batch, the levels' batches in an order every worker shares
+                mine = [rows_[torch.randperm(len(rows_), generator=shuffle)] for rows_ in levels[1]]
+                order, spans = loop.grouped_order(mine, c["batch_size"], torch.Generator().manual_seed(
+                    c["seed"] + 7919 * epoch), levels[2])  # fmt: skip
             losses = loop.train_epoch(models_, rows.x, rows.y, train_m, order, c["batch_size"], self.device,
                                       transform=train_tf, mix=mix, steps=steps,
                                       allreduce=self.allreduce if self.world > 1 else None,
                                       flagged=rows.augment if self.images and c["augment"] == "flagged" else None,
-                                      plain=val_tf)  # fmt: skip
+                                      plain=val_tf, spans=spans)  # fmt: skip
             probs = loop.evaluate(models_, rows.x, val_m, 4 * c["batch_size"], self.device, c["classes"],
                                   transform=val_tf)  # fmt: skip
             gathered = self.gather([(val_ids[i], val_y[i], probs[i]) for i in range(len(slots))])
@@ -241,8 +250,25 @@ class Run:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         return int(t.item())
 
-    def _build(self, slots: list[Slot], train_m: torch.Tensor, epochs: int) -> list[loop.SlotModel]:
-        """One model per slot, initialised from a seed of its own (a slot trained alone starts the same)."""
+    def _levels(self, slots: list[Slot], union: torch.Tensor) -> tuple[list[int], list[torch.Tensor], list[int]] | None:
+        """For slots of a trade-off table's levels: each slot's level (an index), each level's training rows
+        among ``union``, and the batches per epoch of each level (the fewest any worker has, so every worker
+        takes the same steps). None for a table without levels."""
+        names = self.config.get("levels")
+        if not names or any(s.level is None for s in slots):
+            return None
+        level = pc.index_in(self.rows.contract.column("level"), value_set=pa.array(names))
+        level = torch.from_numpy(level.to_numpy(zero_copy_only=False).astype(np.int64))[union]
+        groups = [union[level == g] for g in range(len(names))]
+        batches = torch.tensor([len(loop.spans_of(len(g), self.config["batch_size"])) for g in groups], dtype=torch.float64)
+        if self.world > 1:
+            torch.distributed.all_reduce(batches, op=torch.distributed.ReduceOp.MIN)
+        return [names.index(s.level) for s in slots], groups, [int(b) for b in batches]
+
+    def _build(self, slots: list[Slot], train_m: torch.Tensor, epochs: int,
+               per_slot_steps: list[int] | None = None) -> list[loop.SlotModel]:  # fmt: skip
+        """One model per slot, initialised from a seed of its own (a slot trained alone starts the same).
+        ``per_slot_steps``: the optimiser steps of each slot per epoch, where they differ (one level per batch)."""
         c = self.config
         stats = None
         if not self.images:
@@ -262,7 +288,8 @@ class Run:
                 net = torch.nn.Sequential(SlotInput(stats[0][i], stats[1][i], stats[2][i]), net)
             net = net.to(self.device)
             optimizer = loop.make_optimizer(net, c["lr"], c["weight_decay"])
-            scheduler = loop.cosine_with_warmup(optimizer, min(steps, c["warmup_steps"]), steps * epochs)
+            mine = max(1, per_slot_steps[i]) if per_slot_steps is not None else steps
+            scheduler = loop.cosine_with_warmup(optimizer, min(mine, c["warmup_steps"]), mine * epochs)
             scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" and c["amp"] else None
             patience = 10**9 if slot.final else c["patience"]
             weight = None

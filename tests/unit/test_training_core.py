@@ -116,6 +116,24 @@ def test_each_slot_trains_on_exactly_its_masks_rows_of_the_shared_batches():
     assert all(torch.equal(a, b) for a, b in zip(before, models_[1].model.parameters(), strict=True))
 
 
+def test_grouped_batches_hold_one_level_each_and_every_row_once():
+    """A trade-off table's levels: every batch holds rows of one level, each level's rows once, in batches of
+    the full size (a last batch of one row joins the one before); ``counts`` caps a level's batches."""
+    groups = [torch.arange(0, 70)[torch.randperm(70)], torch.arange(100, 133), torch.arange(200, 201)]
+    order, spans = loop.grouped_order(groups, 16, torch.Generator().manual_seed(3))
+    batches = [order[a:b].tolist() for a, b in spans]
+    assert all(len({r // 100 for r in b}) == 1 for b in batches)
+    assert sorted(order.tolist()) == sorted(torch.cat(groups).tolist())
+    assert sorted(len(b) for b in batches if b[0] < 100) == [6, 16, 16, 16, 16]
+    assert sorted(len(b) for b in batches if 100 <= b[0] < 200) == [16, 17]  # 33 rows: no batch of one
+    levels = [b[0] // 100 for b in batches]
+    assert levels != sorted(levels)  # the levels' batches interleave
+    again, spans2 = loop.grouped_order(groups, 16, torch.Generator().manual_seed(3))
+    assert torch.equal(order, again) and spans == spans2
+    capped, cspans = loop.grouped_order(groups, 16, torch.Generator().manual_seed(3), counts=[2, 1, 0])
+    assert len(cspans) == 3 and len(capped) == 48
+
+
 def test_only_the_flagged_rows_are_augmented_when_asked():
     x = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
     flags = torch.tensor([True, False, True, False, False, True])
@@ -200,6 +218,22 @@ def test_calibration_metrics_against_hand_computed_values():
     perfect = loop.reliability(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))
     assert perfect["ece"] == 0 and perfect["rows"][-1] == 2  # confidence 1.0 falls in the last bin
     assert np.isnan(loop.metrics(np.array([], int), np.zeros((0, 2)), 2)["ece"])
+
+
+@pytest.mark.parametrize(("classes", "rows", "absent"), [(2, 50, None), (3, 40, None), (5, 200, 3), (4, 7, 0), (2, 1, None)])
+def test_metrics_equal_scikit_learns(classes, rows, absent):
+    from sklearn.metrics import accuracy_score, brier_score_loss, confusion_matrix, f1_score
+
+    rng = np.random.default_rng(classes * 100 + rows)
+    y = rng.integers(0, classes, rows)
+    if absent is not None:  # a class no row has (and, below, one no row is predicted as)
+        y[y == absent] = (absent + 1) % classes
+    p = rng.dirichlet(np.ones(classes), rows)
+    m, labels = loop.metrics(y, p, classes), list(range(classes))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, p.argmax(1)))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p.argmax(1), average="macro", labels=labels, zero_division=0))
+    assert m["brier"] == pytest.approx(brier_score_loss(y, p, labels=labels))
+    assert loop.confusion(y, p, classes) == confusion_matrix(y, p.argmax(1), labels=labels).tolist()
 
 
 def test_balanced_class_weights_match_scikit_learn_and_weigh_the_loss():
