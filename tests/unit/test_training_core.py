@@ -220,6 +220,8 @@ def test_calibration_metrics_against_hand_computed_values():
     assert np.isnan(loop.metrics(np.array([], int), np.zeros((0, 2)), 2)["ece"])
 
 
+@pytest.mark.filterwarnings("ignore:Only one class is present:sklearn.exceptions.UndefinedMetricWarning")
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true:UserWarning")
 @pytest.mark.parametrize(("classes", "rows", "absent"), [(2, 50, None), (3, 40, None), (5, 200, 3), (4, 7, 0), (2, 1, None)])
 def test_metrics_equal_scikit_learns(classes, rows, absent):
     from sklearn.metrics import accuracy_score, brier_score_loss, confusion_matrix, f1_score
