@@ -33,6 +33,9 @@ def run_flags(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0])
     run_flags(p)
+    p.add_argument("--no-final-model", dest="final_model", action="store_false",
+                   help="the folds only, for their out-of-fold predictions (what the label audit needs): no final "
+                        "model trained, scored or saved")  # fmt: skip
     add_flags(p)
     return p
 
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 from training import search as searching
 
                 settings, found = searching.run(gold, settings, search, Path(args.out) / "search")
-            summary = cross_validate(gold, settings, args.out, search=found)
+            summary = cross_validate(gold, settings, args.out, search=found, final=args.final_model)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

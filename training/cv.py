@@ -127,10 +127,11 @@ def _raise_recorded(config: dict, name: str, read_error) -> None:
 
 
 def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dict | None = None,
-                   crash_at_epoch: int | None = None) -> dict:  # fmt: skip
+                   crash_at_epoch: int | None = None, final: bool = True) -> dict:  # fmt: skip
     """Every fold and then the final model in one worker group, one pass over the rows per epoch (see
     ``training.worker``); writes the outputs. ``search``: the summary of the hyperparameter search that
-    chose ``s``, kept in ``cv.json`` (its best trial's folds are reused when they are this CV's)."""
+    chose ``s``, kept in ``cv.json`` (its best trial's folds are reused when they are this CV's).
+    ``final`` False: the folds only (their out-of-fold predictions: the label audit), no ``model.pt``."""
     import torch
 
     out = Path(out).resolve()
@@ -143,24 +144,27 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
     if reused:
         final_epochs = _final_epochs([load_fold(out / f"fold-{f}.json") for f in range(gold.folds)])
     groups = plan_slot_groups(gold, s, len(slots), use_gpu)
-    log.info("cross-validation: %d fold(s) %s, then the final model; %g CPUs/worker, %d worker(s), GPU: %s",
+    log.info("cross-validation: %d fold(s) %s%s; %g CPUs/worker, %d worker(s), GPU: %s",
              len(slots), "in one pass per epoch" if len(groups) <= 1 else f"in {len(groups)} groups {groups}",
-             per_worker, s.workers, use_gpu)  # fmt: skip
+             ", then the final model" if final else " (no final model)", per_worker, s.workers, use_gpu)  # fmt: skip
     results = {}
     for g, group in enumerate(groups if len(groups) > 1 else []):
         results.update(run_slots(gold, s, [slots[i] for i in group], out / f"group-{g}", use_gpu=use_gpu,
                                  cpus_per_worker=per_worker))  # fmt: skip
     if len(groups) > 1:
         final_epochs = _final_epochs([results[x.name] for x in slots])
-    results.update(run_slots(gold, s, slots if len(groups) <= 1 else [], out, final=True, final_epochs=final_epochs,
-                             use_gpu=use_gpu, cpus_per_worker=per_worker, crash_at_epoch=crash_at_epoch))  # fmt: skip
+    rest = slots if len(groups) <= 1 else []
+    if final or rest:
+        results.update(run_slots(gold, s, rest, out, final=final, final_epochs=final_epochs, use_gpu=use_gpu,
+                                 cpus_per_worker=per_worker, crash_at_epoch=crash_at_epoch))  # fmt: skip
     for x in slots:
         save_fold(fold_result(results[x.name], x.fold), out / f"fold-{x.fold}.json")
     folds = [load_fold(out / f"fold-{f}.json") for f in range(gold.folds)]
-    final = results["final"]
-    epochs = len(final["history"])
+    model = results.get("final")
     cv_seconds = time.perf_counter() - start
-    torch.save(final["weights"], out / "model.pt")
+    (out / "model.pt").unlink(missing_ok=True)  # an earlier run's, into this folder
+    if model is not None:
+        torch.save(model["weights"], out / "model.pt")
     summary = {
         "table": gold.path, "delta_version": gold.version, "gold_run_id": gold.run_id, "kind": gold.kind,
         "classes": list(gold.classes), "folds": gold.folds, "concurrent_folds": max(map(len, groups), default=gold.folds), "use_gpu": use_gpu,
@@ -173,9 +177,9 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
         "confusion": np.sum([np.asarray(f["confusion"]) for f in folds], axis=0).tolist(),
         "mean": {m: float(np.nanmean([f["metrics"][m] for f in folds])) for m in METRICS},
         "std": {m: float(np.nanstd([f["metrics"][m] for f in folds])) for m in METRICS},
-        "final": {"epochs": epochs, "train_rows": final["train_rows"], "test_rows": len(final["ids"]),
-                  "resumed": final["resumed"],
-                  **{f"test_{m}": final["metrics"][m] for m in METRICS}},
+        "final": None if model is None else {
+            "epochs": len(model["history"]), "train_rows": model["train_rows"], "test_rows": len(model["ids"]),
+            "resumed": model["resumed"], **{f"test_{m}": model["metrics"][m] for m in METRICS}},
     }  # fmt: skip
     if search is not None:
         summary["search"] = {k: v for k, v in search.items() if k != "results"}
@@ -184,8 +188,9 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
     scored = [load_fold(out / f"fold-{f}.json", rows=True) for f in range(gold.folds)]
     summary["calibration"] = {  # the reliability diagram's bins: out-of-fold rows pooled, and the test part
         "out_of_fold": loop.reliability(np.concatenate([f["labels"] for f in scored]),
-                                        np.concatenate([f["probabilities"] for f in scored])),
-        "test": loop.reliability(np.asarray(final["labels"]), np.asarray(final["probabilities"]))}  # fmt: skip
+                                        np.concatenate([f["probabilities"] for f in scored]))}  # fmt: skip
+    if model is not None:
+        summary["calibration"]["test"] = loop.reliability(np.asarray(model["labels"]), np.asarray(model["probabilities"]))
     summary["predictions"] = write_predictions(gold, iter(scored))
     (out / "cv.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary

@@ -334,8 +334,10 @@ def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silve
     version, _ = oversample.write_gold(silver, plain, run_id, silver_version, folds, lake.path("audit/gold"), STAGE)
     record.outputs.append(("audit/gold", lake.path("audit/gold"), version))
     out = str(Path(cfg.reports_dir) / run_id / "audit" / "train")
+    # The folds only: confident learning reads their out-of-fold predictions; no final model is trained.
     summary = launch.cross_validate(cfg, run_id, lake.path("audit/gold"), version, out,
-                                    cfg.train.model_copy(update={"search": None}), label="audit CV")  # fmt: skip
+                                    cfg.train.model_copy(update={"search": None}), label="audit CV",
+                                    final_model=False)  # fmt: skip
     record.outputs.append(("audit/predictions", summary["predictions"]["path"],
                            tables.version(spark, summary["predictions"]["path"])))  # fmt: skip
     return summary

@@ -126,6 +126,10 @@ def test_the_audit_finds_most_injected_flips_on_the_sample(spark, audited):
     assert report.rows_out == len(flagged) and report.details["label_issues_rows"] == len(flagged)
     folder = Path(cfg.reports_dir) / "a-1"
     assert (folder / "audit.png").stat().st_size > 0 and json.loads((folder / "audit.json").read_text())["flagged"]
+    # The audit's cross-validation trains the folds only: their out-of-fold predictions are all it reads.
+    cv = json.loads((folder / "audit" / "train" / "cv.json").read_text())
+    assert cv["final"] is None and "test" not in cv["calibration"] and len(cv["per_fold"]) == 2
+    assert not (folder / "audit" / "train" / "model.pt").exists()
 
 
 def test_a_re_audit_is_idempotent_and_keeps_verdicts_of_rows_it_no_longer_scores(spark, audited):
