@@ -114,17 +114,24 @@ def load(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = N
 
 def tabular(table: pa.Table, numeric: list[str], categories: dict[str, list[str]]) -> tuple[torch.Tensor, dict]:
     """float32 ``N×D``: numeric columns as read (NaN where missing), then each categorical one-hot over
-    ``categories`` (values outside them: all zeros); built once, never per batch."""
-    blocks = [np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in numeric])
-              if numeric else np.zeros((table.num_rows, 0), np.float32)]  # fmt: skip
+    ``categories`` (values outside them: all zeros); built once, never per batch, in one preallocated
+    array filled record batch by record batch (a column's values land in cache-sized blocks)."""
+    width = len(numeric) + sum(len(v) for v in categories.values())
+    out = np.zeros((table.num_rows, width), np.float32)
+    start = 0
+    for batch in table.select([*numeric, *categories]).to_batches():
+        block = out[start : start + batch.num_rows]
+        for j, c in enumerate(numeric):
+            block[:, j] = batch.column(c).to_numpy(zero_copy_only=False)
+        start += batch.num_rows
+    j = len(numeric)
     for c, cats in categories.items():
         values = pc.cast(table.column(c), pa.string())
         index = pc.index_in(values, value_set=pa.array(cats, pa.string())).to_numpy(zero_copy_only=False)
-        hot = np.zeros((table.num_rows, len(cats)), np.float32)
         seen = ~np.isnan(index.astype(np.float64))
-        hot[np.flatnonzero(seen), index[seen].astype(np.int64)] = 1.0
-        blocks.append(hot)
-    return torch.from_numpy(np.ascontiguousarray(np.concatenate(blocks, axis=1))), categories
+        out[np.flatnonzero(seen), j + index[seen].astype(np.int64)] = 1.0
+        j += len(cats)
+    return torch.from_numpy(out), categories
 
 
 def slot_statistics(x: torch.Tensor, numeric: int, masks: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from training.gold import training_mask, validation_mask
+from training.gold import Contract, training_mask, validation_mask
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,16 @@ class Slot:
         base = f"fold-{self.fold}" + ("-balanced" if self.class_weight == "balanced" and self.level is None else "")
         return base if self.level is None else f"{self.level}-{self.fraction:g}-{base}"
 
-    def masks(self, contract: pa.Table, folds: int) -> tuple[np.ndarray, np.ndarray]:
-        """(training rows, validation rows) of this slot among ``contract``'s rows."""
+    def masks(self, contract: pa.Table | Contract, folds: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training rows, validation rows) of this slot among ``contract``'s rows (a table, or its
+        ``Contract`` arrays converted once for many slots)."""
+        contract = Contract.of(contract)
         train, val = training_mask(contract, self.fold, folds), validation_mask(contract, self.fold, folds)
         if self.level is not None:
-            mine = pc.equal(contract.column("level"), self.level).to_numpy(zero_copy_only=False).astype(bool)
+            mine = contract.level(self.level)
             train, val = train & mine, val & mine
         if self.fraction < 1.0:
-            train = train & (contract.column("u").to_numpy(zero_copy_only=False) < self.fraction)
+            train = train & (contract.u < self.fraction)
         return train, val
 
 

@@ -103,35 +103,57 @@ class Gold:
         return base + [n for n, _ in self.features]
 
 
-def _dropped(table: pa.Table, fold: int) -> np.ndarray:
-    """Rows whose ``dropped_for`` lists ``fold`` (undersampled out of that training set)."""
-    out = np.zeros(table.num_rows, dtype=bool)
-    if "dropped_for" not in table.column_names:
+class Contract:
+    """The gold contract's columns of a worker's rows as NumPy arrays, converted once: every slot's masks
+    are then a few vectorised comparisons (``training_mask``, ``validation_mask``, ``Slot.masks``)."""
+
+    def __init__(self, table: pa.Table):
+        def ints(name: str) -> np.ndarray:
+            return pc.fill_null(table.column(name), -2).to_numpy(zero_copy_only=False).astype(np.int64)
+
+        self.rows = table.num_rows
+        self.real = pc.is_null(table.column("synthetic_for")).to_numpy(zero_copy_only=False).astype(bool)
+        self.synthetic_for = ints("synthetic_for")  # -2 on real rows
+        self.fold = ints("fold")  # -1: the test part
+        self._dropped: tuple[np.ndarray, np.ndarray] | None = None
+        if "dropped_for" in table.column_names:
+            lists = table.column("dropped_for").combine_chunks()
+            folds = pc.fill_null(pc.list_flatten(lists), -2).to_numpy(zero_copy_only=False).astype(np.int64)
+            self._dropped = (pc.list_parent_indices(lists).to_numpy(), folds)
+        self._level = table.column("level") if "level" in table.column_names else None
+        self._levels: dict[str, np.ndarray] = {}
+        self.u = table.column("u").to_numpy(zero_copy_only=False) if "u" in table.column_names else None
+
+    @classmethod
+    def of(cls, table: pa.Table | Contract) -> Contract:
+        return table if isinstance(table, Contract) else cls(table)
+
+    def dropped(self, fold: int) -> np.ndarray:
+        """Rows whose ``dropped_for`` lists ``fold`` (undersampled out of that training set)."""
+        out = np.zeros(self.rows, dtype=bool)
+        if self._dropped is not None:
+            parents, folds = self._dropped
+            out[parents[folds == fold]] = True
         return out
-    lists = table.column("dropped_for").combine_chunks()
-    hits = pc.equal(pc.list_flatten(lists), fold).to_numpy(zero_copy_only=False)
-    parents = pc.list_parent_indices(lists).to_numpy()
-    out[parents[np.nan_to_num(hits).astype(bool)]] = True
-    return out
+
+    def level(self, name: str) -> np.ndarray:
+        """Rows of one trade-off level (computed once per level)."""
+        if name not in self._levels:
+            self._levels[name] = pc.equal(self._level, name).to_numpy(zero_copy_only=False).astype(bool)
+        return self._levels[name]
 
 
-def training_mask(table: pa.Table, fold: int, folds: int) -> np.ndarray:
+def training_mask(table: pa.Table | Contract, fold: int, folds: int) -> np.ndarray:
     """Rows of the training set of ``fold`` (``folds``: the final model's)."""
-    rows = table.num_rows
-    synthetic = table.column("synthetic_for").to_numpy(zero_copy_only=False)
-    real = np.array(pc.is_null(table.column("synthetic_for")).to_numpy(zero_copy_only=False), dtype=bool)
-    own = table.column("fold").to_numpy(zero_copy_only=False)
-    mine = np.zeros(rows, dtype=bool)
-    mine[~real] = synthetic[~real].astype(np.int64) == fold
-    kept = real & (own != -1) & (own != fold) & ~_dropped(table, fold)
-    return kept | mine
+    c = Contract.of(table)
+    kept = c.real & (c.fold != -1) & (c.fold != fold) & ~c.dropped(fold)
+    return kept | (~c.real & (c.synthetic_for == fold))
 
 
-def validation_mask(table: pa.Table, fold: int, folds: int) -> np.ndarray:
+def validation_mask(table: pa.Table | Contract, fold: int, folds: int) -> np.ndarray:
     """Real rows of ``fold`` (for the final model: the held-out test part, ``fold = -1``)."""
-    real = np.array(pc.is_null(table.column("synthetic_for")).to_numpy(zero_copy_only=False), dtype=bool)
-    own = table.column("fold").to_numpy(zero_copy_only=False)
-    return real & (own == (-1 if fold == folds else fold))
+    c = Contract.of(table)
+    return c.real & (c.fold == (-1 if fold == folds else fold))
 
 
 def write_predictions(gold: Gold, folds: Iterable[dict]) -> dict:

@@ -36,7 +36,7 @@ import torch
 
 from training import augment, data, loop, models, progress
 from training.engine import Slot, SlotInput
-from training.gold import Gold
+from training.gold import Contract, Gold
 
 log = logging.getLogger(__name__)
 STATE, HISTORY, RESULTS = "state.pt", "history.json", "results.json"
@@ -168,7 +168,8 @@ class Run:
     def _phase(self, phase: int, slots: list[Slot], epochs: int, state: dict | None) -> None:
         c, rows, folds = self.config, self.rows, self.gold.folds
         final = [s.final for s in slots]
-        masks = [s.masks(rows.contract, folds) for s in slots]
+        contract = Contract(rows.contract)  # the contract's columns as arrays, once for every slot
+        masks = [s.masks(contract, folds) for s in slots]
         train_m = torch.from_numpy(np.stack([m[0] for m in masks]))
         val_m = torch.from_numpy(np.stack([m[1] for m in masks]))
         union = train_m.any(0).nonzero().squeeze(1)

@@ -63,7 +63,7 @@ def ingestion(gold_path: str, features: int, batch: int) -> list[list]:
 
     from training import data, loop
     from training.engine import cv_slots
-    from training.gold import Gold
+    from training.gold import Contract, Gold
 
     gold = Gold.open(gold_path)
     files = DeltaTable(gold_path, version=gold.version).file_uris()
@@ -78,7 +78,8 @@ def ingestion(gold_path: str, features: int, batch: int) -> list[list]:
 
     start = time.perf_counter()
     rows = data.load(gold)  # what each worker does once: its files, float32 once
-    masks = torch.from_numpy(np.stack([s.masks(rows.contract, gold.folds)[0] for s in cv_slots(gold.folds)]))
+    contract = Contract(rows.contract)
+    masks = torch.from_numpy(np.stack([s.masks(contract, gold.folds)[0] for s in cv_slots(gold.folds)]))
     union = masks.any(0).nonzero().squeeze(1)
     loaded = time.perf_counter() - start
     def epoch() -> int:  # exactly what train_epoch does before the models: one gather, then slices

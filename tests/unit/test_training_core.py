@@ -43,6 +43,45 @@ def test_training_and_validation_sets_follow_the_gold_contract():
         assert not chosen(validation_mask(t, f, 3), t) & {"s0", "s1", "s3"}
 
 
+def test_contract_arrays_give_the_same_masks_as_the_table_for_every_slot_level_and_fraction():
+    """``Contract`` converts the contract's columns once; every slot's masks from it equal the masks
+    computed from the table itself (levels and the fraction draw of a trade-off table included)."""
+    from training.engine import Slot
+    from training.gold import Contract
+
+    base = gold_rows()
+    t = pa.concat_tables([base, base]).append_column("level", pa.array(["raw"] * 8 + ["gold"] * 8))
+    t = t.append_column("u", pa.array(np.linspace(0, 1, 16, dtype=np.float32)))
+    c = Contract(t)
+    slots = [Slot(f, lv, fr) for lv in ("raw", "gold") for fr in (0.5, 1.0) for f in range(3)] + [Slot(3, final=True)]
+    for s in slots:
+        for got, want in zip(s.masks(c, 3), s.masks(t, 3), strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert chosen(Slot(0, "gold").masks(c, 3)[0], t) == {"b", "c", "s0"}  # the second copy's rows only
+    assert Slot(0, "gold").masks(c, 3)[0][:8].sum() == 0
+
+
+def test_tabular_features_are_float32_numeric_then_one_hot_across_record_batches():
+    """One preallocated float32 matrix: numeric columns as read (NaN where missing, integers and booleans
+    converted), then each categorical one-hot over its categories (unknown or missing: all zeros); a
+    table of several record batches lands row for row."""
+    from training import data
+
+    part = pa.table({"a": pa.array([1.5, None, 3.0], pa.float64()), "b": pa.array([1, 2, None], pa.int32()),
+                     "flag": [True, False, True], "colour": ["red", "blue", None]})  # fmt: skip
+    other = pa.table({"a": pa.array([4.0], pa.float64()), "b": pa.array([7], pa.int32()),
+                      "flag": [False], "colour": ["green"]})  # fmt: skip
+    t = pa.concat_tables([part, other])
+    assert len(t.to_batches()) == 2
+    x, cats = data.tabular(t, ["a", "b", "flag"], {"colour": ["blue", "red"]})
+    assert x.dtype == torch.float32 and x.shape == (4, 5) and cats == {"colour": ["blue", "red"]}
+    nan = float("nan")
+    want = torch.tensor([[1.5, 1, 1, 0, 1], [nan, 2, 0, 1, 0], [3, nan, 1, 0, 0], [4, 7, 0, 0, 0]])
+    torch.testing.assert_close(x, want, equal_nan=True)
+    empty, _ = data.tabular(t.slice(0, 0), ["a"], {"colour": ["blue"]})
+    assert empty.shape == (0, 2)
+
+
 def test_models_fit_their_inputs():
     mlp = models.build("tabular", inputs=7, classes=3)
     assert mlp(torch.randn(4, 7)).shape == (4, 3)
