@@ -143,6 +143,20 @@ def last_commit(spark: SparkSession, path: str) -> dict[str, Any]:
 
 
 def version(spark: SparkSession, path: str) -> int | None:
+    """The table's latest version, None when ``path`` holds no Delta table.
+
+    Read from the JVM's ``DeltaLog`` (one listing of ``_delta_log``, about 10 ms): the route
+    Delta's maintainers give for it (delta-io/delta#50), though the class is internal. Where that
+    call is not there (a Spark Connect session, a changed signature), the public
+    ``history(1)``, a Spark job of 0.3 to 1 s, gives the same answer."""
+    try:
+        jvm = spark._jvm
+        none = jvm.scala.Option.empty()
+        latest = int(jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+                     .update(False, none, none).version())  # fmt: skip
+        return latest if latest >= 0 else None
+    except Exception as e:  # noqa: BLE001 - any failure of the internal route: take the public one
+        log.debug("DeltaLog version of %s unavailable (%s); reading history(1)", path, e)
     return last_commit(spark, path)["version"] if exists(spark, path) else None
 
 

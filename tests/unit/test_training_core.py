@@ -263,7 +263,7 @@ def test_calibration_metrics_against_hand_computed_values():
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true:UserWarning")
 @pytest.mark.parametrize(("classes", "rows", "absent"), [(2, 50, None), (3, 40, None), (5, 200, 3), (4, 7, 0), (2, 1, None)])
 def test_metrics_equal_scikit_learns(classes, rows, absent):
-    from sklearn.metrics import accuracy_score, brier_score_loss, confusion_matrix, f1_score
+    from sklearn.metrics import accuracy_score, brier_score_loss, confusion_matrix, f1_score, roc_auc_score
 
     rng = np.random.default_rng(classes * 100 + rows)
     y = rng.integers(0, classes, rows)
@@ -275,6 +275,13 @@ def test_metrics_equal_scikit_learns(classes, rows, absent):
     assert m["macro_f1"] == pytest.approx(f1_score(y, p.argmax(1), average="macro", labels=labels, zero_division=0))
     assert m["brier"] == pytest.approx(brier_score_loss(y, p, labels=labels))
     assert loop.confusion(y, p, classes) == confusion_matrix(y, p.argmax(1), labels=labels).tolist()
+    p = np.round(p, 1)  # tied scores too
+    p /= p.sum(1, keepdims=True)
+    try:
+        want = roc_auc_score(y, p[:, 1]) if classes == 2 else roc_auc_score(y, p, multi_class="ovr", labels=labels)
+    except ValueError:  # a class absent from y: scikit-learn refuses, fulcrum reports NaN
+        want = float("nan")
+    assert loop.metrics(y, p, classes)["roc_auc"] == pytest.approx(want, nan_ok=True)
 
 
 def test_balanced_class_weights_match_scikit_learn_and_weigh_the_loss():
