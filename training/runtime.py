@@ -51,19 +51,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
         return ray.get_runtime_context()
     address = os.environ.get("RAY_ADDRESS") or address
     if address:
+        if os.environ.get("FULCRUM_LOCAL_RAY"):  # the local instance `fulcrum` started (training.head)
+            _local_settings()
         ctx = ray.init(address=address, **kwargs)
         log.info("joined Ray cluster at %s", address)
     else:
-        # Workers inherit this: on a few cores, trainers starting at once (concurrent folds or search trials,
-        # each a process importing torch) can take more than Ray Train's 60 s to start a worker, and every
-        # timeout restarts the worker group, adding to the load. A local instance waits longer.
-        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-        # A one-node instance cannot lose a node to preemption: no watcher actor (one process per training).
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        _local_settings()
         cpus = num_cpus or local_logical_cpus()
         ctx = ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, **kwargs)
         log.info("started local Ray with %d logical CPUs", cpus)
     return ctx
+
+
+def _local_settings() -> None:
+    """Ray Train settings for a one-node local instance, in this (the driver's) environment."""
+    # Workers inherit this: on a few cores, trainers starting at once (concurrent folds or search trials,
+    # each a process importing torch) can take more than Ray Train's 60 s to start a worker, and every
+    # timeout restarts the worker group, adding to the load. A local instance waits longer.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    # A one-node instance cannot lose a node to preemption: no watcher actor (one process per training).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def worker_cpus(num_workers: int, cluster_cpus: float) -> float:

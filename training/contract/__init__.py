@@ -8,6 +8,7 @@ pyproject.toml, run by ``make lint`` and the tests, keeps it so), so it imports 
 
 from training.contract.files import UnsafePath, as_mode, real_root, safe_join
 from training.contract.settings import (
+    HEAD_PREFIX,
     METRICS,
     PROGRESS_PREFIX,
     SCORED,
@@ -20,5 +21,5 @@ from training.contract.settings import (
 )
 from training.contract.summary import print_search, print_summary
 
-__all__ = ["METRICS", "PROGRESS_PREFIX", "SCORED", "Scored", "SearchSettings", "TrainSettings", "UnsafePath", "add_flags", "as_mode",
+__all__ = ["HEAD_PREFIX", "METRICS", "PROGRESS_PREFIX", "SCORED", "Scored", "SearchSettings", "TrainSettings", "UnsafePath", "add_flags", "as_mode",
            "from_flags", "print_search", "print_summary", "real_root", "safe_join", "to_flags"]  # fmt: skip

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 # A progress event on the Ray side's stdout (`python -m training --progress`): this prefix, then one JSON object.
 PROGRESS_PREFIX = "@fulcrum "
+HEAD_PREFIX = "@fulcrum-ray-head "  # the line `python -m training.head` prints its address on
 METRICS = ("accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")  # what each fold reports, in this order
 Scored = Literal["macro_f1", "accuracy", "roc_auc"]  # higher is better: what a search or a curve may maximise
 SCORED = typing.get_args(Scored)
