@@ -158,12 +158,15 @@ class LocalRay:
             return {}
         return {"RAY_ADDRESS": self.address, "FULCRUM_LOCAL_RAY": "1", **self._auth()}
 
-    def stop(self) -> None:
-        """Stop the instance: the head stops Ray's processes on SIGTERM; its process group is killed after 30 s."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop the instance: the head stops Ray's processes on SIGTERM (3 to 5 s); with ``wait`` its process
+        group is killed if it has not ended after 30 s. At exit this process does not wait for it."""
         proc, self.proc, self.address = self.proc, None, None
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
+        if not wait:
+            return
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -172,7 +175,7 @@ class LocalRay:
 
 
 LOCAL_RAY = LocalRay()
-atexit.register(LOCAL_RAY.stop)
+atexit.register(LOCAL_RAY.stop, wait=False)
 
 
 def ray_env(cfg: PipelineConfig) -> dict[str, str]:

@@ -11,6 +11,7 @@ run.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.head", description=__doc__.splitlines()[0])
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs (default: twice the cores, at least 4)")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("FULCRUM_PARENT_PID"):
         runtime.die_with_parent(int(os.environ["FULCRUM_PARENT_PID"]))
     os.environ.pop("RAY_ADDRESS", None)  # this process starts the instance; it never joins one
