@@ -82,6 +82,23 @@ def test_tabular_features_are_float32_numeric_then_one_hot_across_record_batches
     assert empty.shape == (0, 2)
 
 
+def test_convolutional_models_hold_their_weights_channels_last_and_train_on_plain_batches():
+    """cnn and resnet18 are built channels-last (faster convolutions and pooling on oneDNN and cuDNN); an
+    ordinary NCHW batch still trains them, and their weights load into a model built NCHW."""
+    for name in ("cnn", "resnet18"):
+        net = models.build("images", classes=3, channels=1, size=16, name=name)
+        convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+        loss = net(torch.randn(4, 1, 16, 16)).sum()
+        loss.backward()
+        plain = models.build("images", classes=3, channels=1, size=16, name=name).to(memory_format=torch.contiguous_format)
+        plain.load_state_dict(net.state_dict())
+        net.eval(), plain.eval()
+        x = torch.randn(2, 1, 16, 16)
+        torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-5)
+    assert not any(p.dim() == 4 for p in models.build("tabular", inputs=3, classes=2).parameters())
+
+
 def test_models_fit_their_inputs():
     mlp = models.build("tabular", inputs=7, classes=3)
     assert mlp(torch.randn(4, 7)).shape == (4, 3)
