@@ -7,8 +7,9 @@ for (a filter pushed into the scan, skipping row groups by their statistics). Th
 become tensors once: tabular features one float32 matrix (numeric columns as read, NaN where
 missing, then every categorical one-hot over the categories of the rows read), images uint8
 ``N×C×H×W`` decoded by ``torchvision.io`` from the PNG bytes gold embeds (files under the
-image root through ``safe_join``, 16-bit ones scaled to 8 bits). Training batches hold no
-``sample_id`` strings: the ids are kept for the validation rows only, as one array.
+image root through ``safe_join``, 16-bit ones scaled to 8 bits). Training never reads
+``sample_id``: the ids are read from the same files (same filter, same row order) only when the
+validation rows' ids are first asked for, after the first epoch's training steps.
 
 Per-slot standardisation (mean and standard deviation of each slot's own training rows,
 categories seen there) is computed from the same tensors in one pass (``slot_statistics``)
@@ -18,7 +19,8 @@ and lives in each slot's model (``engine.SlotInput``), so one shared batch feeds
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -39,17 +41,24 @@ class Rows:
     x: torch.Tensor  # float32 N×D (tabular) or uint8 N×C×H×W (images)
     y: torch.Tensor  # int64 N
     contract: pa.Table  # fold, synthetic_for, dropped_for (+ level, u): what the masks read
-    ids: pa.ChunkedArray  # sample ids, every row, left in Arrow: only validation rows become strings
+    read_ids: Callable[[], pa.ChunkedArray]  # every row's sample id, in row order, read on first use
     numeric: int = 0  # the first ``numeric`` columns of x are numeric, the rest one-hot
     augment: torch.Tensor | None = None  # bool N: the rows gold flags for augmentation
     categories: dict[str, list[str]] | None = None
+    _ids: pa.ChunkedArray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def ids_of(self, mask: np.ndarray) -> np.ndarray:
-        """The sample ids of the rows ``mask`` selects, as a string array."""
-        return np.asarray(self.ids.take(pa.array(np.flatnonzero(mask))).to_pylist(), dtype=np.str_)
+        """The sample ids of the rows ``mask`` selects, as a string array (the column is read on the first
+        call and kept in Arrow: only the selected rows become strings)."""
+        if self._ids is None:
+            self._ids = self.read_ids()
+            if len(self._ids) != len(self.y):
+                raise RuntimeError(f"the sample ids read again are {len(self._ids)} rows, the rows are {len(self.y)}: "
+                                   "the snapshot's files changed under the run")  # fmt: skip
+        return np.asarray(self._ids.take(pa.array(np.flatnonzero(mask))).to_pylist(), dtype=np.str_)
 
 
 def shard_files(files: list[str], rank: int, world: int) -> tuple[list[str], tuple[int, int] | None]:
@@ -62,19 +71,46 @@ def shard_files(files: list[str], rank: int, world: int) -> tuple[list[str], tup
     return files, (rank, world)
 
 
-def read_rows(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None) -> pa.Table:
-    """This worker's share of the pinned snapshot: the training columns, the levels asked for."""
+def scan(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
+         columns: list[str] | None = None) -> tuple[int, Iterator[pa.RecordBatch]]:  # fmt: skip
+    """This worker's share of the pinned snapshot as record batches, and how many rows they hold (from the
+    files' metadata, or a scan of ``level`` alone for a filtered trade-off table): ``columns`` (default: the
+    training columns, without ``sample_id``), the levels asked for. The same arguments give the same rows
+    in the same order."""
     import pyarrow.dataset as pads
 
+    columns = columns if columns is not None else [c for c in gold.columns if c != "sample_id"]
     files, stride = shard_files(gold.files(), rank, world)
     if not files:
-        return pa.table({c: pa.array([], pa.null()) for c in gold.columns})
+        return 0, iter(())
     dataset = pads.dataset(files, format="parquet")  # local paths or URIs (s3://…) pyarrow resolves
     where = pc.field("level").isin(levels) if levels is not None and gold.levels is not None else None
-    table = dataset.to_table(columns=gold.columns, filter=where)
-    if stride is not None:
-        table = table.take(pa.array(np.arange(stride[0], table.num_rows, stride[1])))
-    return table
+    total = dataset.count_rows(filter=where)
+    batches = dataset.to_batches(columns=columns, filter=where)  # in file and row order
+    if stride is None:
+        return total, batches
+    first, step = stride
+
+    def strided() -> Iterator[pa.RecordBatch]:  # rows first, first + step, ... of the whole share
+        seen = 0
+        for b in batches:
+            index = np.arange((first - seen) % step, b.num_rows, step)
+            seen += b.num_rows
+            if len(index):
+                yield b.take(pa.array(index))
+
+    return len(range(first, total, step)), strided()
+
+
+def read_rows(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
+              columns: list[str] | None = None) -> pa.Table:  # fmt: skip
+    """``scan``'s rows as one table."""
+    columns = columns if columns is not None else [c for c in gold.columns if c != "sample_id"]
+    _, batches = scan(gold, rank, world, levels, columns)
+    batches = list(batches)
+    if not batches:
+        return pa.table({c: pa.array([], pa.null()) for c in columns})
+    return pa.Table.from_batches(batches)
 
 
 def vocabulary(gold: Gold) -> dict[str, list[str]]:
@@ -97,41 +133,68 @@ def width(gold: Gold, categories: dict[str, list[str]]) -> int:
 
 def load(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
          categories: dict[str, list[str]] | None = None) -> Rows:  # fmt: skip
-    """Read and convert this worker's rows (see the module docstring)."""
-    table = read_rows(gold, rank, world, levels)
-    y = torch.from_numpy(table.column("label").to_numpy(zero_copy_only=False).astype(np.int64))
-    keep = [c for c in (*CONTRACT, "level", "u") if c in table.column_names]
-    ids = table.column("sample_id")
+    """Read and convert this worker's rows (see the module docstring). Tabular rows are converted as they
+    stream in, record batch by record batch: no whole-table Arrow copy of the features is ever held."""
+
+    def ids() -> pa.ChunkedArray:
+        return read_rows(gold, rank, world, levels, columns=["sample_id"]).column("sample_id")
+
     if gold.kind == "images":
+        table = read_rows(gold, rank, world, levels)
+        y = torch.from_numpy(table.column("label").to_numpy(zero_copy_only=False).astype(np.int64))
+        keep = [c for c in (*CONTRACT, "level", "u") if c in table.column_names]
         decode = ImageDecoder(gold.image_size, gold.image_channels, gold.image_column, gold.image_root,
                               gold.image_embedded)  # fmt: skip
         x = decode(table.column("image" if gold.image_embedded else gold.image_column))
         flags = table.column("augment").fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
-        return Rows(x=x, y=y, contract=table.select(keep), ids=ids, augment=torch.from_numpy(flags))
-    x, categories = tabular(table, gold.numeric, categories if categories is not None else vocabulary(gold))
-    return Rows(x=x, y=y, contract=table.select(keep), ids=ids, numeric=len(gold.numeric), categories=categories)
+        return Rows(x=x, y=y, contract=table.select(keep), read_ids=ids, augment=torch.from_numpy(flags))
+    categories = categories if categories is not None else vocabulary(gold)
+    n, batches = scan(gold, rank, world, levels)
+    keep = [c for c in (*CONTRACT, "level", "u") if c in gold.columns]
+    x, y, contract = _convert(batches, n, gold.numeric, categories, keep)
+    return Rows(x=x, y=y, contract=contract, read_ids=ids, numeric=len(gold.numeric), categories=categories)
 
 
 def tabular(table: pa.Table, numeric: list[str], categories: dict[str, list[str]]) -> tuple[torch.Tensor, dict]:
     """float32 ``N×D``: numeric columns as read (NaN where missing), then each categorical one-hot over
-    ``categories`` (values outside them: all zeros); built once, never per batch, in one preallocated
-    array filled record batch by record batch (a column's values land in cache-sized blocks)."""
+    ``categories`` (values outside them: all zeros); built once, never per batch (see ``_convert``)."""
+    x, _, _ = _convert(table.to_batches(), table.num_rows, numeric, categories, [], labels=False)
+    return x, categories
+
+
+def _convert(batches: Iterable[pa.RecordBatch], rows: int, numeric: list[str], categories: dict[str, list[str]],
+             keep: list[str], labels: bool = True) -> tuple[torch.Tensor, torch.Tensor, pa.Table]:  # fmt: skip
+    """The features (``tabular``), the labels (int64) and the ``keep`` columns of ``rows`` rows arriving as
+    record batches: each batch lands in one preallocated float32 array while it is in cache, then goes."""
     width = len(numeric) + sum(len(v) for v in categories.values())
-    out = np.zeros((table.num_rows, width), np.float32)
-    start = 0
-    for batch in table.select([*numeric, *categories]).to_batches():
+    out = np.zeros((rows, width), np.float32)
+    y = np.zeros(rows, np.int64)
+    value_sets = {c: pa.array(cats, pa.string()) for c, cats in categories.items()}
+    kept, start = [], 0
+    for batch in batches:
+        if start + batch.num_rows > rows:
+            raise RuntimeError(f"more rows arrived than the files' metadata counts ({rows}): the snapshot's files "
+                               "changed under the run")  # fmt: skip
         block = out[start : start + batch.num_rows]
         for j, c in enumerate(numeric):
             block[:, j] = batch.column(c).to_numpy(zero_copy_only=False)
+        j = len(numeric)
+        for c, value_set in value_sets.items():
+            index = pc.index_in(pc.cast(batch.column(c), pa.string()), value_set=value_set)
+            index = index.to_numpy(zero_copy_only=False)
+            seen = ~np.isnan(index.astype(np.float64))
+            block[np.flatnonzero(seen), j + index[seen].astype(np.int64)] = 1.0
+            j += len(value_set)
+        if labels:
+            y[start : start + batch.num_rows] = batch.column("label").to_numpy(zero_copy_only=False)
+        if keep:
+            kept.append(batch.select(keep))
         start += batch.num_rows
-    j = len(numeric)
-    for c, cats in categories.items():
-        values = pc.cast(table.column(c), pa.string())
-        index = pc.index_in(values, value_set=pa.array(cats, pa.string())).to_numpy(zero_copy_only=False)
-        seen = ~np.isnan(index.astype(np.float64))
-        out[np.flatnonzero(seen), j + index[seen].astype(np.int64)] = 1.0
-        j += len(cats)
-    return torch.from_numpy(out), categories
+    if start != rows:
+        raise RuntimeError(f"{start} rows arrived, the files' metadata counts {rows}: the snapshot's files changed "
+                           "under the run")  # fmt: skip
+    contract = pa.Table.from_batches(kept) if kept else pa.table({c: pa.array([], pa.null()) for c in keep})
+    return torch.from_numpy(out), torch.from_numpy(y), contract
 
 
 def slot_statistics(x: torch.Tensor, numeric: int, masks: torch.Tensor) -> dict[str, torch.Tensor]:

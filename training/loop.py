@@ -103,6 +103,17 @@ def grouped_order(groups: list[torch.Tensor], batch_size: int, generator: torch.
     return order, list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
+def take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t``'s rows ``index`` (dim 0), copied into a buffer NumPy allocates. NumPy asks Linux for transparent
+    huge pages on arrays of 4 MiB and more (``madvise``), so an epoch-sized copy takes a few hundred page
+    faults, not tens of thousands: 800k rows × 20 float32 took 0.025-0.037 s this way, 0.050-0.065 s through
+    a tensor torch allocates (2 cores, 2026-12-03)."""
+    if t.device.type != "cpu" or len(index) * t[:1].nbytes < 1 << 22:
+        return torch.index_select(t, 0, index)
+    out = torch.from_numpy(np.empty((len(index), *t.shape[1:]), dtype=t[:0].numpy().dtype))
+    return torch.index_select(t, 0, index, out=out)
+
+
 def train_epoch(
     slots: list[SlotModel],
     x: torch.Tensor,
@@ -134,9 +145,9 @@ def train_epoch(
     for s in live:
         s.model.train()
     # One gather per epoch into the shuffled order; every batch is then a slice of it (a view, no copy).
-    xs, ys = torch.index_select(x, 0, order), torch.index_select(y, 0, order)
-    ms = torch.index_select(masks.t().contiguous(), 0, order).t()  # rows gathered whole: S×B views below
-    fs = torch.index_select(flagged, 0, order) if flagged is not None else None
+    xs, ys = take(x, order), take(y, order)
+    ms = take(masks.t().contiguous(), order).t()  # rows gathered whole: S×B views below
+    fs = take(flagged, order) if flagged is not None else None
     for a, b in spans if spans is not None else spans_of(len(order), batch_size, steps):
         # Moved first, then augmented there: on a GPU the augmentation runs on the GPU.
         xb = xs[a:b].to(device, non_blocking=True)

@@ -189,8 +189,7 @@ class Run:
         val_tf = augment.normalise if self.images else None
         mix = augment.mixer(c.get("mix"), c["classes"]) if self.images else None
         writers = self._writers(slots, start)
-        val_ids = [rows.ids_of(m.numpy()) for m in val_m]
-        val_y = [rows.y[m].numpy() for m in val_m]
+        known = None  # per slot: every worker's validation ids and labels (rank order), gathered once below
         for epoch in range(start, epochs):
             if all(s.stopped for s in models_):
                 break
@@ -210,7 +209,10 @@ class Run:
                                       plain=val_tf, spans=spans)  # fmt: skip
             probs = loop.evaluate(models_, rows.x, val_m, 4 * c["batch_size"], self.device, c["classes"],
                                   transform=val_tf)  # fmt: skip
-            gathered = self.gather([(val_ids[i], val_y[i], probs[i]) for i in range(len(slots))])
+            if known is None:  # the ids are read and sent once per phase, after the first epoch's steps
+                mine = self.gather([(rows.ids_of(m.numpy()), rows.y[m].numpy()) for m in val_m])
+                known = [tuple(np.concatenate([w[i][j] for w in mine]) for j in (0, 1)) for i in range(len(slots))]
+            gathered = self.gather([probs[i] for i in range(len(slots))])  # every epoch: the probabilities only
             if c.get("crash_at_epoch") == epoch and phase == 0 and not Path(c["crash_marker"]).exists():
                 # Tests: the worker process dies mid-run, once. Ray Train's controller collects reports on its
                 # health check (every 2 s); the delay lets it register the last checkpoint, as any real epoch would.
@@ -220,9 +222,8 @@ class Run:
             for i, (slot, s) in enumerate(zip(slots, models_, strict=True)):
                 if s.stopped:
                     continue
-                ids = np.concatenate([g[i][0] for g in gathered])
-                y = np.concatenate([g[i][1] for g in gathered])
-                p = np.concatenate([g[i][2] for g in gathered])
+                ids, y = known[i]
+                p = np.concatenate([g[i] for g in gathered])
                 ev = loop.score(y, p, c["classes"])
                 improved = s.stopper.step(ev.loss, epoch) or final[i]
                 s.stopped = s.stopper.stop and not final[i]

@@ -54,6 +54,26 @@ def test_each_slots_rows_follow_the_contract_and_its_own_statistics(cancer_gold)
         assert mean[0][0] != mean[1][0]
 
 
+@pytest.mark.parametrize("world", [1, 2, 5])
+def test_the_ids_read_after_the_rows_belong_to_those_rows_on_every_worker(cancer_gold, world):
+    """Training reads no ``sample_id``; the ids read later (same files, same row order) line up with each
+    worker's rows: label and fold as in the table, and the workers' rows together are every row once
+    (world 5 is more workers than files: every worker reads them all and keeps every 5th row)."""
+    gold = Gold.open(cancer_gold)
+    rows = _rows(cancer_gold)
+    assert "sample_id" not in data.read_rows(gold).column_names
+    seen = []
+    for rank in range(world):
+        loaded = data.load(gold, rank, world)
+        ids = loaded.ids_of(np.ones(len(loaded), bool))
+        assert len(ids) == len(loaded)
+        folds = loaded.contract.column("fold").to_pylist()
+        for i, sid in enumerate(ids):
+            assert rows[sid]["label"] == int(loaded.y[i]) and rows[sid]["fold"] == folds[i], sid
+        seen += ids.tolist()
+    assert sorted(seen) == sorted(rows)
+
+
 def test_slots_stop_on_their_own_and_a_fold_among_k_matches_it_alone(cancer_gold, tmp_path):
     gold = Gold.open(cancer_gold)
     s = Settings(epochs=14, batch_size=32, hidden=(32,), patience=2, warmup_steps=4, tensorboard=False)

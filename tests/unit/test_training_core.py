@@ -82,6 +82,22 @@ def test_tabular_features_are_float32_numeric_then_one_hot_across_record_batches
     assert empty.shape == (0, 2)
 
 
+@pytest.mark.parametrize("shape", [(300_000, 20), (120_000, 3), (20_000, 1, 16, 16), (10,)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bool, torch.int64])
+def test_take_copies_the_rows_index_select_would(shape, dtype):
+    """The epoch's gather into a NumPy-allocated buffer (large tensors) equals ``index_select``, whatever
+    the dtype and row shape, and leaves the source as it was."""
+    g = torch.Generator().manual_seed(0)
+    t = (torch.rand(shape, generator=g) * 200).to(dtype)
+    before = t.clone()
+    order = torch.randperm(shape[0], generator=g)[: shape[0] * 3 // 4]
+    got = loop.take(t, order)
+    assert got.dtype == dtype and got.shape == (len(order), *shape[1:])
+    assert torch.equal(got, torch.index_select(t, 0, order)) and torch.equal(t, before)
+    masks = torch.rand(3, shape[0], generator=g) > 0.5  # slots' masks, gathered as whole rows (S×B views)
+    assert torch.equal(loop.take(masks.t().contiguous(), order).t(), masks[:, order])
+
+
 def test_convolutional_models_hold_their_weights_channels_last_and_train_on_plain_batches():
     """cnn and resnet18 are built channels-last (faster convolutions and pooling on oneDNN and cuDNN); an
     ordinary NCHW batch still trains them, and their weights load into a model built NCHW."""
