@@ -82,6 +82,24 @@ def test_tabular_features_are_float32_numeric_then_one_hot_across_record_batches
     assert empty.shape == (0, 2)
 
 
+def test_rows_that_do_not_match_the_files_count_stop_the_run_with_the_reason():
+    """The float32 matrix is sized from the files' row counts, and the ids are read again later: if the
+    files yield other rows than counted (the snapshot changed under the run), the run stops, not misaligns."""
+    from training import data
+
+    t = pa.table({"a": [1.0, 2.0, 3.0], "label": [0, 1, 0], "fold": [0, 1, -1]})
+    x, y, contract = data._convert(t.to_batches(), 3, ["a"], {}, ["fold"])
+    assert x[:, 0].tolist() == [1.0, 2.0, 3.0] and y.tolist() == [0, 1, 0] and contract.column("fold").to_pylist() == [0, 1, -1]
+    for counted in (2, 4):
+        with pytest.raises(RuntimeError, match="changed under the run"):
+            data._convert(t.to_batches(), counted, ["a"], {}, ["fold"])
+    rows = data.Rows(x=x, y=y, contract=contract, read_ids=lambda: pa.chunked_array([["s1", "s2"]]))
+    with pytest.raises(RuntimeError, match="changed under the run"):
+        rows.ids_of(np.ones(3, bool))
+    rows = data.Rows(x=x, y=y, contract=contract, read_ids=lambda: pa.chunked_array([["s1", "s2", "s3"]]))
+    assert rows.ids_of(np.array([True, False, True])).tolist() == ["s1", "s3"]
+
+
 @pytest.mark.parametrize("shape", [(300_000, 20), (120_000, 3), (20_000, 1, 16, 16), (10,)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bool, torch.int64])
 def test_take_copies_the_rows_index_select_would(shape, dtype):
