@@ -309,6 +309,8 @@ class SparkConfig(Strict):
     conf: dict[str, str] = Field(default_factory=dict, description="extra Spark conf")
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
     ui: bool = False
+    class_archive: bool = Field(default=True, description="the driver JVM maps the class archive the warm-up "
+                                "wrote (`python -m jobs.lakehouse.session`): faster starts and first queries")
 
 
 class RayConfig(Strict):

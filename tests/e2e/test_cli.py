@@ -190,24 +190,40 @@ def test_train_before_gold_exists_is_a_usage_error_and_is_recorded(spark, tmp_pa
 @pytest.mark.spark
 def test_a_warm_machine_starts_spark_offline_and_verbose_shows_the_engines(spark, tmp_path):
     """After one start has resolved the Delta jars (the session's, or `make warm`), Spark starts without asking a
-    repository: here the only one it could ask is unreachable. Without the recorded jars, the same start fails
-    with the resolver's error and the fix."""
+    repository: here the only one it could ask is unreachable. The warm-up writes the driver's class archive and
+    that start maps it (with ``-Xshare:on`` the JVM would not start otherwise). Without the recorded jars (and with
+    a damaged archive, which the JVM ignores), the same start fails with the resolver's error and the fix."""
+    import shutil
+
+    from jobs.lakehouse.session import jar_manifest
+
     (tmp_path / "ivy.xml").write_text(
         '<ivysettings><settings defaultResolver="unreachable"/><resolvers><ibiblio name="unreachable" '
         'm2compatible="true" root="http://127.0.0.1:9/maven2/"/></resolvers></ivysettings>')  # fmt: skip
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(jar_manifest(), cache / "spark-jars.json")  # the jars the session's start resolved
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FULCRUM_CACHE": str(cache)}
+    warmed = subprocess.run([sys.executable, "-m", "jobs.lakehouse.session"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert warmed.returncode == 0 and "class archive written" in warmed.stdout, warmed.stdout + warmed.stderr[-3000:]
+    (archive,) = cache.glob("spark-classes-*.jsa")
     assert fulcrum("samples", str(tmp_path / "s")).returncode == 0
     config = str(tmp_path / "s" / "cancer" / "cancer.yaml")
-    unreachable = "spark.conf=" + json.dumps({"spark.jars.ivySettings": str(tmp_path / "ivy.xml"),
-                                              "spark.jars.ivy": str(tmp_path / "ivy-cache")})  # fmt: skip
-    warm = fulcrum("--verbose", "runs", config, "--set", unreachable, timeout=300)
+    conf = {"spark.jars.ivySettings": str(tmp_path / "ivy.xml"), "spark.jars.ivy": str(tmp_path / "ivy-cache")}
+    unreachable = "spark.conf=" + json.dumps(conf)
+    mapped = "spark.conf=" + json.dumps({**conf, "spark.driver.extraJavaOptions": "-Xshare:on"})
+    warm = subprocess.run([sys.executable, "-m", "jobs", "--verbose", "runs", config, "--set", mapped], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert warm.returncode == 0, warm.stderr[-3000:]
     assert "no runs recorded yet" in warm.stdout
     assert "log4j" in warm.stderr  # --verbose: the JVM's lines on the terminal too
     assert "log4j" in (tmp_path / "s" / "lake" / "cancer" / "reports" / "engine.log").read_text()
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty").mkdir()  # no recorded jars; a damaged archive under the name a start would map
+    (tmp_path / "empty" / archive.name).write_bytes(b"not an archive")
     cold = subprocess.run([sys.executable, "-m", "jobs", "runs", config, "--set", unreachable], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "FULCRUM_CACHE": str(tmp_path / "empty")},
+                          env={**env, "FULCRUM_CACHE": str(tmp_path / "empty")},
                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert cold.returncode == 3
+    assert cold.returncode == 3  # the JVM started despite the damaged archive; the resolver failed
     assert "Spark could not start" in cold.stderr and "127.0.0.1:9" in cold.stderr and "make warm" in cold.stderr
     assert "log4j" not in cold.stderr.split("error:")[0]  # not verbose: nothing of the JVM's before the error
