@@ -131,14 +131,19 @@ def submit_args() -> list[str]:
     Delta's jars reach the driver and every executor through ``--packages`` (Spark resolves them
     from Maven Central, or from the mirror in ``spark.jars.ivySettings``, and ships them to the
     executors); the Delta session settings go as ``--conf``; executors run this interpreter (the same
-    path in the container image on a real cluster). Usage::
+    path in the container image on a real cluster). When this machine has a class archive, the driver
+    (client mode: on this machine) maps it; a later ``--conf spark.driver.extraJavaOptions`` replaces
+    that. Usage::
 
         spark-submit --master spark://HOST:7077 $(python -m jobs.lakehouse.session submit-args) run CONFIG --until oversample
     """
 
     args = ["--packages", delta_package()]
-    for key, value in {**DELTA_CONF, "spark.pyspark.python": sys.executable,
-                       "spark.pyspark.driver.python": sys.executable}.items():  # fmt: skip
+    conf = {**DELTA_CONF, "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable}
+    archive = class_archive()
+    if archive.is_file() and " " not in str(archive):  # the driver (client mode, this machine) maps it
+        conf["spark.driver.extraJavaOptions"] = f"-XX:SharedArchiveFile={archive}"
+    for key, value in conf.items():
         args += ["--conf", f"{key}={value}"]
     return [*args, str(Path(__file__).with_name("submit.py"))]
 

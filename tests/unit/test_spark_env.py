@@ -47,3 +47,12 @@ def test_the_class_archive_is_keyed_by_sparks_jars_and_the_delta_jars(monkeypatc
     added = class_archive(cfg)
     other_delta = class_archive(SparkConfig(jars=["/y/delta-spark.jar"]))
     assert len({first, changed, added, other_delta}) == 4
+
+
+def test_spark_submit_maps_the_class_archive_when_this_machine_has_one(monkeypatch, tmp_path):
+    from jobs.lakehouse.session import class_archive, submit_args
+
+    monkeypatch.setenv("FULCRUM_CACHE", str(tmp_path))
+    assert not any("extraJavaOptions" in a for a in submit_args())
+    class_archive().write_bytes(b"")
+    assert f"spark.driver.extraJavaOptions=-XX:SharedArchiveFile={class_archive()}" in submit_args()
