@@ -292,6 +292,10 @@ def print_audit(report: StageReport) -> None:
                       f"{flagged.get(cls, 0):,}")  # fmt: skip
     out.print(table)
     applied = report.details.get("applied")
+    verified = report.details.get("verified")
+    if verified and verified["act"]:
+        out.print(f"the verdicts measured before they acted ({verified['rows']:,} rows, {verified['seconds']:.0f} s): "
+                  f"{verified['reason']}")  # fmt: skip
     if report.details.get("abstained"):
         out.print(f"the audit abstained: {report.details['abstained']}")
     elif applied and applied.get("withheld"):

@@ -293,6 +293,14 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
             previous = None if reset or not tables.exists(spark, target) else tables.read(spark, target)
             issues = merge_issues(previous, result.kept.withColumn("audit_run_id", F.lit(run_id)), preds)
             issues = issues.localCheckpoint()  # read the old table before the overwrite replaces it
+            if cfg.audit.verify and cfg.clean.label_issues != "report" and not result.report.details["abstained"]:
+                checked = verify(spark, cfg, run_id, lake, issues, record)
+                result.report.details["verified"] = checked
+                if checked and not checked["act"]:  # this audit's verdicts are reported, not applied
+                    result.report.details["abstained"] = checked["reason"]
+                    log.warning("label audit %s withholds its verdicts: %s", cfg.dataset, checked["reason"])
+                    issues = issues.withColumn("actionable", F.when(F.col("audit_run_id") == run_id, F.lit(False))
+                                               .otherwise(F.col("actionable")))  # fmt: skip
             props = {"fulcrum.run_id": run_id, "fulcrum.classes": json.dumps(classes),
                      "fulcrum.predictions_version": version, "fulcrum.method": cfg.audit.method}  # fmt: skip
             out_version = tables.overwrite(issues, target, run_id, STAGE, props)
@@ -341,6 +349,96 @@ def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silve
     record.outputs.append(("audit/predictions", summary["predictions"]["path"],
                            tables.version(spark, summary["predictions"]["path"])))  # fmt: skip
     return summary
+
+
+VERIFY_LEVELS = ("given", "verdicts")
+
+
+def marked(gold: DataFrame, issues: DataFrame) -> DataFrame:
+    """``gold`` plus ``_hit`` (an actionable verdict hits the row: a real cross-validation row that still has the
+    label it was flagged with) and ``_to`` (the suggested label)."""
+    act = issues.where(F.col("actionable")).select("sample_id", F.col("given_label").alias("_given"),
+                                                   F.col("suggested_label").alias("_to"))  # fmt: skip
+    hit = (F.col("_given").isNotNull() & (F.col("label") == F.col("_given")) & (F.col("fold") >= 0)
+           & F.col("synthetic_for").isNull())  # fmt: skip
+    return gold.join(act, "sample_id", "left").withColumn("_hit", F.coalesce(hit, F.lit(False))).drop("_given")
+
+
+def verify_rows(gold: DataFrame, issues: DataFrame, policy: str, folds: int) -> DataFrame:
+    """``audit/gold``'s rows twice in the gold contract, ``level`` ``given`` (as they are) and ``verdicts`` (the
+    actionable verdicts applied as ``policy`` says: the rows they hit train no fold, and under ``relabel`` a copy
+    with the suggested label trains every fold but the row's own, as a synthetic row of each). Every row still
+    validates its own fold under its given label, so both levels are scored on the same rows."""
+    rows = marked(gold, issues)
+    every = F.array(*[F.lit(f) for f in range(folds)])
+    applied = rows.withColumn("dropped_for", F.when(F.col("_hit"), every).otherwise(F.col("dropped_for")))
+    parts = [gold.withColumn("level", F.lit("given")), applied.drop("_hit", "_to").withColumn("level", F.lit("verdicts"))]
+    if policy == "relabel":
+        copies = (rows.where("_hit").withColumn("label", F.col("_to").cast("int"))
+                  .withColumn("synthetic_for", F.explode(F.filter(every, lambda f: f != F.col("fold"))))
+                  .withColumn("dropped_for", F.lit(None).cast("array<int>")))  # fmt: skip
+        if "synthetic_of" in gold.columns:
+            copies = copies.withColumn("synthetic_of", F.col("sample_id"))
+        parts.append(copies.drop("_hit", "_to").withColumn("level", F.lit("verdicts")))
+    table = parts[0]
+    for more in parts[1:]:
+        table = table.unionByName(more)
+    return table.withColumn("u", F.lit(0.0))
+
+
+def decide(given: dict, verdicts: dict, tolerance: float, metric: str) -> tuple[bool, str]:
+    """(do the verdicts act, why) from each level's ``mean`` and ``folds`` of the metric: they act unless their
+    mean is lower than the given labels' by more than ``tolerance``."""
+    if math.isnan(given["mean"]) or math.isnan(verdicts["mean"]):
+        return False, f"the verdicts could not be measured on the folds ({metric} was not scored): not applied"
+    diff = verdicts["mean"] - given["mean"]
+    said = (f"on the folds, mean {metric} {verdicts['mean']:.3f} with the verdicts applied against "
+            f"{given['mean']:.3f} on the labels as given ({diff:+.3f}; audit.tolerance {tolerance:g})")  # fmt: skip
+    if diff < -tolerance - 1e-12:
+        return False, said + ": the verdicts would make the model worse, so they are reported, not applied"
+    return True, said
+
+
+def verify(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake: tables.Lake, issues: DataFrame,
+           record: ledger.StageRun) -> dict | None:  # fmt: skip
+    """Measure the actionable verdicts on the folds before they act (``audit.verify``): every fold of
+    ``audit/gold`` trained twice in one engine run (``python -m training.tradeoff``, the train section's
+    settings without the search), on the labels as given and with the verdicts applied (``verify_rows``),
+    both scored on the fold's rows under their given labels. Label noise that does not depend on the
+    features lowers every model's score on noisy labels alike, so the ranking of the two holds; a verdict
+    list that mostly hits correct rows (a weak model's confident mistakes) makes the model worse there and is
+    withheld. None when no verdict would change a row."""
+    from jobs import launch
+    from jobs.balancing import auto
+    from training.contract import to_flags
+
+    start = time.perf_counter()
+    g_path = lake.path("audit/gold")
+    props = tables.properties(spark, g_path)
+    folds = int(props["fulcrum.folds"])
+    gold = tables.read(spark, g_path, tables.version(spark, g_path))
+    n = marked(gold.select("sample_id", "label", "fold", "synthetic_for"), issues).where("_hit").count()
+    if n == 0:
+        return None
+    table = verify_rows(gold, issues, cfg.clean.label_issues, folds)
+    path = lake.path("audit/verify")
+    names = list(VERIFY_LEVELS)
+    version = tables.overwrite(table, path, run_id, STAGE, {**{k: v for k, v in props.items() if k.startswith("fulcrum.")},
+                               "fulcrum.run_id": run_id, "fulcrum.tradeoff_levels": json.dumps(names)})  # fmt: skip
+    record.outputs.append(("audit/verify", path, version))
+    out = str(Path(cfg.reports_dir) / run_id / "audit" / "verify")
+    train = cfg.train.tuned(tensorboard=False, search=None)
+    args = ["--table", path, "--version", str(version), "--out", out, *to_flags(train), "--levels", ",".join(names),
+            "--fractions", "1", "--folds", ",".join(map(str, range(folds)))]  # fmt: skip
+    log.info("audit %s: measuring %d verdicts on %d folds", cfg.dataset, n, folds)
+    grid = launch.grid(cfg, run_id, args, out, "measuring the audit's verdicts",
+                       "see the message above, or set audit.verify to false")  # fmt: skip
+    metric = cfg.oversample.metric
+    given, verdicts = auto.summarise(grid["trials"], names, metric)
+    act, why = decide(given, verdicts, cfg.audit.tolerance, metric)
+    log.info("audit %s: %s", cfg.dataset, why)
+    return {"metric": metric, "tolerance": cfg.audit.tolerance, "rows": n, "given": given, "verdicts": verdicts,
+            "act": act, "reason": why, "table_version": version, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def apply_to_silver(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake: tables.Lake, silver: DataFrame,

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 CONFLICTS = tuple(getattr(delta_errors, name) for name in delta_errors.__all__)
 
 TABLES = ("bronze", "quarantine", "silver", "gold", "runs", "predictions", "label_issues", "tradeoff", "audit/gold",
-          "audit/predictions", "balance/candidates", "metrics")
+          "audit/predictions", "audit/verify", "balance/candidates", "metrics")
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 MERGE_RETRIES = 3
 CONSTRAINT_CHECK = "spark.databricks.delta.replaceWhere.constraintCheck.enabled"

@@ -187,7 +187,8 @@ def test_the_audit_acts_on_silver_before_oversampling_reads_it(spark, audited, l
     cfg, _ = audited
     cfg = lake_copy(cfg)
     cfg = cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"label_issues": policy}),
-                                 "oversample": cfg.oversample.model_copy(update={"method": "smotenc"})})  # fmt: skip
+                                 "oversample": cfg.oversample.model_copy(update={"method": "smotenc"}),
+                                 "audit": cfg.audit.model_copy(update={"verify": False})})  # measured in its own test
     lake = tables.Lake(cfg.lake_dir)
     before = tables.version(spark, lake.path("silver"))
     report = audit.run(spark, cfg, f"a-{policy}", retrain=False)
@@ -217,6 +218,66 @@ def test_the_audit_acts_on_silver_before_oversampling_reads_it(spark, audited, l
     again = audit.run(spark, cfg, f"a-{policy}-2", retrain=False)
     assert again.details["applied"]["dropped"] == again.details["applied"]["relabelled"] == 0
     assert tables.version(spark, lake.path("silver")) == before + 1
+
+
+def _issues(spark, rows: list[tuple[str, int, int]]):
+    return spark.createDataFrame([(s, g, t, True, "a-x") for s, g, t in rows],
+                                 "sample_id string, given_label int, suggested_label int, actionable boolean, "
+                                 "audit_run_id string")  # fmt: skip
+
+
+def test_verify_rows_apply_the_verdicts_in_one_level_and_leave_the_other_as_given(spark):
+    gold = spark.createDataFrame([("a", 0, 0, None, None), ("b", 1, 1, None, None), ("c", 0, 2, None, None),
+                                  ("t", 0, -1, None, None), ("s", 1, 0, 2, None)],
+                                 "sample_id string, label int, fold int, synthetic_for int, dropped_for array<int>")  # fmt: skip
+    # a: hit; b: flagged under another label than it has now (a source fix), not hit; t: a test row, never hit
+    issues = _issues(spark, [("a", 0, 1), ("b", 0, 1), ("t", 0, 1)])
+    dropped = {(r["level"], r["sample_id"]): r for r in audit.verify_rows(gold, issues, "drop", 3).collect()}
+    assert len(dropped) == 10 and {r["u"] for r in dropped.values()} == {0.0}
+    assert dropped[("verdicts", "a")]["dropped_for"] == [0, 1, 2] and dropped[("given", "a")]["dropped_for"] is None
+    assert all(dropped[("verdicts", s)]["dropped_for"] is None for s in "bcts")
+    relabelled = audit.verify_rows(gold, issues, "relabel", 3).where("level = 'verdicts'").collect()
+    copies = sorted((r["synthetic_for"] if r["synthetic_for"] is not None else -9, r["label"], r["fold"])
+                    for r in relabelled if r["sample_id"] == "a")  # fmt: skip
+    # the original (label 0) trains no fold; a copy labelled 1 trains folds 1 and 2, never its own fold 0
+    assert copies == [(-9, 0, 0), (1, 1, 0), (2, 1, 0)]
+
+
+def test_decide_withholds_verdicts_that_lower_the_metric_beyond_the_tolerance():
+    assert audit.decide({"mean": 0.80}, {"mean": 0.795}, 0.01, "macro_f1")[0]
+    assert audit.decide({"mean": 0.80}, {"mean": 0.85}, 0.01, "macro_f1")[0]
+    act, why = audit.decide({"mean": 0.80}, {"mean": 0.78}, 0.01, "macro_f1")
+    assert not act and "0.780 with the verdicts applied against 0.800" in why and "-0.020" in why
+    assert not audit.decide({"mean": float("nan")}, {"mean": 0.9}, 0.01, "macro_f1")[0]
+
+
+def test_verdicts_are_measured_on_the_folds_before_they_act(spark, audited, lake_copy):
+    """On real Ray: verdicts that relabel the rows the model is surest of make every fold worse and are
+    withheld; the injected flips dropped do not, and act."""
+    cfg, _ = audited
+    cfg = lake_copy(cfg)
+    cfg = cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"label_issues": "relabel"})})
+    lake = tables.Lake(cfg.lake_dir)
+    from jobs.lakehouse import ledger
+
+    preds = tables.read(spark, lake.path("audit/predictions")).collect()
+    surest = sorted(preds, key=lambda r: -r["probabilities"][r["label"]])[: len(preds) * 2 // 5]
+    wrong = _issues(spark, [(r["sample_id"], r["label"], 1 - r["label"]) for r in surest])
+    record = ledger.StageRun(run_id="a-v", dataset=cfg.dataset, stage="audit")
+    checked = audit.verify(spark, cfg, "a-v", lake, wrong, record)
+    assert checked["rows"] == len(surest) and not checked["act"], checked
+    assert checked["verdicts"]["mean"] < checked["given"]["mean"] - cfg.audit.tolerance
+    assert {r[0] for r in tables.read(spark, lake.path("audit/verify")).select("level").distinct().collect()} == {
+        "given", "verdicts"}
+    assert ("audit/verify", lake.path("audit/verify"), checked["table_version"]) in record.outputs
+    flips, _ = _injected_flips(spark, cfg)
+    label = {r["sample_id"]: r["label"] for r in preds}
+    dropped = cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"label_issues": "drop"})})
+    right = _issues(spark, [(s, label[s], 1 - label[s]) for s in flips])
+    checked = audit.verify(spark, dropped, "a-v2", lake, right, record)
+    assert checked["rows"] == len(flips) and checked["act"], checked
+    none = audit.verify(spark, dropped, "a-v3", lake, _issues(spark, [("no-such-row", 0, 1)]), record)
+    assert none is None  # nothing to measure: no training
 
 
 def test_verdicts_that_would_leave_a_class_short_of_the_folds_are_withheld(spark, tmp_path):
