@@ -195,3 +195,27 @@ def test_a_bad_log_format_is_a_usage_error(tmp_path, capsys):
 
     assert main(["--log-format", "yaml", "samples", str(tmp_path / "s")]) == 2
     assert "--log-format 'yaml'" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_the_audit_says_whether_its_verdicts_were_measured_and_what_came_of_it():
+    from jobs import cli
+    from jobs.stage import StageReport
+
+    est = {"classes": ["a", "b"], "counts": [10, 12], "thresholds": [0.7, 0.6], "noise_rate": [0.1, 0.0]}
+    base = {"method": "prune_by_noise_rate", "ranking": "normalized_margin", "estimate": est, "pairs": {"a -> b": 1},
+            "top": [], "applied": {"policy": "drop", "dropped": 1, "relabelled": 0}}  # fmt: skip
+    acted = {"rows": 1, "seconds": 17.6, "act": True, "reason": "on the folds, mean macro_f1 0.810 with the verdicts "
+             "applied against 0.800 on the labels as given (+0.010; audit.tolerance 0.01)"}  # fmt: skip
+    with cli.out.capture() as seen:
+        cli.print_audit(StageReport(stage="audit", details={**base, "verified": acted}))
+    text = " ".join(seen.get().split())
+    assert "the verdicts measured before they acted (1 rows, 18 s): on the folds, mean macro_f1 0.810" in text
+    assert "applied before oversampling (drop): 1 rows dropped" in text
+    withheld = {**acted, "act": False, "reason": "on the folds, …: the verdicts would make the model worse"}
+    details = {**base, "verified": withheld, "abstained": withheld["reason"],
+               "applied": {"policy": "drop", "dropped": 0, "relabelled": 0}}  # fmt: skip
+    with cli.out.capture() as seen:
+        cli.print_audit(StageReport(stage="audit", details=details))
+    text = " ".join(seen.get().split())
+    assert "the audit abstained: on the folds, …: the verdicts would make the model worse" in text
+    assert "measured before they acted" not in text and "rows dropped" not in text
