@@ -243,12 +243,20 @@ def test_verify_rows_apply_the_verdicts_in_one_level_and_leave_the_other_as_give
     assert copies == [(-9, 0, 0), (1, 1, 0), (2, 1, 0)]
 
 
-def test_decide_withholds_verdicts_that_lower_the_metric_beyond_the_tolerance():
-    assert audit.decide({"mean": 0.80}, {"mean": 0.795}, 0.01, "macro_f1")[0]
-    assert audit.decide({"mean": 0.80}, {"mean": 0.85}, 0.01, "macro_f1")[0]
-    act, why = audit.decide({"mean": 0.80}, {"mean": 0.78}, 0.01, "macro_f1")
-    assert not act and "0.780 with the verdicts applied against 0.800" in why and "-0.020" in why
-    assert not audit.decide({"mean": float("nan")}, {"mean": 0.9}, 0.01, "macro_f1")[0]
+def test_decide_withholds_only_verdicts_that_clearly_lower_the_metric():
+    def level(folds):
+        return {"mean": float(np.mean(folds)), "folds": folds}
+
+    given = level([0.80, 0.82, 0.78, 0.81, 0.79])
+    assert audit.decide(given, level([0.81, 0.83, 0.79, 0.82, 0.80]), 0.01, "macro_f1")[0]  # better
+    assert audit.decide(given, level([0.795, 0.815, 0.775, 0.805, 0.785]), 0.01, "macro_f1")[0]  # within tolerance
+    # 0.02 lower on average but one fold gains 0.05: the paired differences' standard error is 0.018, not clear
+    noisy = level([0.85, 0.79, 0.73, 0.78, 0.75])
+    act, why = audit.decide(given, noisy, 0.01, "macro_f1")
+    assert act and "paired difference -0.020 ± 0.018 standard error over 5 folds" in why
+    act, why = audit.decide(given, level([0.77, 0.80, 0.75, 0.78, 0.76]), 0.01, "macro_f1")  # 0.028 lower on each
+    assert not act and "0.772 with the verdicts applied against 0.800" in why and "model worse" in why
+    assert not audit.decide(level([float("nan")] * 5), level([0.9] * 5), 0.01, "macro_f1")[0]  # nothing scored
 
 
 def test_verdicts_are_measured_on_the_folds_before_they_act(spark, audited, lake_copy):
