@@ -223,8 +223,9 @@ def build(name: str, folder: Path, seed: int) -> dict:
                        "images": {"root": "images", "path_column": "path", "size": SIZE, "channels": 3, "embed": True},
                        "train": {"model": "cnn", "epochs": 8, "batch_size": 64, "lr": 0.003}})  # fmt: skip
         flat = np.stack([im.reshape(-1) / 255.0 for im in images])
-        clean = {"X": flat[train], "y": labels[train], "record_ids": list(data["record_id"][: len(train)])}
-        held = {"X": flat[test], "y": labels[test]}
+        clean = {"X": flat[train], "y": labels[train], "record_ids": list(data["record_id"][: len(train)]),
+                 "images": [images[i] for i in train]}
+        held = {"X": flat[test], "y": labels[test], "images": [images[i] for i in test]}
         return {"config": _write(folder, config), "log": log, "clean": clean, "held": held, "kind": "images",
                 "features": None, "root": folder / "images", "data": data}  # fmt: skip
     df, features = tabular(name, seed)
@@ -439,6 +440,118 @@ def quality(d: dict, lake: Path) -> tuple[list[list], list[list], dict]:
     return recovery, ablation, cv
 
 
+def own_model(d: dict, lake: Path, folder: Path, seed: int) -> list:
+    """(ii) fulcrum's own model: the train stage's settings (its ``cv.json``) trained by fulcrum's engine on the
+    raw rows, on gold and on the clean original, each a gold-contract table whose test part (``fold = -1``) is
+    the held-out clean rows, so the final model's test macro-F1 is its score on them. Gold keeps its folds and
+    synthetic rows (its own test part is left out); raw and the clean original get seeded folds. Raw rows whose
+    label is not one of the classes as written (a spelling variant) or whose file does not decode cannot train
+    fulcrum's model and are left out (counted); raw nulls take the column's median, as the LR's imputer does."""
+    from deltalake import DeltaTable
+
+    from jobs import launch
+    from jobs.config import load_config
+    from jobs.lakehouse import tables
+    from jobs.lakehouse.session import build_spark
+    from training.contract import TrainSettings
+
+    cfg = load_config(d["config"])
+    props = _props(lake / "gold")
+    classes = json.loads(props["fulcrum.classes"])
+    index = {c: i for i, c in enumerate(classes)}
+    k = int(props["fulcrum.folds"])
+    runs = sorted((lake / "reports").glob("*/train/cv.json"), key=lambda p: p.stat().st_mtime)
+    settings = TrainSettings.model_validate({**json.loads(runs[-1].read_text())["settings"], "tensorboard": False})
+    rng = np.random.default_rng(seed)
+    images = d["kind"] == "images"
+    columns = ["image"] if images else d["features"]
+
+    def table(values, labels, folds, ids) -> pd.DataFrame:
+        out = pd.DataFrame({"sample_id": ids, "label": np.asarray(labels, dtype=np.int32),
+                            "fold": np.asarray(folds, dtype=np.int32)})  # fmt: skip
+        out["synthetic_for"] = pd.array([None] * len(out), dtype="Int32")
+        out["dropped_for"] = [None] * len(out)
+        out["augment"] = False
+        if images:
+            from training.data import png
+
+            out["image"] = [png(v) for v in values]
+        else:
+            for j, c in enumerate(columns):
+                out[c] = np.asarray(values, dtype=float)[:, j]
+        return out
+
+    held = d["held"]
+    test = table(held["images"] if images else held["X"], [index[str(y)] for y in held["y"]],
+                 [-1] * len(held["y"]), [f"held-{i}" for i in range(len(held["y"]))])  # fmt: skip
+    # raw, as injected
+    data, left_out = d["data"], 0
+    raw_values, raw_labels = [], []
+    for _, row in data.reset_index(drop=True).iterrows():
+        label = str(row["label"])
+        if label not in index:
+            left_out += 1
+            continue
+        if images:
+            from PIL import Image
+
+            try:
+                with Image.open(d["root"] / row["path"]) as im:
+                    raw_values.append(np.asarray(im.convert("RGB").resize((SIZE, SIZE))))
+            except Exception:  # noqa: BLE001 - what does not decode cannot train
+                left_out += 1
+                continue
+        else:
+            raw_values.append(pd.to_numeric(row[columns], errors="coerce").to_numpy(float))
+        raw_labels.append(index[label])
+    if not images:
+        raw_values = np.asarray(raw_values, float)
+        raw_values = np.where(np.isnan(raw_values), np.nanmedian(raw_values, axis=0), raw_values)
+    raw = table(raw_values, raw_labels, rng.integers(0, k, len(raw_labels)), [f"raw-{i}" for i in range(len(raw_labels))])
+    clean_y = [index[str(y)] for y in d["clean"]["y"]]
+    clean = table(d["clean"]["images"] if images else d["clean"]["X"], clean_y, rng.integers(0, k, len(clean_y)),
+                  [f"clean-{i}" for i in range(len(clean_y))])  # fmt: skip
+    gold = DeltaTable(str(lake / "gold")).to_pandas()
+    gold = gold[~(gold["synthetic_for"].isna() & (gold["fold"] == -1))]
+    keep = ["sample_id", "label", "fold", "synthetic_for", "dropped_for", "augment", *columns]
+    gold = gold[keep].astype({"label": np.int32, "fold": np.int32, "synthetic_for": "Int32"})
+    sides = {"raw": raw, "gold": gold, "clean original": clean}
+    spark = build_spark(cfg.spark)
+    scores = {}
+    for side, rows in sides.items():
+        path = folder / "own-model" / side.replace(" ", "-")
+        shutil.rmtree(path, ignore_errors=True)
+        both = pd.concat([rows[keep], test[keep]], ignore_index=True)
+        tables.overwrite(_spark_rows(spark, both, columns, images), str(path), f"own-{seed}", "bench",
+                         {k_: v for k_, v in props.items() if k_.startswith("fulcrum.")})  # fmt: skip
+        cv = launch.cross_validate(cfg, f"own-{side.replace(' ', '-')}", str(path), 0, str(path.parent / f"{path.name}-out"),
+                                   settings, label=f"own model on {side}")  # fmt: skip
+        scores[side] = cv["final"]["test_macro_f1"]
+    gap = scores["clean original"] - scores["raw"]
+    recovery = round((scores["gold"] - scores["raw"]) / gap, 2) if abs(gap) > 1e-9 else float("nan")
+    return [f"fulcrum's {settings.model or 'mlp'}", round(scores["raw"], 3), round(scores["gold"], 3),
+            round(scores["clean original"], 3), round(gap, 3), recovery, left_out]
+
+
+def _spark_rows(spark, frame: pd.DataFrame, columns: list[str], images: bool):
+    """A pandas gold-contract frame as a Spark DataFrame with the contract's types (nulls as nulls)."""
+    schema = ("sample_id string, label int, fold int, synthetic_for int, dropped_for array<int>, augment boolean, "
+              + ("image binary" if images else ", ".join(f"`{c}` double" for c in columns)))  # fmt: skip
+
+    def value(v):
+        if isinstance(v, np.ndarray):
+            return [int(x) for x in v]
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+            return None
+        return v.item() if isinstance(v, np.generic) else v
+
+    keep = ["sample_id", "label", "fold", "synthetic_for", "dropped_for", "augment", *columns]
+    rows = [tuple(value(v) for v in r) for r in frame[keep].itertuples(index=False, name=None)]
+    return spark.createDataFrame(rows, schema)
+
+
+OWN_COLUMNS = ["dataset", "seed", "model", "raw", "gold", "clean original", "clean − raw", "recovery",
+               "raw rows it cannot take"]  # fmt: skip
 GOLD_FINAL = "gold's final-model rows"
 GOLD_EVERY = "gold, every real row (test part included)"
 RECOVERY_COLUMNS = ["dataset", "seed", "classifier", "raw", "gold (final-model rows)", "gold (every real row)",
@@ -486,10 +599,12 @@ def main() -> None:
     p.add_argument("--keep", default=None, help="folder to build in and keep (default: a temporary one)")
     p.add_argument("--reuse", action="store_true", help="with --keep: score a dataset whose run is already there "
                    "(the data are rebuilt identically from the seed) instead of running fulcrum again")  # fmt: skip
+    p.add_argument("--no-own-model", action="store_true", help="skip (ii): fulcrum's own model trained on raw, "
+                   "gold and the clean original (three more trainings per dataset)")  # fmt: skip
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fulcrum-quality-"))
-    det_rows, rec_rows, abl_rows, extra = [], [], [], {}
+    det_rows, rec_rows, abl_rows, own_rows, extra = [], [], [], [], {}
     try:
         for seed in seeds:
             for name in args.only.split(","):
@@ -503,13 +618,15 @@ def main() -> None:
                 rec_rows += [[name, seed, *r] for r in recovery]
                 abl_rows += [[name, seed, *r] for r in ablation]
                 extra[f"{name}/{seed}"] = {"run_seconds": round(seconds, 1), "fulcrum_cv": cv}
-                _report(det_rows, rec_rows, abl_rows, extra)  # after every run: a later failure loses nothing
+                if not args.no_own_model:
+                    own_rows.append([name, seed, *own_model(d, lake, folder, seed)])
+                _report(det_rows, rec_rows, abl_rows, extra, own_rows)  # after every run: a later failure loses nothing
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _report(det_rows: list, rec_rows: list, abl_rows: list, extra: dict) -> None:
+def _report(det_rows: list, rec_rows: list, abl_rows: list, extra: dict, own_rows: list) -> None:
     report("quality_detection", "defect detection against the injection log (one default run per dataset and seed)",
            ["dataset", "seed", "defect", "injected", "found", "precision", "recall"], det_rows)  # fmt: skip
     report("quality_recovery", "recovery = (gold − raw) / (clean − raw), held-out clean macro-F1 of an independent "
@@ -521,6 +638,9 @@ def _report(det_rows: list, rec_rows: list, abl_rows: list, extra: dict) -> None
     report("quality_ablation", "held-out macro-F1 after each stage (hurts: lower than the stage before by more than "
            "fulcrum's CV fold std)", ["dataset", "seed", "classifier", "after", "rows", "macro-F1", "change", "hurts"],
            abl_rows, {"runs": extra})  # fmt: skip
+    if own_rows:
+        report("quality_own_model", "(ii) fulcrum's own model (the train stage's settings) on raw, gold and the clean "
+               "original: held-out clean macro-F1 of its final model", OWN_COLUMNS, own_rows)  # fmt: skip
     for name, e in extra.items():
         cv = e["fulcrum_cv"]
         print(f"{name}: fulcrum run {e['run_seconds']} s; fulcrum CV macro-F1 {cv.get('mean', float('nan')):.3f} ± "
