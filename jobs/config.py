@@ -174,10 +174,11 @@ class AuditConfig(Strict):
     min_skill: float = Field(default=0.5, ge=0, le=1, description="the audit abstains (reports, never acts) unless "
                              "the out-of-fold model's balanced accuracy is this share of the way from chance to perfect")  # fmt: skip
     verify: bool = Field(default=True, description="before the verdicts act, measure them on the folds: every fold "
-                         "trained on the rows as given and with the verdicts applied (one engine run); they act only "
-                         "when the held-out metric is not lower by more than audit.tolerance")  # fmt: skip
-    tolerance: float = Field(default=0.01, ge=0, le=1, description="verify: how much lower the mean metric (oversample."
-                             "metric) with the verdicts applied may be before they are withheld")  # fmt: skip
+                         "trained on the labels as given and with the verdicts applied (one engine run); they are "
+                         "withheld when they clearly make the folds worse")  # fmt: skip
+    tolerance: float = Field(default=0.01, ge=0, le=1, description="verify: the verdicts are withheld when the mean "
+                             "paired difference of oversample.metric is below -tolerance and two standard errors "
+                             "below zero")  # fmt: skip
 
 
 class VerifyConfig(Strict):
