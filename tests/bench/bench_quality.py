@@ -444,7 +444,8 @@ def own_model(d: dict, lake: Path, folder: Path, seed: int) -> list:
     """(ii) fulcrum's own model: the train stage's settings (its ``cv.json``) trained by fulcrum's engine on the
     raw rows, on gold and on the clean original, each a gold-contract table whose test part (``fold = -1``) is
     the held-out clean rows, so the final model's test macro-F1 is its score on them. Gold keeps its folds and
-    synthetic rows (its own test part is left out); raw and the clean original get seeded folds. Raw rows whose
+    synthetic rows (its own test part is left out); raw and the clean original get seeded folds, and are trained
+    a second time without the records of gold's test part (the same records on every side). Raw rows whose
     label is not one of the classes as written (a spelling variant) or whose file does not decode cannot train
     fulcrum's model and are left out (counted); raw nulls take the column's median, as the LR's imputer does."""
     from deltalake import DeltaTable
@@ -485,9 +486,11 @@ def own_model(d: dict, lake: Path, folder: Path, seed: int) -> list:
     test = table(held["images"] if images else held["X"], [index[str(y)] for y in held["y"]],
                  [-1] * len(held["y"]), [f"held-{i}" for i in range(len(held["y"]))])  # fmt: skip
     # raw, as injected
-    data, left_out = d["data"], 0
-    raw_values, raw_labels = [], []
-    for _, row in data.reset_index(drop=True).iterrows():
+    gold = DeltaTable(str(lake / "gold")).to_pandas()
+    test_part = set(gold[gold["synthetic_for"].isna() & (gold["fold"] == -1)]["record_id"])
+    data, left_out = d["data"].reset_index(drop=True), 0
+    raw_values, raw_labels, raw_same = [], [], []
+    for _, row in data.iterrows():
         label = str(row["label"])
         if label not in index:
             left_out += 1
@@ -504,6 +507,7 @@ def own_model(d: dict, lake: Path, folder: Path, seed: int) -> list:
         else:
             raw_values.append(pd.to_numeric(row[columns], errors="coerce").to_numpy(float))
         raw_labels.append(index[label])
+        raw_same.append(row["record_id"] not in test_part)
     if not images:
         raw_values = np.asarray(raw_values, float)
         raw_values = np.where(np.isnan(raw_values), np.nanmedian(raw_values, axis=0), raw_values)
@@ -511,26 +515,31 @@ def own_model(d: dict, lake: Path, folder: Path, seed: int) -> list:
     clean_y = [index[str(y)] for y in d["clean"]["y"]]
     clean = table(d["clean"]["images"] if images else d["clean"]["X"], clean_y, rng.integers(0, k, len(clean_y)),
                   [f"clean-{i}" for i in range(len(clean_y))])  # fmt: skip
-    gold = DeltaTable(str(lake / "gold")).to_pandas()
+    clean_same = ~np.isin(np.array(d["clean"]["record_ids"]), list(test_part))
     gold = gold[~(gold["synthetic_for"].isna() & (gold["fold"] == -1))]
     keep = ["sample_id", "label", "fold", "synthetic_for", "dropped_for", "augment", *columns]
     gold = gold[keep].astype({"label": np.int32, "fold": np.int32, "synthetic_for": "Int32"})
-    sides = {"raw": raw, "gold": gold, "clean original": clean}
+    # the same records on every side: raw and the clean original without the records of gold's test part
+    sides = {"raw": raw, "gold": gold, "clean original": clean, "raw (same records)": raw[np.array(raw_same)],
+             "clean (same records)": clean[clean_same]}  # fmt: skip
     spark = build_spark(cfg.spark)
     scores = {}
     for side, rows in sides.items():
-        path = folder / "own-model" / side.replace(" ", "-")
+        path = folder / "own-model" / side.replace(" ", "-").replace("(", "").replace(")", "")
         shutil.rmtree(path, ignore_errors=True)
         both = pd.concat([rows[keep], test[keep]], ignore_index=True)
         tables.overwrite(_spark_rows(spark, both, columns, images), str(path), f"own-{seed}", "bench",
                          {k_: v for k_, v in props.items() if k_.startswith("fulcrum.")})  # fmt: skip
-        cv = launch.cross_validate(cfg, f"own-{side.replace(' ', '-')}", str(path), 0, str(path.parent / f"{path.name}-out"),
+        cv = launch.cross_validate(cfg, f"own-{path.name}", str(path), 0, str(path.parent / f"{path.name}-out"),
                                    settings, label=f"own model on {side}")  # fmt: skip
         scores[side] = cv["final"]["test_macro_f1"]
-    gap = scores["clean original"] - scores["raw"]
-    recovery = round((scores["gold"] - scores["raw"]) / gap, 2) if abs(gap) > 1e-9 else float("nan")
-    return [f"fulcrum's {settings.model or 'mlp'}", round(scores["raw"], 3), round(scores["gold"], 3),
-            round(scores["clean original"], 3), round(gap, 3), recovery, left_out]
+    def rec(raw_s: float, clean_s: float) -> float:
+        gap = clean_s - raw_s
+        return round((scores["gold"] - raw_s) / gap, 2) if abs(gap) > 1e-9 else float("nan")
+
+    r, c, rs, cs = (scores[n] for n in ("raw", "clean original", "raw (same records)", "clean (same records)"))
+    return [f"fulcrum's {settings.model or 'mlp'}", round(r, 3), round(scores["gold"], 3), round(c, 3), round(c - r, 3),
+            rec(r, c), round(rs, 3), round(cs, 3), round(cs - rs, 3), rec(rs, cs), left_out]  # fmt: skip
 
 
 def _spark_rows(spark, frame: pd.DataFrame, columns: list[str], images: bool):
@@ -551,6 +560,7 @@ def _spark_rows(spark, frame: pd.DataFrame, columns: list[str], images: bool):
 
 
 OWN_COLUMNS = ["dataset", "seed", "model", "raw", "gold", "clean original", "clean − raw", "recovery",
+               "raw (same records)", "clean (same records)", "clean − raw (same records)", "recovery (same records)",
                "raw rows it cannot take"]  # fmt: skip
 GOLD_FINAL = "gold's final-model rows"
 GOLD_EVERY = "gold, every real row (test part included)"
