@@ -29,11 +29,14 @@ Printed per dataset:
    before the audit, silver after it, gold with its test part), so a stage that hurts shows,
    beside the standard deviation over fulcrum's CV folds;
 4. fulcrum's own CV metric on gold (mean ± std over the folds) and its final model's test part;
-5. with several ``--seeds`` (each seed draws other held-out rows, other defects and another
+5. (ii) fulcrum's own model (``own_model``): the train stage's settings trained by fulcrum's engine on raw,
+   gold and the clean original, scored by its final model on the same held-out rows;
+6. with several ``--seeds`` (each seed draws other held-out rows, other defects and another
    split), recovery's mean and standard deviation per dataset and classifier: with held-out sets
    of 54 to 270 rows one seed's recovery moves by a third for one row.
 
     python tests/bench/bench_quality.py [--only wine,diabetes,patches] [--seeds 11,12,13] [--keep DIR]
+        [--reuse] [--no-own-model | --own-model-only]
 """
 
 from __future__ import annotations
@@ -611,6 +614,8 @@ def main() -> None:
                    "(the data are rebuilt identically from the seed) instead of running fulcrum again")  # fmt: skip
     p.add_argument("--no-own-model", action="store_true", help="skip (ii): fulcrum's own model trained on raw, "
                    "gold and the clean original (three more trainings per dataset)")  # fmt: skip
+    p.add_argument("--own-model-only", action="store_true", help="with --reuse: only (ii), the other tables are "
+                   "neither computed nor written")  # fmt: skip
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fulcrum-quality-"))
@@ -623,11 +628,12 @@ def main() -> None:
                 reused = args.reuse and (lake / "gold" / "_delta_log").is_dir()
                 d = build(name, folder, seed)
                 seconds = float("nan") if reused else run_fulcrum(d["config"])
-                det_rows += [[name, seed, *r] for r in detection(d, lake)]
-                recovery, ablation, cv = quality(d, lake)
-                rec_rows += [[name, seed, *r] for r in recovery]
-                abl_rows += [[name, seed, *r] for r in ablation]
-                extra[f"{name}/{seed}"] = {"run_seconds": round(seconds, 1), "fulcrum_cv": cv}
+                if not args.own_model_only:
+                    det_rows += [[name, seed, *r] for r in detection(d, lake)]
+                    recovery, ablation, cv = quality(d, lake)
+                    rec_rows += [[name, seed, *r] for r in recovery]
+                    abl_rows += [[name, seed, *r] for r in ablation]
+                    extra[f"{name}/{seed}"] = {"run_seconds": round(seconds, 1), "fulcrum_cv": cv}
                 if not args.no_own_model:
                     own_rows.append([name, seed, *own_model(d, lake, folder, seed)])
                 _report(det_rows, rec_rows, abl_rows, extra, own_rows)  # after every run: a later failure loses nothing
@@ -637,6 +643,14 @@ def main() -> None:
 
 
 def _report(det_rows: list, rec_rows: list, abl_rows: list, extra: dict, own_rows: list) -> None:
+    if det_rows:
+        _tables(det_rows, rec_rows, abl_rows, extra)
+    if own_rows:
+        report("quality_own_model", "(ii) fulcrum's own model (the train stage's settings) on raw, gold and the clean "
+               "original: held-out clean macro-F1 of its final model", OWN_COLUMNS, own_rows)  # fmt: skip
+
+
+def _tables(det_rows: list, rec_rows: list, abl_rows: list, extra: dict) -> None:
     report("quality_detection", "defect detection against the injection log (one default run per dataset and seed)",
            ["dataset", "seed", "defect", "injected", "found", "precision", "recall"], det_rows)  # fmt: skip
     report("quality_recovery", "recovery = (gold − raw) / (clean − raw), held-out clean macro-F1 of an independent "
@@ -648,9 +662,6 @@ def _report(det_rows: list, rec_rows: list, abl_rows: list, extra: dict, own_row
     report("quality_ablation", "held-out macro-F1 after each stage (hurts: lower than the stage before by more than "
            "fulcrum's CV fold std)", ["dataset", "seed", "classifier", "after", "rows", "macro-F1", "change", "hurts"],
            abl_rows, {"runs": extra})  # fmt: skip
-    if own_rows:
-        report("quality_own_model", "(ii) fulcrum's own model (the train stage's settings) on raw, gold and the clean "
-               "original: held-out clean macro-F1 of its final model", OWN_COLUMNS, own_rows)  # fmt: skip
     for name, e in extra.items():
         cv = e["fulcrum_cv"]
         print(f"{name}: fulcrum run {e['run_seconds']} s; fulcrum CV macro-F1 {cv.get('mean', float('nan')):.3f} ± "
