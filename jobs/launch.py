@@ -65,6 +65,16 @@ def cross_validate(cfg: PipelineConfig, run_id: str, table: str, version: int, o
     return json.loads((Path(out) / "cv.json").read_text())
 
 
+def grid_args(table: str, version: int, out: str, train: TrainSettings, levels: list[str], folds: list[int],
+              fractions: list[float] = (1.0,), weighted: list[str] = ()) -> list[str]:  # fmt: skip
+    """The arguments of ``python -m training.tradeoff``: one slot per (level, fraction, fold) of a gold-contract
+    table with a ``level`` column, trained with ``train`` (pass it without its search); ``weighted``: the levels
+    trained with a class-balanced loss."""
+    args = ["--table", table, "--version", str(version), "--out", out, *to_flags(train), "--levels", ",".join(levels),
+            "--fractions", ",".join(f"{f:g}" for f in fractions), "--folds", ",".join(map(str, folds))]  # fmt: skip
+    return args + (["--weighted-levels", ",".join(weighted)] if weighted else [])
+
+
 def grid(cfg: PipelineConfig, run_id: str, args: list[str], out: str, what: str, fix: str) -> dict:
     """Run a grid of slots on the Ray side (``python -m training.tradeoff ARGS``, foreground) and return its
     ``tradeoff.json``; ``what`` names the grid in the error, ``fix`` says what to do."""

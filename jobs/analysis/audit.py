@@ -417,7 +417,6 @@ def verify(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake: tables.L
     withheld. None when no verdict would change a row."""
     from jobs import launch
     from jobs.balancing import auto
-    from training.contract import to_flags
 
     start = time.perf_counter()
     g_path = lake.path("audit/gold")
@@ -435,8 +434,7 @@ def verify(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake: tables.L
     record.outputs.append(("audit/verify", path, version))
     out = str(Path(cfg.reports_dir) / run_id / "audit" / "verify")
     train = cfg.train.tuned(tensorboard=False, search=None)
-    args = ["--table", path, "--version", str(version), "--out", out, *to_flags(train), "--levels", ",".join(names),
-            "--fractions", "1", "--folds", ",".join(map(str, range(folds)))]  # fmt: skip
+    args = launch.grid_args(path, version, out, train, names, list(range(folds)))
     log.info("audit %s: measuring %d verdicts on %d folds", cfg.dataset, n, folds)
     grid = launch.grid(cfg, run_id, args, out, "measuring the audit's verdicts",
                        "see the message above, or set audit.verify to false")  # fmt: skip

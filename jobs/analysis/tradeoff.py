@@ -42,7 +42,6 @@ from jobs.curation import curate
 from jobs.errors import ConfigError, DataFailedError
 from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
-from training.contract import to_flags
 
 log = logging.getLogger(__name__)
 STAGE = "tradeoff"
@@ -301,10 +300,7 @@ def grid_args(cfg: PipelineConfig, table: str, version: int, levels: list[str], 
     (``train.search`` is not run)."""
     t = cfg.tradeoff
     train = cfg.train.tuned(tensorboard=False, search=None, **({"epochs": t.epochs} if t.epochs else {}))
-    args = ["--table", table, "--version", str(version), "--out", out, *to_flags(train),
-            "--levels", ",".join(levels), "--fractions", ",".join(f"{f:g}" for f in t.fractions),
-            "--folds", ",".join(map(str, folds))]  # fmt: skip
-    return args
+    return launch.grid_args(table, version, out, train, levels, folds, t.fractions)
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:

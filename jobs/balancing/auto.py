@@ -111,7 +111,6 @@ def choose(spark: SparkSession, cfg: PipelineConfig, run_id: str, silver: DataFr
     """Measure the candidates on the folds; returns (the choice, the summary, the chosen candidate's gold rows)."""
     from jobs import launch
     from jobs.balancing import oversample
-    from training.contract import to_flags
 
     start = time.perf_counter()
     lake = tables.Lake(cfg.lake_dir)
@@ -124,8 +123,7 @@ def choose(spark: SparkSession, cfg: PipelineConfig, run_id: str, silver: DataFr
     record.outputs.append(("balance/candidates", path, version))
     out = str(Path(cfg.reports_dir) / run_id / "balance")
     train = cfg.train.tuned(tensorboard=False, search=None)
-    args = ["--table", path, "--version", str(version), "--out", out, *to_flags(train), "--levels", ",".join(names),
-            "--fractions", "1", "--folds", ",".join(map(str, range(folds))), "--weighted-levels", "class_weight"]  # fmt: skip
+    args = launch.grid_args(path, version, out, train, names, list(range(folds)), weighted=["class_weight"])
     log.info("oversample %s: measuring %s on %d folds", cfg.dataset, ", ".join(names), folds)
     grid = launch.grid(cfg, run_id, args, out, "measuring the balancing candidates",
                        "see the message above, or set oversample.method to one method")  # fmt: skip
