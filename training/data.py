@@ -102,6 +102,31 @@ def scan(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = N
     return len(range(first, total, step)), strided()
 
 
+BATCH_ROWS = 16_384  # rows per record batch while converting: one batch's float32 block stays in cache
+
+
+def parts(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
+          columns: list[str] | None = None) -> list[tuple[int, Callable[[], Iterable[pa.RecordBatch]]]]:  # fmt: skip
+    """``scan``'s rows as independent parts, each (its row count, a function that streams its batches): one
+    part per file of this worker's share (counted from the file's metadata, or a scan of ``level`` alone),
+    or, when the worker keeps every ``world``-th row of shared files, ``scan`` itself as one part. The parts
+    in order give ``scan``'s rows in ``scan``'s order, so they can be converted concurrently into their own
+    ranges of one array (``_convert_parts``)."""
+    import pyarrow.dataset as pads
+
+    columns = columns if columns is not None else [c for c in gold.columns if c != "sample_id"]
+    files, stride = shard_files(gold.files(), rank, world)
+    if stride is not None:
+        n, batches = scan(gold, rank, world, levels, columns)
+        return [(n, lambda: batches)]
+    where = pc.field("level").isin(levels) if levels is not None and gold.levels is not None else None
+    out = []
+    for fragment in pads.dataset(files, format="parquet").get_fragments() if files else ():
+        count = fragment.count_rows(filter=where) if where is not None else fragment.metadata.num_rows
+        out.append((count, lambda f=fragment: f.to_batches(columns=columns, filter=where, batch_size=BATCH_ROWS)))
+    return out
+
+
 def read_rows(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
               columns: list[str] | None = None) -> pa.Table:  # fmt: skip
     """``scan``'s rows as one table."""
@@ -149,9 +174,9 @@ def load(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = N
         flags = table.column("augment").fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
         return Rows(x=x, y=y, contract=table.select(keep), read_ids=ids, augment=torch.from_numpy(flags))
     categories = categories if categories is not None else vocabulary(gold)
-    n, batches = scan(gold, rank, world, levels)
     keep = [c for c in (*CONTRACT, "level", "u") if c in gold.columns]
-    x, y, contract = _convert(batches, n, gold.numeric, categories, keep)
+    x, y, contract = _convert_parts(parts(gold, rank, world, levels), gold.numeric, categories, keep,
+                                    threads=torch.get_num_threads())  # fmt: skip
     return Rows(x=x, y=y, contract=contract, read_ids=ids, numeric=len(gold.numeric), categories=categories)
 
 
@@ -166,33 +191,55 @@ def _convert(batches: Iterable[pa.RecordBatch], rows: int, numeric: list[str], c
              keep: list[str], labels: bool = True) -> tuple[torch.Tensor, torch.Tensor, pa.Table]:  # fmt: skip
     """The features (``tabular``), the labels (int64) and the ``keep`` columns of ``rows`` rows arriving as
     record batches: each batch lands in one preallocated float32 array while it is in cache, then goes."""
+    return _convert_parts([(rows, lambda: batches)], numeric, categories, keep, labels)
+
+
+def _convert_parts(parts: list[tuple[int, Callable[[], Iterable[pa.RecordBatch]]]], numeric: list[str],
+                   categories: dict[str, list[str]], keep: list[str], labels: bool = True,
+                   threads: int = 1) -> tuple[torch.Tensor, torch.Tensor, pa.Table]:  # fmt: skip
+    """``_convert`` over parts (``parts``), each converted into its own range of the arrays by up to ``threads``
+    threads at once (pyarrow's decoding and NumPy's copies release the GIL). A part that yields more or fewer
+    rows than it counts stops the run: the snapshot's files changed under it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = sum(n for n, _ in parts)
     width = len(numeric) + sum(len(v) for v in categories.values())
     out = np.zeros((rows, width), np.float32)
     y = np.zeros(rows, np.int64)
     value_sets = {c: pa.array(cats, pa.string()) for c, cats in categories.items()}
-    kept, start = [], 0
-    for batch in batches:
-        if start + batch.num_rows > rows:
-            raise RuntimeError(f"more rows arrived than the files' metadata counts ({rows}): the snapshot's files "
-                               "changed under the run")  # fmt: skip
-        block = out[start : start + batch.num_rows]
-        for j, c in enumerate(numeric):
-            block[:, j] = batch.column(c).to_numpy(zero_copy_only=False)
-        j = len(numeric)
-        for c, value_set in value_sets.items():
-            index = pc.index_in(pc.cast(batch.column(c), pa.string()), value_set=value_set)
-            index = index.to_numpy(zero_copy_only=False)
-            seen = ~np.isnan(index.astype(np.float64))
-            block[np.flatnonzero(seen), j + index[seen].astype(np.int64)] = 1.0
-            j += len(value_set)
-        if labels:
-            y[start : start + batch.num_rows] = batch.column("label").to_numpy(zero_copy_only=False)
-        if keep:
-            kept.append(batch.select(keep))
-        start += batch.num_rows
-    if start != rows:
-        raise RuntimeError(f"{start} rows arrived, the files' metadata counts {rows}: the snapshot's files changed "
-                           "under the run")  # fmt: skip
+    offsets = np.concatenate([[0], np.cumsum([n for n, _ in parts], dtype=np.int64)]).tolist()
+
+    def fill(i: int) -> list[pa.RecordBatch]:
+        start, end, kept = offsets[i], offsets[i + 1], []
+        for batch in parts[i][1]():
+            if start + batch.num_rows > end:
+                raise RuntimeError(f"more rows arrived than the files' metadata counts ({end - offsets[i]}): the "
+                                   "snapshot's files changed under the run")  # fmt: skip
+            block = out[start : start + batch.num_rows]
+            for j, c in enumerate(numeric):
+                block[:, j] = batch.column(c).to_numpy(zero_copy_only=False)
+            j = len(numeric)
+            for c, value_set in value_sets.items():
+                index = pc.index_in(pc.cast(batch.column(c), pa.string()), value_set=value_set)
+                index = index.to_numpy(zero_copy_only=False)
+                seen = ~np.isnan(index.astype(np.float64))
+                block[np.flatnonzero(seen), j + index[seen].astype(np.int64)] = 1.0
+                j += len(value_set)
+            if labels:
+                y[start : start + batch.num_rows] = batch.column("label").to_numpy(zero_copy_only=False)
+            if keep:
+                kept.append(batch.select(keep))
+            start += batch.num_rows
+        if start != end:
+            raise RuntimeError(f"{start - offsets[i]} rows arrived, the files' metadata counts {end - offsets[i]}: "
+                               "the snapshot's files changed under the run")  # fmt: skip
+        return kept
+
+    if threads > 1 and len(parts) > 1:
+        with ThreadPoolExecutor(min(threads, len(parts))) as pool:
+            kept = [b for part in pool.map(fill, range(len(parts))) for b in part]
+    else:
+        kept = [b for i in range(len(parts)) for b in fill(i)]
     contract = pa.Table.from_batches(kept) if kept else pa.table({c: pa.array([], pa.null()) for c in keep})
     return torch.from_numpy(out), torch.from_numpy(y), contract
 

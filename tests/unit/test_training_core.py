@@ -93,6 +93,12 @@ def test_rows_that_do_not_match_the_files_count_stop_the_run_with_the_reason():
     for counted in (2, 4):
         with pytest.raises(RuntimeError, match="changed under the run"):
             data._convert(t.to_batches(), counted, ["a"], {}, ["fold"])
+    # Parts converted by two threads land in their own ranges, in the parts' order; one miscounted part stops it.
+    parts = [(2, lambda: t.slice(0, 2).to_batches()), (1, lambda: t.slice(2).to_batches())]
+    px, py, pcontract = data._convert_parts(parts, ["a"], {}, ["fold"], threads=2)
+    assert px.tolist() == x.tolist() and py.tolist() == y.tolist() and pcontract.equals(contract)
+    with pytest.raises(RuntimeError, match="changed under the run"):
+        data._convert_parts([parts[0], (2, parts[1][1])], ["a"], {}, ["fold"], threads=2)
     rows = data.Rows(x=x, y=y, contract=contract, read_ids=lambda: pa.chunked_array([["s1", "s2"]]))
     with pytest.raises(RuntimeError, match="changed under the run"):
         rows.ids_of(np.ones(3, bool))
