@@ -76,7 +76,7 @@ def curate(rows: DataFrame, cfg: PipelineConfig, held: list[DataFrame] | None = 
     deduped = dedup.remove(found, cfg, how)
     survivors = deduped.kept.drop("exact_key", THUMBS).persist(StorageLevel.MEMORY_AND_DISK)
     held.append(survivors)
-    folds = split.split(survivors, cfg)
+    folds = split.split(survivors, cfg, held)  # silver: persisted, its ranking computed once
     none = F.lit(None).cast("string")
     rejected = (cleaned.rejected.select("sample_id", "reasons", "reason", none.alias("dup_group"),
                                         none.alias("duplicate_of"), F.lit("clean").alias("stage"))
@@ -98,9 +98,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         held = [rows]
         issues = _label_issues(spark, cfg, lake, record)
         try:
-            silver, rejected, reports = curate(rows, cfg, held, issues)
-            silver = silver.persist(StorageLevel.MEMORY_AND_DISK)
-            held.append(silver)
+            silver, rejected, reports = curate(rows, cfg, held, issues)  # silver is persisted (held)
             counts, batch = _require_classes(silver, cfg, run_id)
             anomalies = RECORDER.check(spark, cfg, run_id, STAGE, _metrics(reports, counts, batch))  # before any write
             quarantine = rows.drop(THUMBS).join(rejected, "sample_id").withColumn("run_id", F.lit(run_id))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -38,11 +39,17 @@ def assign_folds(groups: DataFrame, seed: int, k: int, test: float) -> DataFrame
     return ranked.join(F.broadcast(tests), "_class").select("dup_group", fold.cast("int").alias("fold"))
 
 
-def split(df: DataFrame, cfg: PipelineConfig) -> StageResult:
+def split(df: DataFrame, cfg: PipelineConfig, held: list[DataFrame] | None = None) -> StageResult:
+    """``df`` with its folds. With ``held``, the result is persisted before its class counts are taken and
+    appended to it (the caller unpersists): the ranking's shuffles then run once, not again for each later
+    action on the rows (the class check, the silver write)."""
     start = time.perf_counter()
     label, k, test = cfg.columns.label, cfg.split.folds, cfg.split.test_fraction
     folds = assign_folds(df.groupBy("dup_group").agg(F.min(label).alias("_class")), cfg.seed, k, test)
     out = df.join(folds, "dup_group")
+    if held is not None:
+        out = out.persist(StorageLevel.MEMORY_AND_DISK)
+        held.append(out)
     counts = out.groupBy("fold", label).count().collect()
     table: dict[str, dict[str, int]] = {}
     for r in counts:
