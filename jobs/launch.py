@@ -218,12 +218,37 @@ def out_dir(cfg: PipelineConfig, run_id: str) -> str:
     return str(Path(cfg.reports_dir) / run_id / "train")
 
 
+# A Ray Jobs API that is up before its job agent (a head that has just started, a loaded machine) refuses a
+# submission with this message; nothing was submitted, so submitting again is safe.
+AGENT_NOT_READY = "No available agent to submit job"
+SUBMIT_WAITS_S = (2, 4, 8, 15, 15, 15, 15)  # about a minute in all, then the refusal stands
+
+
 def run_foreground(cmd: list[str], label: str = "training", extra_env: dict[str, str] | None = None) -> int:
     """Run the Ray side in the foreground; it ends with this process (see ``training.runtime``).
 
     Its output goes to the run's engine log (``jobs.console``), except its progress events (``@fulcrum``
     lines: one per epoch, from ``--progress``), which feed the live progress, and its own warnings and
-    errors, which reach the terminal. When it fails, its last lines are shown as well."""
+    errors, which reach the terminal. When it fails, its last lines are shown as well. A submission the
+    Jobs API refused because its job agent is not up yet (``AGENT_NOT_READY``) is made again after a wait
+    (``SUBMIT_WAITS_S``)."""
+    from jobs.console import ENGINE
+
+    for attempt, wait in enumerate((*SUBMIT_WAITS_S, None), 1):
+        code, tail = _run_once(cmd, label, extra_env)
+        if not code or wait is None or not any(AGENT_NOT_READY in line for line in tail):
+            break
+        log.info("%s: the Ray cluster's job agent is not up yet; submitting again in %d s (attempt %d of %d)",
+                 label, wait, attempt + 1, len(SUBMIT_WAITS_S) + 1)  # fmt: skip
+        time.sleep(wait)
+    if code and not ENGINE.verbose:
+        log.error("%s exited with code %d; its last lines (all of them in %s):\n%s", label, code, ENGINE.where(),
+                  "\n".join(tail))  # fmt: skip
+    return code
+
+
+def _run_once(cmd: list[str], label: str, extra_env: dict[str, str] | None) -> tuple[int, list[str]]:
+    """One run of ``cmd`` (see ``run_foreground``): its exit code and its last lines."""
     from jobs.console import ENGINE, PROGRESS
 
     sys.stdout.flush()
@@ -257,10 +282,7 @@ def run_foreground(cmd: list[str], label: str = "training", extra_env: dict[str,
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    if code and not ENGINE.verbose:
-        log.error("%s exited with code %d; its last lines (all of them in %s):\n%s", label, code, ENGINE.where(),
-                  "\n".join(tail))  # fmt: skip
-    return code
+    return code, list(tail)
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | None = None) -> StageReport:

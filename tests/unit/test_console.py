@@ -146,6 +146,38 @@ def test_the_ray_sides_output_goes_to_the_log_its_progress_and_warnings_to_the_t
     assert "Reporting training result" in failed  # the last lines, whatever they were
 
 
+REFUSED_THEN_RUNS = """
+import pathlib, sys
+tries = pathlib.Path(sys.argv[1])
+tries.write_text(tries.read_text() + "x" if tries.exists() else "x")
+if len(tries.read_text()) <= 2:  # what `ray job submit` prints when the head's job agent is not up yet
+    print("RuntimeError: Request failed with status code 500: No available agent to submit job, please try again "
+          "later..", file=sys.stderr)
+    sys.exit(1)
+print("Job 'x' succeeded")
+"""
+
+
+def test_a_submission_refused_before_the_job_agent_is_up_is_made_again_and_other_failures_are_not(
+        tmp_path, monkeypatch, caplog):  # fmt: skip
+    """A Jobs API up before its agent refuses the job (nothing submitted): fulcrum submits again after a wait
+    (the DAG's audit failed this way on a loaded machine). Any other failure ends the run at once."""
+    console.ENGINE.use(tmp_path / "engine.log")
+    monkeypatch.setattr(launch, "SUBMIT_WAITS_S", (0, 0, 0))  # the waits, not the rule, are shortened
+    with caplog.at_level("INFO", logger="jobs"):
+        code = launch.run_foreground([sys.executable, "-c", REFUSED_THEN_RUNS, str(tmp_path / "tries")], "audit CV")
+    assert code == 0 and (tmp_path / "tries").read_text() == "xxx"
+    assert sum("job agent is not up yet" in r.getMessage() for r in caplog.records) == 2
+    assert "succeeded" in (tmp_path / "engine.log").read_text()
+    code = launch.run_foreground([sys.executable, "-c", RAY_SIDE], "cancer train")  # exits 3, another reason
+    assert code == 3 and sum("job agent is not up yet" in r.getMessage() for r in caplog.records) == 2
+    monkeypatch.setattr(launch, "SUBMIT_WAITS_S", (0,))  # refused every time: the refusal stands
+    (tmp_path / "tries").write_text("")
+    code = launch.run_foreground([sys.executable, "-c", REFUSED_THEN_RUNS.replace("<= 2", "<= 9"),
+                                  str(tmp_path / "tries")], "audit CV")  # fmt: skip
+    assert code == 1 and (tmp_path / "tries").read_text() == "xx"
+
+
 def test_a_deprecated_call_from_fulcrums_own_modules_fails_the_tests():
     with pytest.raises(DeprecationWarning):
         warnings.warn_explicit("an old API", DeprecationWarning, "jobs/cli.py", 1, module="jobs.cli")
