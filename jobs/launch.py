@@ -221,7 +221,7 @@ def out_dir(cfg: PipelineConfig, run_id: str) -> str:
 # A Ray Jobs API that is up before its job agent (a head that has just started, a loaded machine) refuses a
 # submission with this message; nothing was submitted, so submitting again is safe.
 AGENT_NOT_READY = "No available agent to submit job"
-SUBMIT_WAITS_S = (2, 4, 8, 15, 15, 15, 15)  # about a minute in all, then the refusal stands
+SUBMIT_WAITS_S = (2, 4, 8, 15, 15, 15, 15)  # 74 s in all, then the refusal stands
 
 
 def run_foreground(cmd: list[str], label: str = "training", extra_env: dict[str, str] | None = None) -> int:
