@@ -120,10 +120,14 @@ def parts(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = 
         n, batches = scan(gold, rank, world, levels, columns)
         return [(n, lambda: batches)]
     where = pc.field("level").isin(levels) if levels is not None and gold.levels is not None else None
+    if not files:
+        return []
+    dataset = pads.dataset(files, format="parquet")
     out = []
-    for fragment in pads.dataset(files, format="parquet").get_fragments() if files else ():
+    for fragment in dataset.get_fragments():  # each read with the dataset's schema, as ``scan`` reads it
         count = fragment.count_rows(filter=where) if where is not None else fragment.metadata.num_rows
-        out.append((count, lambda f=fragment: f.to_batches(columns=columns, filter=where, batch_size=BATCH_ROWS)))
+        out.append((count, lambda f=fragment: f.to_batches(schema=dataset.schema, columns=columns, filter=where,
+                                                           batch_size=BATCH_ROWS)))  # fmt: skip
     return out
 
 
