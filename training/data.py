@@ -73,33 +73,10 @@ def shard_files(files: list[str], rank: int, world: int) -> tuple[list[str], tup
 
 def scan(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
          columns: list[str] | None = None) -> tuple[int, Iterator[pa.RecordBatch]]:  # fmt: skip
-    """This worker's share of the pinned snapshot as record batches, and how many rows they hold (from the
-    files' metadata, or a scan of ``level`` alone for a filtered trade-off table): ``columns`` (default: the
-    training columns, without ``sample_id``), the levels asked for. The same arguments give the same rows
-    in the same order."""
-    import pyarrow.dataset as pads
-
-    columns = columns if columns is not None else [c for c in gold.columns if c != "sample_id"]
-    files, stride = shard_files(gold.files(), rank, world)
-    if not files:
-        return 0, iter(())
-    dataset = pads.dataset(files, format="parquet")  # local paths or URIs (s3://…) pyarrow resolves
-    where = pc.field("level").isin(levels) if levels is not None and gold.levels is not None else None
-    total = dataset.count_rows(filter=where)
-    batches = dataset.to_batches(columns=columns, filter=where)  # in file and row order
-    if stride is None:
-        return total, batches
-    first, step = stride
-
-    def strided() -> Iterator[pa.RecordBatch]:  # rows first, first + step, ... of the whole share
-        seen = 0
-        for b in batches:
-            index = np.arange((first - seen) % step, b.num_rows, step)
-            seen += b.num_rows
-            if len(index):
-                yield b.take(pa.array(index))
-
-    return len(range(first, total, step)), strided()
+    """This worker's share of the pinned snapshot as record batches, and how many rows they hold: ``parts``
+    one after the other. The same arguments give the same rows in the same order."""
+    pieces = parts(gold, rank, world, levels, columns)
+    return sum(n for n, _ in pieces), (b for _, batches in pieces for b in batches())
 
 
 BATCH_ROWS = 16_384  # rows per record batch while converting: one batch's float32 block stays in cache
@@ -107,28 +84,37 @@ BATCH_ROWS = 16_384  # rows per record batch while converting: one batch's float
 
 def parts(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
           columns: list[str] | None = None) -> list[tuple[int, Callable[[], Iterable[pa.RecordBatch]]]]:  # fmt: skip
-    """``scan``'s rows as independent parts, each (its row count, a function that streams its batches): one
-    part per file of this worker's share (counted from the file's metadata, or a scan of ``level`` alone),
-    or, when the worker keeps every ``world``-th row of shared files, ``scan`` itself as one part. The parts
-    in order give ``scan``'s rows in ``scan``'s order, so they can be converted concurrently into their own
-    ranges of one array (``_convert_parts``)."""
+    """This worker's share of the pinned snapshot as independent parts, each (its row count, a function that
+    streams its record batches): ``columns`` (default: the training columns, without ``sample_id``), the
+    levels asked for. One part per file of the share (counted from the file's metadata, or a scan of
+    ``level`` alone for a filtered trade-off table), each read with the dataset's schema; when the worker
+    keeps every ``world``-th row of shared files, one part. The parts in order are the rows in file and row
+    order, so they can be converted concurrently into their own ranges of one array (``_convert_parts``)."""
     import pyarrow.dataset as pads
 
     columns = columns if columns is not None else [c for c in gold.columns if c != "sample_id"]
     files, stride = shard_files(gold.files(), rank, world)
-    if stride is not None:
-        n, batches = scan(gold, rank, world, levels, columns)
-        return [(n, lambda: batches)]
-    where = pc.field("level").isin(levels) if levels is not None and gold.levels is not None else None
     if not files:
         return []
-    dataset = pads.dataset(files, format="parquet")
-    out = []
-    for fragment in dataset.get_fragments():  # each read with the dataset's schema, as ``scan`` reads it
-        count = fragment.count_rows(filter=where) if where is not None else fragment.metadata.num_rows
-        out.append((count, lambda f=fragment: f.to_batches(schema=dataset.schema, columns=columns, filter=where,
-                                                           batch_size=BATCH_ROWS)))  # fmt: skip
-    return out
+    dataset = pads.dataset(files, format="parquet")  # local paths or URIs (s3://…) pyarrow resolves
+    where = pc.field("level").isin(levels) if levels is not None and gold.levels is not None else None
+    if stride is None:
+        return [(fragment.count_rows(filter=where) if where is not None else fragment.metadata.num_rows,
+                 lambda f=fragment: f.to_batches(schema=dataset.schema, columns=columns, filter=where,
+                                                 batch_size=BATCH_ROWS))
+                for fragment in dataset.get_fragments()]  # fmt: skip
+    first, step = stride
+    total = dataset.count_rows(filter=where)
+
+    def strided() -> Iterator[pa.RecordBatch]:  # rows first, first + step, ... of the whole share
+        seen = 0
+        for b in dataset.to_batches(columns=columns, filter=where):  # in file and row order
+            index = np.arange((first - seen) % step, b.num_rows, step)
+            seen += b.num_rows
+            if len(index):
+                yield b.take(pa.array(index))
+
+    return [(len(range(first, total, step)), strided)]
 
 
 def read_rows(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
