@@ -212,14 +212,16 @@ def print_balance(report: StageReport) -> None:
         return
     auto = report.details.get("auto")
     if auto:
+        from jobs.balancing.auto import gain_text
+
         table = Table(title=f"oversample.method auto: candidates on the folds (mean {auto['metric']} ± std, "
                       "calibration)", title_justify="left")  # fmt: skip
-        for col in ("candidate", auto["metric"], "± std", "Brier", "ECE", "training rows"):
+        for col in ("candidate", auto["metric"], "± std", "vs none (± SE)", "Brier", "ECE", "training rows"):
             table.add_column(col, justify="left" if col == "candidate" else "right", no_wrap=True)
         for c in auto["candidates"]:
             mark = " (chosen)" if c["name"] == auto["chosen"] else ""
-            table.add_row(c["name"] + mark, f"{c['mean']:.3f}", f"{c['std']:.3f}", f"{c['brier']:.4f}",
-                          f"{c['ece']:.4f}", f"{c['train_rows']:,}")  # fmt: skip
+            table.add_row(c["name"] + mark, f"{c['mean']:.3f}", f"{c['std']:.3f}", gain_text(c.get("vs_none")),
+                          f"{c['brier']:.4f}", f"{c['ece']:.4f}", f"{c['train_rows']:,}")  # fmt: skip
         out.print(table)
         out.print(f"chose {auto['chosen']}: {auto['reason']}")
     sets = list(balance["before"])

@@ -19,6 +19,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs import plots
+from jobs.balancing.auto import gain_text
 from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
 from jobs.lakehouse import ledger, tables
@@ -38,11 +39,13 @@ def _pages():
     env = Environment(loader=PackageLoader("jobs", "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)  # fmt: skip
     env.filters["num"] = lambda v: f"{v:,}" if isinstance(v, int) else ("" if v is None else str(v))
+    env.filters["gain"] = gain_text
     return env
 
 
 def render(template: str, **context) -> str:
-    """An HTML page from ``jobs/templates/`` (autoescaped; ``num`` formats counts with thousands separators)."""
+    """An HTML page from ``jobs/templates/`` (autoescaped; ``num`` formats counts with thousands separators, ``gain`` a balancing candidate's
+    paired difference from ``none``)."""
     return _pages().get_template(template).render(**context)
 
 

@@ -389,19 +389,19 @@ def verify_rows(gold: DataFrame, issues: DataFrame, policy: str, folds: int) -> 
 def decide(given: dict, verdicts: dict, tolerance: float, metric: str) -> tuple[bool, str]:
     """(do the verdicts act, why) from each level's ``mean`` and per-fold ``folds`` of the metric. The verdicts
     are withheld only when they clearly hurt: the mean of the paired per-fold differences is below
-    ``-tolerance`` and more than two standard errors below zero (trainings on two row sets differ by chance:
-    on the benchmarks the folds' differences had a standard deviation of 0.01 to 0.05). Otherwise they act:
+    ``-tolerance`` and more than two standard errors (``auto.paired``'s corrected error) below zero
+    (trainings on two row sets differ by chance: on the benchmarks the folds' differences had a standard
+    deviation of 0.01 to 0.05). Otherwise they act:
     dropping the audit's verdicts beat doing nothing on every dataset of ``bench_label_policy.py``."""
-    pairs = [(v - g) for g, v in zip(given.get("folds") or [], verdicts.get("folds") or [], strict=False)
-             if g is not None and v is not None and not (math.isnan(g) or math.isnan(v))]  # fmt: skip
-    if not pairs:
+    from jobs.balancing.auto import clear_gain, paired
+
+    diff, se, n = paired(given.get("folds"), verdicts.get("folds"))
+    if not n:
         return False, f"the verdicts could not be measured on the folds ({metric} was not scored): not applied"
-    diff = float(np.mean(pairs))
-    se = float(np.std(pairs, ddof=1) / math.sqrt(len(pairs))) if len(pairs) > 1 else float("inf")
     said = (f"on the folds, mean {metric} {verdicts['mean']:.3f} with the verdicts applied against "
             f"{given['mean']:.3f} on the labels as given (paired difference {diff:+.3f} ± {se:.3f} standard error "
-            f"over {len(pairs)} folds; audit.tolerance {tolerance:g})")  # fmt: skip
-    if diff < -tolerance - 1e-12 and diff + 2 * se < 0:
+            f"over {n} folds; audit.tolerance {tolerance:g})")  # fmt: skip
+    if clear_gain(-diff, se, tolerance):  # the labels as given beat the verdicts clearly
         return False, said + ": the verdicts would make the model worse, so they are reported, not applied"
     return True, said
 

@@ -10,10 +10,14 @@ trains every (candidate, fold) as a slot of one engine run (``python -m training
 one pass over the rows per epoch, the train section's settings without the search) and
 scores each on the same validation rows: the fold's real rows.
 
-The pick (``pick``): the highest mean of ``oversample.metric`` over the folds; candidates
-within ``oversample.tolerance`` of it are tied, and the tie goes to the lowest mean Brier
-score (calibration), then to the simplest (``none`` < ``class_weight`` < the resamplers in
-the config's order). Gold is then the chosen candidate's rows (no second build); a
+The pick (``pick``): a candidate that changes the training (any but ``none``) must first beat
+``none`` clearly on the same folds: the mean of its paired per-fold differences from ``none``
+above ``oversample.tolerance`` and more than two standard errors above zero (two trainings on
+different rows differ by chance; the error is the corrected resampled t-test's, ``paired``; the
+same test ``audit.verify`` applies to the audit's verdicts). Among ``none`` and the candidates that do, the highest mean of ``oversample.metric``
+over the folds; candidates within ``oversample.tolerance`` of it are tied, and the tie goes to
+the lowest mean Brier score (calibration), then to the simplest (``none`` < ``class_weight`` <
+the resamplers in the config's order). Gold is then the chosen candidate's rows (no second build); a
 ``class_weight`` choice is recorded in gold's properties and the train stage trains with a
 balanced loss.
 """
@@ -71,24 +75,82 @@ def candidate_rows(silver: DataFrame, cfg: PipelineConfig, folds: int, names: li
     return table.withColumn("u", F.lit(0.0)), {n: infos["none" if n in ("none", "class_weight") else n] for n in names}
 
 
+CLEAR_SE = 2.0  # a difference between two trainings counts when it is more than this many standard errors
+
+
+def paired(base: list | None, other: list | None) -> tuple[float, float, int]:
+    """(mean, standard error, count) of the per-fold differences ``other - base`` over the folds both scored.
+
+    The standard error is that of Nadeau and Bengio's corrected resampled t-test (Machine Learning 52, 2003):
+    the k folds' training sets share most of their rows, so their differences are correlated and the plain
+    ``sd / sqrt(k)`` understates the error; with validation rows a ``1/(k-1)`` share of the training rows
+    the variance of the mean is ``sd² (1/k + 1/(k-1))``."""
+    pairs = [v - b for b, v in zip(base or [], other or [], strict=False)
+             if b is not None and v is not None and not (math.isnan(b) or math.isnan(v))]  # fmt: skip
+    if not pairs:
+        return float("nan"), float("inf"), 0
+    k = len(pairs)
+    se = float(np.std(pairs, ddof=1) * math.sqrt(1 / k + 1 / (k - 1))) if k > 1 else float("inf")
+    return float(np.mean(pairs)), se, k
+
+
+def clear_gain(diff: float, se: float, tolerance: float) -> bool:
+    """Does a paired difference show a real gain: above ``tolerance`` and more than ``CLEAR_SE`` errors above 0."""
+    return diff > tolerance + 1e-12 and diff - CLEAR_SE * se > 0
+
+
+def gain_text(vs_none: dict | None, long: bool = False) -> str:
+    """A candidate's paired difference from ``none``: ``+0.012 ± 0.020`` (``long``: with the folds)."""
+    if not vs_none:
+        return ""
+    if not vs_none["folds"]:
+        return "not measured on the same folds"
+    se = f"{vs_none['se']:.3f}" if vs_none["se"] is not None else "∞"
+    return f"{vs_none['diff']:+.3f} ± {se}" + (f" standard error over {vs_none['folds']} folds" if long else "")
+
+
 def pick(rows: list[dict], tolerance: float) -> tuple[str, str]:
-    """(the chosen candidate, why) from each candidate's ``name``, ``mean`` metric and ``brier`` (in the order of
-    simplicity): the best mean; within ``tolerance`` of it the lowest Brier score; then the simplest."""
+    """(the chosen candidate, why) from each candidate's ``name``, ``mean`` metric, per-fold ``folds`` and
+    ``brier`` (in the order of simplicity). Each candidate but ``none`` gains ``vs_none``: its paired difference
+    from ``none`` (mean, standard error, folds) and whether that gain is clear; only those that gain clearly
+    compete with ``none``. Among them the best mean; within ``tolerance`` of it the lowest Brier score; then
+    the simplest."""
     scored = [r for r in rows if not math.isnan(r["mean"])]
     if not scored:
         return "none", "no candidate could be scored: no resampling"
+    base = next((r for r in scored if r["name"] == "none"), None)
+    held = []
+    if base is not None:
+        for r in scored:
+            if r is not base:
+                diff, se, n = paired(base.get("folds"), r.get("folds"))
+                r["vs_none"] = {"diff": diff if n else None, "se": se if math.isfinite(se) else None, "folds": n,
+                                "clear": clear_gain(diff, se, tolerance)}  # fmt: skip
+                if not r["vs_none"]["clear"]:
+                    held.append(r)
+        scored = [r for r in scored if r not in held]
+    why = ""
+    if held:
+        best_held = max(held, key=lambda r: r["mean"])
+        gain = gain_text(best_held["vs_none"], long=True)
+        why = (f"; {', '.join(r['name'] for r in held)} did not beat none clearly (best: {best_held['name']}, "
+               f"{gain}; a gain must exceed {tolerance:g} and {CLEAR_SE:g} standard errors)")  # fmt: skip
     best = max(r["mean"] for r in scored)
     tied = [r for r in scored if r["mean"] >= best - tolerance - 1e-12]
     if len(tied) == 1:
-        return tied[0]["name"], f"the highest mean {tied[0]['mean']:.3f}"
+        r = tied[0]
+        if r is base and held:
+            return r["name"], f"no resampling (mean {r['mean']:.3f})" + why
+        gain = f", {gain_text(r['vs_none'])} over none" if "vs_none" in r else ""
+        return r["name"], f"the highest mean {r['mean']:.3f}{gain}" + why
     brier = min(r["brier"] for r in tied)
     calibrated = [r for r in tied if r["brier"] <= brier + 1e-12]
     names = ", ".join(r["name"] for r in tied)
-    why = (f"{names} are within {tolerance:g} of the best mean {best:.3f}: the lowest Brier score "
-           f"({calibrated[0]['brier']:.4f})")  # fmt: skip
+    said = (f"{names} are within {tolerance:g} of the best mean {best:.3f}: the lowest Brier score "
+            f"({calibrated[0]['brier']:.4f})")  # fmt: skip
     if len(calibrated) > 1:
-        why += ", then the simplest"
-    return calibrated[0]["name"], why
+        said += ", then the simplest"
+    return calibrated[0]["name"], said + why
 
 
 def summarise(trials: list[dict], names: list[str], metric: str) -> list[dict]:

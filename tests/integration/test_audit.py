@@ -250,10 +250,11 @@ def test_decide_withholds_only_verdicts_that_clearly_lower_the_metric():
     given = level([0.80, 0.82, 0.78, 0.81, 0.79])
     assert audit.decide(given, level([0.81, 0.83, 0.79, 0.82, 0.80]), 0.01, "macro_f1")[0]  # better
     assert audit.decide(given, level([0.795, 0.815, 0.775, 0.805, 0.785]), 0.01, "macro_f1")[0]  # within tolerance
-    # 0.02 lower on average but one fold gains 0.05: the paired differences' standard error is 0.018, not clear
+    # 0.02 lower on average but one fold gains 0.05: the paired differences' sd is 0.04, their corrected standard
+    # error 0.04 × √(1/5 + 1/4) = 0.027 (the plain 0.04/√5 would be 0.018), so the loss is not clear
     noisy = level([0.85, 0.79, 0.73, 0.78, 0.75])
     act, why = audit.decide(given, noisy, 0.01, "macro_f1")
-    assert act and "paired difference -0.020 ± 0.018 standard error over 5 folds" in why
+    assert act and "paired difference -0.020 ± 0.027 standard error over 5 folds" in why
     act, why = audit.decide(given, level([0.77, 0.80, 0.75, 0.78, 0.76]), 0.01, "macro_f1")  # 0.028 lower on each
     assert not act and "0.772 with the verdicts applied against 0.800" in why and "model worse" in why
     assert not audit.decide(level([float("nan")] * 5), level([0.9] * 5), 0.01, "macro_f1")[0]  # nothing scored

@@ -49,6 +49,7 @@ def test_auto_keeps_no_resampling_where_it_hurts_and_picks_a_resampler_where_it_
     assert [c["name"] for c in auto["candidates"]] == ["none", "random"] and auto["chosen"] == "none", auto
     none, resampled = auto["candidates"]
     assert resampled["brier"] > none["brier"] and resampled["train_rows"] > none["train_rows"]
+    assert not resampled["vs_none"]["clear"] and resampled["vs_none"]["folds"] == 2
     gold = tables.read(spark, tables.Lake(flat.lake_dir).path("gold"))
     assert gold.where("synthetic_for IS NOT NULL").count() == 0  # gold: the chosen candidate's rows, no synthetic
     props = tables.properties(spark, tables.Lake(flat.lake_dir).path("gold"))
@@ -62,6 +63,7 @@ def test_auto_keeps_no_resampling_where_it_hurts_and_picks_a_resampler_where_it_
     auto = report.details["auto"]
     none, resampled = auto["candidates"]
     assert auto["chosen"] == "random" and resampled["mean"] > none["mean"] + rare.oversample.tolerance, auto
+    assert resampled["vs_none"]["clear"] and resampled["vs_none"]["diff"] > 2 * resampled["vs_none"]["se"]
     gold = tables.read(spark, tables.Lake(rare.lake_dir).path("gold"))
     assert gold.where("synthetic_for IS NOT NULL").count() > 0
     assert report.details["balance"]["after"]["2"]["b"] == report.details["balance"]["after"]["2"]["a"]

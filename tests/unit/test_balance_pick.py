@@ -6,31 +6,53 @@ import math
 
 import pytest
 
-from jobs.balancing.auto import candidates, pick, summarise
+from jobs.balancing.auto import candidates, paired, pick, summarise
 from jobs.config import parse_config
 
 
-def _row(name, mean, brier):
-    return {"name": name, "mean": mean, "brier": brier}
+def _row(name, mean, brier, spread=0.0):
+    """A candidate scored on 5 folds around ``mean`` (per-fold deviations ``spread`` × -2, -1, 0, 1, 2)."""
+    folds = [mean + spread * d for d in (-2, -1, 0, 1, 2)] if not math.isnan(mean) else [None] * 5
+    return {"name": name, "mean": mean, "brier": brier, "folds": folds}
 
 
 @pytest.mark.parametrize("rows, tolerance, chosen, why", [
-    # a clear winner
-    ([_row("none", 0.70, 0.10), _row("random", 0.80, 0.15)], 0.01, "random", "the highest mean 0.800"),
-    # within the tolerance: calibration decides
-    ([_row("none", 0.795, 0.10), _row("random", 0.80, 0.15)], 0.01, "none", "lowest Brier score (0.1000)"),
-    ([_row("none", 0.795, 0.20), _row("class_weight", 0.80, 0.15)], 0.01, "class_weight", "lowest Brier"),
-    # outside it: the metric decides, however well calibrated the other
+    # a clear winner: above the tolerance on every fold alike
+    ([_row("none", 0.70, 0.10), _row("random", 0.80, 0.15)], 0.01, "random", "the highest mean 0.800, +0.100"),
+    # within the tolerance: no clear gain, so no resampling
+    ([_row("none", 0.795, 0.10), _row("random", 0.80, 0.15)], 0.01, "none", "random did not beat none clearly"),
+    ([_row("none", 0.795, 0.20), _row("class_weight", 0.80, 0.15)], 0.01, "none", "+0.005 ± 0.000"),
+    # outside it and consistent over the folds: the metric decides, however well calibrated none is
     ([_row("none", 0.78, 0.01), _row("random", 0.80, 0.15)], 0.01, "random", "the highest mean"),
-    # tied on both: the simplest (the rows' order)
-    ([_row("none", 0.80, 0.1), _row("class_weight", 0.80, 0.1), _row("smote", 0.80, 0.1)], 0.0, "none", "then the simplest"),
-    # a candidate that could not be scored never wins
+    # outside the tolerance on average, but the folds disagree: within two standard errors of none
+    ([_row("none", 0.78, 0.01, 0.03), _row("random", 0.80, 0.15)], 0.01, "none", "+0.020 ± 0.032"),
+    # two clear winners tied: calibration decides, then the simplest
+    ([_row("none", 0.70, 0.1), _row("class_weight", 0.80, 0.2), _row("smote", 0.805, 0.1)], 0.01, "smote",
+     "lowest Brier score (0.1000)"),
+    ([_row("none", 0.70, 0.1), _row("class_weight", 0.80, 0.1), _row("smote", 0.80, 0.1)], 0.0, "class_weight",
+     "then the simplest"),
+    ([_row("none", 0.80, 0.1), _row("class_weight", 0.80, 0.1), _row("smote", 0.80, 0.1)], 0.0, "none",
+     "no resampling"),
+    # a candidate that could not be scored never wins; without none to compare with, the best mean
     ([_row("none", float("nan"), 0.1), _row("random", 0.5, 0.3)], 0.01, "random", "the highest mean"),
     ([_row("none", float("nan"), 0.1)], 0.01, "none", "no candidate could be scored"),
 ])  # fmt: skip
-def test_pick_by_the_metric_then_calibration_then_simplicity(rows, tolerance, chosen, why):
+def test_pick_by_a_clear_gain_over_none_then_the_metric_then_calibration(rows, tolerance, chosen, why):
     got, reason = pick(rows, tolerance)
-    assert got == chosen and why in reason
+    assert got == chosen and why in reason, reason
+
+
+@pytest.mark.parametrize("base, other, diff, se, n", [
+    # differences 0.1, 0, 0.3: mean 0.4/3, sample variance s², corrected variance of the mean s² (1/3 + 1/2)
+    ([0.7, 0.8, 0.6], [0.8, 0.8, 0.9], 0.4 / 3, math.sqrt(((0.1 - 0.4 / 3) ** 2 + (0.4 / 3) ** 2 + (0.3 - 0.4 / 3) ** 2)
+                                                           / 2 * (1 / 3 + 1 / 2)), 3),
+    ([0.7, None, float("nan")], [0.8, 0.9, 0.9], 0.1, float("inf"), 1),  # only the folds both scored
+    ([], [0.5], float("nan"), float("inf"), 0),
+])  # fmt: skip
+def test_paired_differences_against_hand_computed_values(base, other, diff, se, n):
+    d, s, k = paired(base, other)
+    assert k == n and (math.isclose(d, diff) or (math.isnan(d) and math.isnan(diff)))
+    assert math.isclose(s, se) or s == se == float("inf")
 
 
 def test_summarise_means_over_folds():
