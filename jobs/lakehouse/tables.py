@@ -204,6 +204,42 @@ def replace_where(df: DataFrame, path: str, condition: str, run_id: str, stage: 
     return version(spark, path)
 
 
+def partition_rows(path: str, column: str, values: list[str]) -> int | None:
+    """Rows the table's live files hold where the partition column ``column`` is one of ``values``, summed from
+    the Delta log's per-file row counts as delta-rs reads them (no Spark job: tens of milliseconds). None when
+    that cannot be told: no table, a table or store delta-rs cannot read, or a file without its row count."""
+    try:
+        import pyarrow as pa
+        from deltalake import DeltaTable as LogReader
+
+        files = pa.table(LogReader(path).get_add_actions(flatten=True))
+    except Exception as e:  # noqa: BLE001 - unknown means "write as usual"
+        log.debug("the Delta log of %s could not be read by delta-rs (%s)", path, e)
+        return None
+    key = f"partition.{column}"
+    if key not in files.column_names or "num_records" not in files.column_names:
+        return None
+    counts = [n for v, n in zip(files[key].to_pylist(), files["num_records"].to_pylist(), strict=True) if v in values]
+    return None if any(n is None for n in counts) else sum(counts)
+
+
+def replace_partitions(df: DataFrame, path: str, column: str, values: list[str], run_id: str, stage: str,
+                       rows: int | None = None) -> int:  # fmt: skip
+    """Replace the partitions ``column`` ∈ ``values`` of a table partitioned by ``column`` with ``df``
+    (``replace_where``: one commit; ``df`` carries those values). When the caller knows ``df`` holds no row
+    (``rows == 0``) and the Delta log says those partitions hold none either, the commit would change no row:
+    none is made and the current version is returned (a night with nothing to quarantine costs no commit)."""
+    spark = df.sparkSession
+    if rows == 0 and partition_rows(path, column, values) == 0:
+        current = version(spark, path)
+        if current is not None:
+            log.debug("%s: no row to write and none in %s %s: no commit (version %d)", path, column, values, current)
+            return current
+    quoted = [f"'{v}'" for v in values]
+    condition = f"{column} = {quoted[0]}" if len(quoted) == 1 else f"{column} IN ({', '.join(quoted)})"
+    return replace_where(df, path, condition, run_id, stage, partition_by=column)
+
+
 def insert_new(df: DataFrame, path: str, key: str, run_id: str, stage: str) -> dict[str, Any]:
     """Insert the rows whose ``key`` the table does not hold yet, in one commit.
 

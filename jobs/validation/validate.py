@@ -224,16 +224,17 @@ def _finish(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake, run_id:
         error.report = report
         raise
     report.details["anomalies"] = as_rows(anomalies)
-    version = write_quarantine(lake, result.rejected, run_id)
+    version = write_quarantine(lake, result.rejected, run_id, rows=report.rows_in - report.rows_out)
     record.outputs.append(("quarantine", lake.path("quarantine"), version))
     report.details["quarantine_version"] = version
 
 
-def write_quarantine(lake: tables.Lake, rejected: DataFrame, run_id: str) -> int:
-    """Replace this stage's quarantine rows with ``rejected`` (one commit; the table is partitioned by stage)."""
+def write_quarantine(lake: tables.Lake, rejected: DataFrame, run_id: str, rows: int | None = None) -> int:
+    """Replace this stage's quarantine rows with ``rejected`` (one commit; the table is partitioned by stage).
+    ``rows``: how many ``rejected`` holds, when known (the fused pass counted them); with none to write and none
+    quarantined by the last run, no commit is made."""
     rejected = rejected.withColumn("stage", F.lit(STAGE)).withColumn("run_id", F.lit(run_id))
-    return tables.replace_where(rejected, lake.path("quarantine"), f"stage = '{STAGE}'", run_id, STAGE,
-                            partition_by="stage")  # fmt: skip
+    return tables.replace_partitions(rejected, lake.path("quarantine"), "stage", [STAGE], run_id, STAGE, rows)
 
 
 def _require_bronze(spark: SparkSession, lake: tables.Lake, cfg: PipelineConfig) -> int:

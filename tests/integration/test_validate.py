@@ -81,6 +81,20 @@ def test_rerun_replaces_quarantine_rows_instead_of_duplicating(spark, tmp_path):
     assert len(rows) == 4 and {r["run_id"] for r in rows} == {"v-2"}
 
 
+def test_a_run_with_nothing_to_quarantine_commits_only_when_it_removes_rows(spark, tmp_path):
+    lenient = setup(tmp_path, spark, policies={"x_present": "warn", "x_in_range": "warn", "s_known": "warn"})
+    strict = lenient.model_copy(update={"validate_": lenient.validate_.model_copy(update={"policies": {}})})
+    path = tables.Lake(lenient.lake_dir).path("quarantine")
+    first = validate.run(spark, lenient, "v-1").details["quarantine_version"]  # creates the (empty) table
+    assert validate.run(spark, lenient, "v-2").details["quarantine_version"] == first  # nothing changes: no commit
+    assert tables.version(spark, path) == first and tables.partition_rows(path, "stage", ["validate"]) == 0
+    dropped = validate.run(spark, strict, "v-3").details["quarantine_version"]
+    assert dropped == first + 1 and tables.partition_rows(path, "stage", ["validate"]) == 4
+    cleared = validate.run(spark, lenient, "v-4").details["quarantine_version"]  # v-3's rows must go: a commit
+    assert cleared == dropped + 1 and quarantine(spark, lenient) == {}
+    assert tables.partition_rows(str(tmp_path / "missing"), "stage", ["validate"]) is None
+
+
 def test_warn_override_passes_rows_through(spark, tmp_path):
     cfg = setup(tmp_path, spark, policies={"x_present": "warn", "x_in_range": "warn", "s_known": "warn"})
     report = validate.run(spark, cfg, "v-1")
