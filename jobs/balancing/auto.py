@@ -10,16 +10,15 @@ trains every (candidate, fold) as a slot of one engine run (``python -m training
 one pass over the rows per epoch, the train section's settings without the search) and
 scores each on the same validation rows: the fold's real rows.
 
-The pick (``pick``): a candidate that changes the training (any but ``none``) must first beat
-``none`` clearly on the same folds: the mean of its paired per-fold differences from ``none``
-above ``oversample.tolerance`` and more than two standard errors above zero (two trainings on
-different rows differ by chance; the error is the corrected resampled t-test's, ``paired``; the
-same test ``audit.verify`` applies to the audit's verdicts). Among ``none`` and the candidates that do, the highest mean of ``oversample.metric``
-over the folds; candidates within ``oversample.tolerance`` of it are tied, and the tie goes to
-the lowest mean Brier score (calibration), then to the simplest (``none`` < ``class_weight`` <
-the resamplers in the config's order). Gold is then the chosen candidate's rows (no second build); a
-``class_weight`` choice is recorded in gold's properties and the train stage trains with a
-balanced loss.
+The pick (``pick``): the candidate with the highest mean of ``oversample.metric`` over the folds
+leads, and every candidate it does not beat *clearly* on the same folds is tied with it: clearly
+means the mean of the paired per-fold differences above ``oversample.tolerance`` and more than
+two standard errors above zero (two trainings on different rows differ by chance; the error is
+the corrected resampled t-test's, ``paired``; ``audit.verify`` applies the same test to the
+audit's verdicts). The tie goes to the lowest mean Brier score (calibration), then to the
+simplest (``none`` < ``class_weight`` < the resamplers in the config's order). Gold is then the
+chosen candidate's rows (no second build); a ``class_weight`` choice is recorded in gold's
+properties and the train stage trains with a balanced loss.
 """
 
 from __future__ import annotations
@@ -109,48 +108,50 @@ def gain_text(vs_none: dict | None, long: bool = False) -> str:
     return f"{vs_none['diff']:+.3f} ± {se}" + (f" standard error over {vs_none['folds']} folds" if long else "")
 
 
+def _versus(base: dict, other: dict) -> dict:
+    """``other``'s paired per-fold difference from ``base``: mean, corrected standard error, folds (JSON-safe)."""
+    diff, se, n = paired(base.get("folds"), other.get("folds"))
+    return {"diff": diff if n else None, "se": se if math.isfinite(se) else None, "folds": n}
+
+
 def pick(rows: list[dict], tolerance: float) -> tuple[str, str]:
     """(the chosen candidate, why) from each candidate's ``name``, ``mean`` metric, per-fold ``folds`` and
-    ``brier`` (in the order of simplicity). Each candidate but ``none`` gains ``vs_none``: its paired difference
-    from ``none`` (mean, standard error, folds) and whether that gain is clear; only those that gain clearly
-    compete with ``none``. Among them the best mean; within ``tolerance`` of it the lowest Brier score; then
-    the simplest."""
+    ``brier`` (in the order of simplicity). The candidate with the best mean leads; another is tied with it
+    unless the leader beats it clearly (``clear_gain`` of their paired per-fold difference: above ``tolerance``
+    and two corrected standard errors; less is what two trainings on different rows show by chance, and
+    without per-fold scores the means' difference against ``tolerance`` decides). The tie goes to the lowest
+    mean Brier score (calibration), then to the simplest. Each candidate but ``none`` gains ``vs_none``, its
+    paired difference from ``none``, for the tables."""
     scored = [r for r in rows if not math.isnan(r["mean"])]
     if not scored:
         return "none", "no candidate could be scored: no resampling"
     base = next((r for r in scored if r["name"] == "none"), None)
-    held = []
-    if base is not None:
-        for r in scored:
-            if r is not base:
-                diff, se, n = paired(base.get("folds"), r.get("folds"))
-                r["vs_none"] = {"diff": diff if n else None, "se": se if math.isfinite(se) else None, "folds": n,
-                                "clear": clear_gain(diff, se, tolerance)}  # fmt: skip
-                if not r["vs_none"]["clear"]:
-                    held.append(r)
-        scored = [r for r in scored if r not in held]
-    why = ""
-    if held:
-        best_held = max(held, key=lambda r: r["mean"])
-        gain = gain_text(best_held["vs_none"], long=True)
-        why = (f"; {', '.join(r['name'] for r in held)} did not beat none clearly (best: {best_held['name']}, "
-               f"{gain}; a gain must exceed {tolerance:g} and {CLEAR_SE:g} standard errors)")  # fmt: skip
-    best = max(r["mean"] for r in scored)
-    tied = [r for r in scored if r["mean"] >= best - tolerance - 1e-12]
+    for r in scored:
+        if base is not None and r is not base:
+            r["vs_none"] = _versus(base, r)
+    leader = max(scored, key=lambda r: r["mean"])  # the first of equal means: the simplest
+    tied = []
+    for r in scored:
+        diff, se, n = paired(r.get("folds"), leader.get("folds"))
+        if not n:
+            diff, se = leader["mean"] - r["mean"], 0.0
+        if r is leader or not clear_gain(diff, se, tolerance):
+            tied.append(r)
     if len(tied) == 1:
-        r = tied[0]
-        if r is base and held:
-            return r["name"], f"no resampling (mean {r['mean']:.3f})" + why
-        gain = f", {gain_text(r['vs_none'])} over none" if "vs_none" in r else ""
-        return r["name"], f"the highest mean {r['mean']:.3f}{gain}" + why
-    brier = min(r["brier"] for r in tied)
-    calibrated = [r for r in tied if r["brier"] <= brier + 1e-12]
-    names = ", ".join(r["name"] for r in tied)
-    said = (f"{names} are within {tolerance:g} of the best mean {best:.3f}: the lowest Brier score "
-            f"({calibrated[0]['brier']:.4f})")  # fmt: skip
-    if len(calibrated) > 1:
-        said += ", then the simplest"
-    return calibrated[0]["name"], said + why
+        why = f"the highest mean {leader['mean']:.3f}, clearly above every other candidate"
+    else:
+        brier = min(r["brier"] for r in tied)
+        calibrated = [r for r in tied if r["brier"] <= brier + 1e-12]
+        leader = calibrated[0]
+        why = (f"{', '.join(r['name'] for r in tied)}: no clear difference from the best mean "
+               f"{max(r['mean'] for r in tied):.3f} (a difference must exceed {tolerance:g} and {CLEAR_SE:g} "
+               f"corrected standard errors of the paired per-fold differences), so the lowest Brier score "
+               f"({leader['brier']:.4f})")  # fmt: skip
+        if len(calibrated) > 1:
+            why += ", then the simplest"
+    if "vs_none" in leader and leader["vs_none"]["folds"]:
+        why += f"; against none {gain_text(leader['vs_none'], long=True)}"
+    return leader["name"], why
 
 
 def summarise(trials: list[dict], names: list[str], metric: str) -> list[dict]:

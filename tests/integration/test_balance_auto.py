@@ -49,7 +49,7 @@ def test_auto_keeps_no_resampling_where_it_hurts_and_picks_a_resampler_where_it_
     assert [c["name"] for c in auto["candidates"]] == ["none", "random"] and auto["chosen"] == "none", auto
     none, resampled = auto["candidates"]
     assert resampled["brier"] > none["brier"] and resampled["train_rows"] > none["train_rows"]
-    assert not resampled["vs_none"]["clear"] and resampled["vs_none"]["folds"] == 2
+    assert resampled["vs_none"]["folds"] == 2  # its paired difference from none, over both folds
     gold = tables.read(spark, tables.Lake(flat.lake_dir).path("gold"))
     assert gold.where("synthetic_for IS NOT NULL").count() == 0  # gold: the chosen candidate's rows, no synthetic
     props = tables.properties(spark, tables.Lake(flat.lake_dir).path("gold"))
@@ -63,7 +63,10 @@ def test_auto_keeps_no_resampling_where_it_hurts_and_picks_a_resampler_where_it_
     auto = report.details["auto"]
     none, resampled = auto["candidates"]
     assert auto["chosen"] == "random" and resampled["mean"] > none["mean"] + rare.oversample.tolerance, auto
-    assert resampled["vs_none"]["clear"] and resampled["vs_none"]["diff"] > 2 * resampled["vs_none"]["se"]
+    # Two folds are too few to call a difference clear (the corrected standard error of two differences is large),
+    # so the two are tied and calibration decides: the resampled model's probabilities are the better ones too.
+    assert resampled["vs_none"]["diff"] > rare.oversample.tolerance and resampled["brier"] < none["brier"]
+    assert "so the lowest Brier score" in auto["reason"] and "against none +" in auto["reason"]
     gold = tables.read(spark, tables.Lake(rare.lake_dir).path("gold"))
     assert gold.where("synthetic_for IS NOT NULL").count() > 0
     assert report.details["balance"]["after"]["2"]["b"] == report.details["balance"]["after"]["2"]["a"]

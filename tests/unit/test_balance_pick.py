@@ -18,26 +18,32 @@ def _row(name, mean, brier, spread=0.0):
 
 @pytest.mark.parametrize("rows, tolerance, chosen, why", [
     # a clear winner: above the tolerance on every fold alike
-    ([_row("none", 0.70, 0.10), _row("random", 0.80, 0.15)], 0.01, "random", "the highest mean 0.800, +0.100"),
-    # within the tolerance: no clear gain, so no resampling
-    ([_row("none", 0.795, 0.10), _row("random", 0.80, 0.15)], 0.01, "none", "random did not beat none clearly"),
-    ([_row("none", 0.795, 0.20), _row("class_weight", 0.80, 0.15)], 0.01, "none", "+0.005 ± 0.000"),
-    # outside it and consistent over the folds: the metric decides, however well calibrated none is
+    ([_row("none", 0.70, 0.10), _row("random", 0.80, 0.15)], 0.01, "random",
+     "the highest mean 0.800, clearly above every other candidate; against none +0.100 ± 0.000"),
+    # within the tolerance: tied, calibration decides (either way)
+    ([_row("none", 0.795, 0.10), _row("random", 0.80, 0.15)], 0.01, "none", "so the lowest Brier score (0.1000)"),
+    ([_row("none", 0.795, 0.20), _row("class_weight", 0.80, 0.15)], 0.01, "class_weight", "none, class_weight: no"),
+    # outside it and the same on every fold: the metric decides, however well calibrated none is
     ([_row("none", 0.78, 0.01), _row("random", 0.80, 0.15)], 0.01, "random", "the highest mean"),
-    # outside the tolerance on average, but the folds disagree: within two standard errors of none
-    ([_row("none", 0.78, 0.01, 0.03), _row("random", 0.80, 0.15)], 0.01, "none", "+0.020 ± 0.032"),
-    # two clear winners tied: calibration decides, then the simplest
+    # outside the tolerance on average, but the folds disagree (within two corrected standard errors): tied
+    ([_row("none", 0.78, 0.01, 0.03), _row("random", 0.80, 0.15)], 0.01, "none", "lowest Brier score (0.0100)"),
+    # the same with a resampler that is better calibrated: it wins the tie, and its gain over none is shown
+    ([_row("none", 0.78, 0.16, 0.03), _row("smote", 0.80, 0.07)], 0.01, "smote", "against none +0.020 ± 0.032"),
+    # none is clearly beaten; the two winners are tied with each other: calibration, then the simplest
     ([_row("none", 0.70, 0.1), _row("class_weight", 0.80, 0.2), _row("smote", 0.805, 0.1)], 0.01, "smote",
-     "lowest Brier score (0.1000)"),
+     "class_weight, smote: no clear difference"),
     ([_row("none", 0.70, 0.1), _row("class_weight", 0.80, 0.1), _row("smote", 0.80, 0.1)], 0.0, "class_weight",
      "then the simplest"),
     ([_row("none", 0.80, 0.1), _row("class_weight", 0.80, 0.1), _row("smote", 0.80, 0.1)], 0.0, "none",
-     "no resampling"),
-    # a candidate that could not be scored never wins; without none to compare with, the best mean
+     "then the simplest"),
+    # without per-fold scores the means decide against the tolerance
+    ([{"name": "none", "mean": 0.70, "brier": 0.1}, {"name": "random", "mean": 0.75, "brier": 0.2}], 0.01, "random",
+     "clearly above"),
+    # a candidate that could not be scored never wins
     ([_row("none", float("nan"), 0.1), _row("random", 0.5, 0.3)], 0.01, "random", "the highest mean"),
     ([_row("none", float("nan"), 0.1)], 0.01, "none", "no candidate could be scored"),
 ])  # fmt: skip
-def test_pick_by_a_clear_gain_over_none_then_the_metric_then_calibration(rows, tolerance, chosen, why):
+def test_pick_the_best_mean_unless_not_clearly_better_then_calibration_then_simplicity(rows, tolerance, chosen, why):
     got, reason = pick(rows, tolerance)
     assert got == chosen and why in reason, reason
 
