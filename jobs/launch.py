@@ -244,6 +244,10 @@ def run_foreground(cmd: list[str], label: str = "training", extra_env: dict[str,
     if code and not ENGINE.verbose:
         log.error("%s exited with code %d; its last lines (all of them in %s):\n%s", label, code, ENGINE.where(),
                   "\n".join(tail))  # fmt: skip
+    if code and any(AGENT_NOT_READY in line for line in tail):
+        log.error("%s: the Ray head's job agent never came up. Its HTTP port (52365 unless the head was started "
+                  "with --dashboard-agent-listen-port) may be held by another Ray instance on that machine: stop "
+                  "it, or start the head with another port; the head's dashboard_agent.log says why", label)  # fmt: skip
     return code
 
 

@@ -81,11 +81,14 @@ def ray_head(num_cpus: int = 4, timeout: float = 120) -> Iterator[RayHead]:
 
     temp = Path(tempfile.mkdtemp(prefix="fr-", dir="/tmp"))  # Ray's socket paths must stay short
     env = {**env_with_venv(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    port, dash = free_port(), free_port()
+    # The job agent's HTTP port too: its default, 52365, may be held by another Ray instance on this machine (a
+    # fulcrum run's local head), and then the Jobs API refuses every job ("No available agent to submit job").
+    port, dash, agent = free_port(), free_port(), free_port()
     log = temp / "head.log"
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
            f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats"]  # fmt: skip
+           f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}",
+           "--disable-usage-stats"]  # fmt: skip
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:

@@ -176,6 +176,7 @@ def test_a_submission_refused_before_the_job_agent_is_up_is_made_again_and_other
     code = launch.run_foreground([sys.executable, "-c", REFUSED_THEN_RUNS.replace("<= 2", "<= 9"),
                                   str(tmp_path / "tries")], "audit CV")  # fmt: skip
     assert code == 1 and (tmp_path / "tries").read_text() == "xx"
+    assert any("--dashboard-agent-listen-port" in r.getMessage() for r in caplog.records)  # what to do about it
 
 
 def test_a_deprecated_call_from_fulcrums_own_modules_fails_the_tests():
