@@ -79,6 +79,24 @@ def scan(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = N
     return sum(n for n, _ in pieces), (b for _, batches in pieces for b in batches())
 
 
+VIEWS = {"string_view": pa.string(), "binary_view": pa.binary()}
+
+
+def open_dataset(files: list[str]):
+    """The snapshot's Parquet files as one pyarrow dataset (local paths or URIs pyarrow resolves, s3://…), with
+    string and binary columns as plain ``string``/``binary`` whichever way each file was written: delta-rs
+    (a ``DELETE``, ``OPTIMIZE`` or ``MERGE`` on gold) and Polars write Arrow's view types, which pyarrow's
+    ``take`` and friends do not all accept, and a table can mix both kinds of file."""
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(files, format="parquet")
+    schema = dataset.schema
+    if not any(str(f.type) in VIEWS for f in schema):
+        return dataset
+    plain = pa.schema([f.with_type(VIEWS.get(str(f.type), f.type)) for f in schema], metadata=schema.metadata)
+    return pads.dataset(files, format="parquet", schema=plain)
+
+
 BATCH_ROWS = 16_384  # rows per record batch while converting: one batch's float32 block stays in cache
 
 
@@ -90,13 +108,12 @@ def parts(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = 
     ``level`` alone for a filtered trade-off table), each read with the dataset's schema; when the worker
     keeps every ``world``-th row of shared files, one part. The parts in order are the rows in file and row
     order, so they can be converted concurrently into their own ranges of one array (``_convert_parts``)."""
-    import pyarrow.dataset as pads
 
     columns = columns if columns is not None else [c for c in gold.columns if c != "sample_id"]
     files, stride = shard_files(gold.files(), rank, world)
     if not files:
         return []
-    dataset = pads.dataset(files, format="parquet")  # local paths or URIs (s3://…) pyarrow resolves
+    dataset = open_dataset(files)
     where = pc.field("level").isin(levels) if levels is not None and gold.levels is not None else None
     if stride is None:
         return [(fragment.count_rows(filter=where) if where is not None else fragment.metadata.num_rows,
@@ -131,11 +148,10 @@ def read_rows(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | Non
 def vocabulary(gold: Gold) -> dict[str, list[str]]:
     """Every categorical column's categories over the whole snapshot (sorted), so every worker one-hot
     encodes alike; reads those columns only."""
-    import pyarrow.dataset as pads
 
     if not gold.categorical:
         return {}
-    table = pads.dataset(gold.files(), format="parquet").to_table(columns=gold.categorical)
+    table = open_dataset(gold.files()).to_table(columns=gold.categorical)
     return {c: sorted(pc.unique(pc.cast(table.column(c), pa.string())).drop_null().to_pylist()) for c in gold.categorical}
 
 
