@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from training.contract import json_text
 
 PROGRESS_MODES = ("bars", "lines", "json", "none")
 ENGINE_LOG = "engine.log"
@@ -176,7 +177,7 @@ class Progress:
     def event(self, event: dict) -> None:
         """One progress event from the Ray side (``training.progress``): an epoch of a set of slots."""
         if self.mode == "json":
-            self._print(json.dumps({"event": "progress", "time": round(time.time(), 3), **event}))
+            self._print(json_text({"event": "progress", "time": round(time.time(), 3), **event}))
         elif self.mode == "lines":
             self._print(describe_epoch(event))
         elif self.mode == "bars" and self._live is not None:

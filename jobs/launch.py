@@ -31,7 +31,7 @@ from jobs.config import PipelineConfig
 from jobs.errors import ConfigError, FulcrumError
 from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
-from training.contract import HEAD_PREFIX, PROGRESS_PREFIX, TrainSettings, to_flags
+from training.contract import HEAD_PREFIX, PROGRESS_PREFIX, TrainSettings, read_json, to_flags
 
 log = logging.getLogger(__name__)
 STAGE = "train"
@@ -62,7 +62,7 @@ def cross_validate(cfg: PipelineConfig, run_id: str, table: str, version: int, o
     if code:
         raise FulcrumError(f"{cfg.dataset}: training exited with code {code} (its last lines are printed above)",
                            fix="see the message above; `python -m training --help` lists the flags")  # fmt: skip
-    return json.loads((Path(out) / "cv.json").read_text())
+    return read_json(Path(out) / "cv.json")
 
 
 def grid_args(table: str, version: int, out: str, train: TrainSettings, levels: list[str], folds: list[int],
@@ -83,7 +83,7 @@ def grid(cfg: PipelineConfig, run_id: str, args: list[str], out: str, what: str,
     code = run_foreground(cmd, f"{cfg.dataset} {what}", ray_env(cfg))
     if code:
         raise FulcrumError(f"{cfg.dataset}: {what} exited with code {code} (its last lines are printed above)", fix=fix)
-    return json.loads((Path(out) / "tradeoff.json").read_text())
+    return read_json(Path(out) / "tradeoff.json")
 
 
 def jobs_api(cfg: PipelineConfig) -> str | None:
@@ -312,7 +312,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, version: int | No
         report.details.update({
             "gold_version": version, "folds": summary["folds"], "concurrent_folds": summary["concurrent_folds"],
             **{f"cv_{m}": f"{summary['mean'][m]:.3f}±{summary['std'][m]:.3f}" for m in ("accuracy", "macro_f1")},
-            "test_accuracy": f"{summary['final']['test_accuracy']:.3f}", "summary": summary,
+            **({"test_accuracy": f"{summary['final']['test_accuracy']:.3f}"} if summary["final"]["test_rows"] else {}),
+            "summary": summary,
             **({"search_best": "lr={lr:.2g} weight_decay={weight_decay:.2g} dropout={dropout:.2f} batch_size={batch_size}"
                 .format(**summary["search"]["best"]["config"])} if summary.get("search") else {}),
             "report_dir": out_dir(cfg, run_id),
@@ -332,4 +333,4 @@ def draw(folder: Path, summary: dict) -> None:
         plots.reliability(summary["calibration"], folder / "reliability.png")
     search = folder / "search" / "search.json"
     if search.is_file():
-        plots.search(json.loads(search.read_text()), folder / "search" / "search.png")
+        plots.search(read_json(search), folder / "search" / "search.png")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import io as bytes_io
-import json
 import logging
 import os
 from pathlib import Path
@@ -24,7 +23,7 @@ from jobs.config import PipelineConfig
 from jobs.errors import ConfigError
 from jobs.lakehouse import ledger, tables
 from jobs.lakehouse.ranks import rank_within
-from training.contract import METRICS, UnsafePath, as_mode, safe_join
+from training.contract import METRICS, UnsafePath, as_mode, read_json, safe_join
 
 log = logging.getLogger(__name__)
 MAX_CLUSTERS = 8
@@ -125,7 +124,7 @@ def _attempt(row) -> dict:
 
 
 def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def _near_check(curate: dict | None) -> str | None:

@@ -17,7 +17,6 @@ gold. ``fulcrum train`` draws the figures from ``cv.json`` (the Ray side draws n
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from training import data, runtime
+from training.contract import jsonio
 from training.contract.settings import METRICS, TrainSettings
 from training.engine import Slot, cv_slots
 from training.gold import Gold, write_predictions
@@ -189,10 +189,10 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
     summary["calibration"] = {  # the reliability diagram's bins: out-of-fold rows pooled, and the test part
         "out_of_fold": loop.reliability(np.concatenate([f["labels"] for f in scored]),
                                         np.concatenate([f["probabilities"] for f in scored]))}  # fmt: skip
-    if model is not None:
+    if model is not None and len(model["ids"]):  # no test part (`split.test_fraction` 0): no test bins
         summary["calibration"]["test"] = loop.reliability(np.asarray(model["labels"]), np.asarray(model["probabilities"]))
     summary["predictions"] = write_predictions(gold, iter(scored))
-    (out / "cv.json").write_text(json.dumps(summary, indent=2, default=float))
+    jsonio.dump(summary, out / "cv.json")
     return summary
 
 
@@ -235,13 +235,13 @@ PER_ROW = ("ids", "labels", "probabilities")
 def save_fold(result: dict, path: Path) -> None:
     """A fold's result: ``fold-<f>.json`` (metrics, history, counts) and, beside it, ``fold-<f>.npz`` (its
     validation rows' ids, labels and probabilities as arrays: per-row data never goes through JSON)."""
-    path.write_text(json.dumps({k: v for k, v in result.items() if k != "weights" and k not in PER_ROW}))
+    path.write_text(jsonio.dumps({k: v for k, v in result.items() if k != "weights" and k not in PER_ROW}))
     np.savez(path.with_suffix(".npz"), **{k: np.asarray(result[k]) for k in PER_ROW})
 
 
 def load_fold(path: Path, rows: bool = False) -> dict:
     """A saved fold (with its per-row arrays when ``rows``)."""
-    fold = json.loads(path.read_text())
+    fold = jsonio.load(path)
     if rows:
         with np.load(path.with_suffix(".npz"), allow_pickle=False) as arrays:
             fold.update({k: arrays[k] for k in PER_ROW})

@@ -11,12 +11,12 @@ output (or ``ray job submit``'s, which streams the job's) and draws the bars fro
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import threading
 from collections.abc import Iterator
 
+from training.contract import jsonio
 from training.contract.settings import PROGRESS_PREFIX
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def relay(enabled: bool, stream=None) -> Iterator[None]:
                 log.debug("progress board unavailable: %s", exc)
                 return
             for event in events:
-                stream.write(PROGRESS_PREFIX + json.dumps(event, default=float) + "\n")
+                stream.write(PROGRESS_PREFIX + jsonio.dumps(event) + "\n")
             stream.flush()
             if finished:
                 return

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.contract import jsonio
 from training.contract.settings import SearchSettings, TrainSettings
 from training.cv import fold_result, load_fold, plan_resources, run_grid, save_fold, slot_config
 from training.engine import cv_slots
@@ -168,7 +169,7 @@ def run(gold: Gold, s: TrainSettings, search: SearchSettings, out: str | Path) -
         "best": {"config": best["config"], "score": best["score"], "dir": str(out / "trials" / best["trial"])},
         "space": {p: list(getattr(search, p)) for p in PARAMS}, "results": trials,
     }  # fmt: skip
-    (out / "search.json").write_text(json.dumps(summary, indent=2, default=float))
+    jsonio.dump(summary, out / "search.json")
     log.info("search done in %.0f s: best %s, mean %s %.3f over %d folds (%d of %d trials stopped early)",
              summary["seconds"], _describe(best["config"]), search.metric, best["score"], folds,
              summary["stopped_early"], len(trials))  # fmt: skip

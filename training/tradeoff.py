@@ -17,7 +17,6 @@ training rows, validation metrics). Exit codes: 0 ok, 2 usage or not a trade-off
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from training import runtime
+from training.contract import jsonio
 from training.contract.settings import METRICS, TrainSettings, add_flags, from_flags
 from training.cv import plan_resources, plan_slot_groups, run_slots
 from training.engine import grid_slots
@@ -56,7 +56,7 @@ def grid(table: Gold, s: TrainSettings, levels: list[str], fractions: list[float
                "folds": folds, "metrics": list(METRICS), "concurrent": max(map(len, groups)), "use_gpu": use_gpu,
                "seconds": round(time.perf_counter() - start, 2), "settings": s.model_dump(mode="json", exclude={"search"}),
                "trials": trials}  # fmt: skip
-    (out / "tradeoff.json").write_text(json.dumps(summary, indent=2, default=float))
+    jsonio.dump(summary, out / "tradeoff.json")
     return summary
 
 

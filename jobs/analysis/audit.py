@@ -43,6 +43,7 @@ from jobs.lakehouse import ledger, tables
 from jobs.lakehouse.metrics import RECORDER, as_rows
 from jobs.lakehouse.ranks import rank_within
 from jobs.stage import StageReport, StageResult
+from training.contract import write_json
 
 log = logging.getLogger(__name__)
 
@@ -509,6 +510,5 @@ def _summarise(issues: DataFrame, run_id: str) -> dict:
 
 def _save(report: StageReport, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "audit.json").write_text(json.dumps({"rows_in": report.rows_in, **report.details}, indent=2,
-                                                  default=str))  # fmt: skip
+    write_json({"rows_in": report.rows_in, **report.details}, folder / "audit.json")
     plots.audit_estimate(report.details["estimate"], folder / "audit.png")

@@ -42,6 +42,7 @@ from jobs.curation import curate
 from jobs.errors import ConfigError, DataFailedError
 from jobs.lakehouse import ledger, tables
 from jobs.stage import StageReport
+from training.contract import write_json
 
 log = logging.getLogger(__name__)
 STAGE = "tradeoff"
@@ -333,7 +334,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
                   "trials": grid["trials"], "seconds": grid["seconds"], "concurrent": grid["concurrent"]}  # fmt: skip
         plots.tradeoff_curves(curve, metric, {lv: NAMES[lv] for lv in LEVELS}, folder / "tradeoff.png")
         page = write_page(folder, cfg, run_id, result)
-        (folder / "tradeoff.json").write_text(json.dumps(result, indent=2, default=float))
+        write_json(result, folder / "tradeoff.json")
         report = StageReport(stage=STAGE, rows_in=written.count(), rows_out=len(grid["trials"]))
         report.details.update({"tradeoff_version": version, "levels": info["levels"], "curves": curve,
                                "conclusion": result["conclusion"], "html": str(page), "left_out": info["left_out"],

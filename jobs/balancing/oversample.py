@@ -49,6 +49,7 @@ from jobs.errors import ConfigError
 from jobs.lakehouse import ledger, tables
 from jobs.lakehouse.ranks import hash_bucket, rank_within
 from jobs.stage import StageReport
+from training.contract import write_json
 
 log = logging.getLogger(__name__)
 STAGE = "oversample"
@@ -282,8 +283,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         record.counts.update({**report.counts(), "gold_rows": written.count()})
         plots.class_balance(balance, Path(cfg.reports_dir) / run_id / "class_balance.png")
         if chosen is not None:  # auto: the candidates' table, for the run report
-            (Path(cfg.reports_dir) / run_id / "balance.json").write_text(
-                json.dumps({k: v for k, v in chosen.items() if k != "plan"}, indent=2, default=float))
+            write_json({k: v for k, v in chosen.items() if k != "plan"}, Path(cfg.reports_dir) / run_id / "balance.json")
     log.info("oversample %s: gold v%d (%s), final training set %s", cfg.dataset, g_version, method,
              balance["after"][str(folds)])  # fmt: skip
     return report

@@ -9,7 +9,6 @@ replaces those rows and silver as a whole, so nothing is ever duplicated.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from jobs.lakehouse import ledger, tables
 from jobs.lakehouse.metrics import RECORDER, as_rows
 from jobs.stage import StageReport
 from jobs.validation.probe import THUMB_FIELD, probe_images
+from training.contract import write_json
 
 log = logging.getLogger(__name__)
 STAGE = "curate"
@@ -183,6 +183,5 @@ def _save(report: StageReport, folder: Path) -> None:
     """curate.json (every statistic) and folds.png (class counts per fold)."""
     folder.mkdir(parents=True, exist_ok=True)
     plots.fold_counts(report.details["stages"]["split"]["class_counts_per_fold"], folder / "folds.png")
-    (folder / "curate.json").write_text(json.dumps({"rows_in": report.rows_in, "rows_out": report.rows_out,
-                                                    "dropped": report.dropped, **report.details},
-                                                   indent=2, default=str))  # fmt: skip
+    write_json({"rows_in": report.rows_in, "rows_out": report.rows_out, "dropped": report.dropped, **report.details},
+               folder / "curate.json")

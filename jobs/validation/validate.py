@@ -11,7 +11,6 @@ reasons = all), the rest flow on. A ``fail`` expectation that does not pass stop
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from jobs.validation import fused
 from jobs.validation.probe import probe_images
 from jobs.validation.profile import metric_exprs, metric_values
 from jobs.validation.suites import Rule, load_suite
+from training.contract import write_json
 
 log = logging.getLogger(__name__)
 STAGE = "validate"
@@ -247,7 +247,6 @@ def _require_bronze(spark: SparkSession, lake: tables.Lake, cfg: PipelineConfig)
 
 def _save(report: StageReport, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "validation.json").write_text(json.dumps(report.details["gx_result"], indent=2, default=str))
-    (folder / "validation_summary.json").write_text(json.dumps(
-        {"rows_in": report.rows_in, "rows_out": report.rows_out, "dropped": report.dropped,
-         "summary": report.details["summary"]}, indent=2, default=str))  # fmt: skip
+    write_json(report.details["gx_result"], folder / "validation.json")
+    write_json({"rows_in": report.rows_in, "rows_out": report.rows_out, "dropped": report.dropped,
+                "summary": report.details["summary"]}, folder / "validation_summary.json")

@@ -604,7 +604,9 @@ def _cv(lake: Path) -> dict:
     runs = sorted((lake / "reports").glob("*/train/cv.json"), key=lambda p: p.stat().st_mtime)
     if not runs:
         return {}
-    cv = json.loads(runs[-1].read_text())
+    from training.contract import read_json
+
+    cv = read_json(runs[-1])  # strict JSON: an undefined metric is null, NaN again here
     balance = sorted((lake / "reports").glob("*/balance.json"), key=lambda p: p.stat().st_mtime)
     return {"mean": cv["mean"]["macro_f1"], "std": cv["std"]["macro_f1"], "test_macro_f1": cv["final"]["test_macro_f1"],
             "auto": json.loads(balance[-1].read_text())["chosen"] if balance else None}  # fmt: skip

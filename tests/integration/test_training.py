@@ -153,6 +153,49 @@ def test_a_training_set_that_ends_in_a_batch_of_one_row_trains(cancer_gold, tmp_
     assert np.isfinite(result["fold-0"]["history"][0]["train_loss"])
 
 
+def test_a_gold_table_edited_by_delta_rs_without_a_test_part_trains_and_says_so_in_strict_json(ray_local, cancer_gold,
+                                                                                                 tmp_path):  # fmt: skip
+    """A user deleted gold's test part with delta-rs: its rewritten file holds Arrow's string views beside
+    Spark's plain strings, and training reads both. With no test part (`split.test_fraction` 0, the default)
+    the final model has nothing to be scored on: the summary says so instead of printing NaN, and cv.json and
+    the folds' files are strict JSON (an undefined metric is null; NaN is not JSON: JavaScript's and Go's
+    parsers refuse it)."""
+    import io
+    import json
+    import math
+    import shutil
+
+    from deltalake import DeltaTable
+    from rich.console import Console
+
+    from training.contract import print_summary, read_json
+    from training.cv import cross_validate
+
+    path = tmp_path / "gold"
+    shutil.copytree(cancer_gold, path)
+    DeltaTable(str(path)).delete("fold = -1")  # the test part; synthetic rows (fold null) stay
+    import pyarrow.parquet as pq
+
+    kinds = {str(pq.read_schema(f).field("sample_id").type) for f in DeltaTable(str(path)).file_uris()}
+    assert "string_view" in kinds, kinds  # the files delta-rs rewrote (Spark wrote plain strings)
+    out = tmp_path / "out"
+    summary = cross_validate(Gold.open(str(path)), Settings(epochs=1, batch_size=64, warmup_steps=1, tensorboard=False),
+                             out)  # fmt: skip
+
+    def refuse(constant):
+        raise AssertionError(f"not JSON: {constant}")
+
+    for file in [out / "cv.json", *out.glob("fold-*.json")]:
+        json.loads(file.read_text(), parse_constant=refuse)
+    raw = json.loads((out / "cv.json").read_text())
+    assert raw["final"]["test_rows"] == 0 and raw["final"]["test_macro_f1"] is None
+    assert set(raw["calibration"]) == {"out_of_fold"}  # no test bins without a test part
+    assert math.isnan(read_json(out / "cv.json")["final"]["test_macro_f1"]) and summary["final"]["train_rows"] > 0
+    text = io.StringIO()
+    print_summary(read_json(out / "cv.json"), Console(file=text, width=200))
+    assert "final (no test part)" in text.getvalue() and "nan" not in text.getvalue()
+
+
 def test_a_deterministic_error_in_the_training_function_is_not_retried(ray_local, cancer_gold, tmp_path):
     from training.cv import TrainingError
     from training.worker import read_error

@@ -7,6 +7,9 @@ pyproject.toml, run by ``make lint`` and the tests, keeps it so), so it imports 
 """
 
 from training.contract.files import UnsafePath, as_mode, real_root, safe_join
+from training.contract.jsonio import dump as write_json
+from training.contract.jsonio import dumps as json_text
+from training.contract.jsonio import load as read_json
 from training.contract.settings import (
     HEAD_PREFIX,
     METRICS,
@@ -22,4 +25,5 @@ from training.contract.settings import (
 from training.contract.summary import print_search, print_summary
 
 __all__ = ["HEAD_PREFIX", "METRICS", "PROGRESS_PREFIX", "SCORED", "Scored", "SearchSettings", "TrainSettings", "UnsafePath", "add_flags", "as_mode",
-           "from_flags", "print_search", "print_summary", "real_root", "safe_join", "to_flags"]  # fmt: skip
+           "from_flags", "json_text", "print_search", "print_summary", "read_json", "real_root", "safe_join", "to_flags",
+           "write_json"]  # fmt: skip

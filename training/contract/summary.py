@@ -24,9 +24,11 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table.add_row("mean ± std", "", "", "", *[f"{summary['mean'][m]:.3f} ± {summary['std'][m]:.3f}" for m in METRICS],
                   style="bold")  # fmt: skip
     fin = summary["final"]
-    if fin is not None:  # None: the folds only (`--no-final-model`, the label audit)
+    if fin is not None and fin["test_rows"]:  # None: the folds only (`--no-final-model`, the label audit)
         table.add_row("final → test", f"{fin['train_rows']:,}", f"{fin['test_rows']:,}", str(fin["epochs"]),
                       *[f"{fin['test_' + m]:.3f}" for m in METRICS])  # fmt: skip
+    elif fin is not None:  # `split.test_fraction` 0: a final model, nothing held out to score it on
+        table.add_row("final (no test part)", f"{fin['train_rows']:,}", "0", str(fin["epochs"]), *["–" for _ in METRICS])
     console.print(table)
     console.print(f"out-of-fold predictions: {summary['predictions']['path']} ({summary['predictions']['rows']:,} rows)")
 
