@@ -11,13 +11,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import ConfigError
 from training.contract import Scored, TrainSettings
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+DELTA_FORBIDDEN = " ,;{}()\n\t="  # characters Delta refuses in a column name (without column mapping)
+_FORBIDDEN_RUN = "[" + re.escape(DELTA_FORBIDDEN) + "]+"
+
+
+def delta_name(name: str) -> str:
+    """The column name fulcrum's tables use for a source column ``name``: each run of the characters Delta
+    forbids in names becomes one ``_``, and none is left at either end (``mean radius`` → ``mean_radius``,
+    ``Sepal Length (cm)`` → ``Sepal_Length_cm``); any other name is kept. Ingest renames the source's columns
+    so, and every column a config or a suite names goes through it too, so either spelling works there."""
+    if not re.search(_FORBIDDEN_RUN, name):
+        return name
+    inner = re.sub(f"^{_FORBIDDEN_RUN}|{_FORBIDDEN_RUN}$", "", name)
+    return re.sub(_FORBIDDEN_RUN, "_", inner) or "_"
+
+
+Column = Annotated[str, AfterValidator(delta_name)]  # a column as the lake names it (``delta_name``)
 
 
 class Strict(BaseModel):
@@ -40,13 +56,13 @@ class SourceConfig(Strict):
 
 
 class FeatureSpec(Strict):
-    name: str
+    name: Column
     kind: Literal["numeric", "categorical"] = "numeric"
 
 
 class ColumnsConfig(Strict):
-    label: str = Field(description="column holding the class label")
-    id: str | None = Field(default=None, description="column with a unique record key, else rows are hashed")
+    label: Column = Field(description="column holding the class label")
+    id: Column | None = Field(default=None, description="column with a unique record key, else rows are hashed")
     features: list[FeatureSpec] = Field(default_factory=list)
 
     @field_validator("features", mode="before")
@@ -69,7 +85,7 @@ class ColumnsConfig(Strict):
 
 class ImagesConfig(Strict):
     root: str = Field(description="folder every manifest path resolves under; nothing outside is read")
-    path_column: str = "path"
+    path_column: Column = "path"
     size: int = Field(default=32, ge=8, le=1024, description="training resolution (square)")
     channels: Literal[1, 3] = 3
     embed: bool = Field(default=False, description="store each image in gold as PNG bytes at the training size")
@@ -78,7 +94,7 @@ class ImagesConfig(Strict):
 class AnomalyCheck(Strict):
     """One check over the metric history: which metrics (a glob over names), how they are judged, the policy."""
 
-    metric: str = Field(min_length=1, description="metric name or glob, e.g. rows_read, null_fraction.*, class_share.*")
+    metric: Column = Field(min_length=1, description="metric name or glob, e.g. rows_read, null_fraction.*, class_share.*")
     policy: Literal["warn", "fail"] = Field(default="warn", description="fail stops the run before its stage writes")
     change: float | None = Field(default=None, gt=0, description="fire when |value / previous run's - 1| exceeds this")
     z: float | None = Field(default=None, gt=0, description="fire when the robust z-score (median/MAD over the window) exceeds this")
@@ -120,8 +136,8 @@ Imputation = Literal["drop", "median", "mean", "mode", "constant", "keep"]
 
 class MissingConfig(Strict):
     default: Imputation = Field(default="drop", description="what to do with a null feature value")
-    columns: dict[str, Imputation] = Field(default_factory=dict, description="per-column policy")
-    constants: dict[str, Any] = Field(default_factory=dict, description="value per column for `constant`")
+    columns: dict[Column, Imputation] = Field(default_factory=dict, description="per-column policy")
+    constants: dict[Column, Any] = Field(default_factory=dict, description="value per column for `constant`")
 
 
 class OutliersConfig(Strict):
@@ -129,7 +145,7 @@ class OutliersConfig(Strict):
     threshold: float | None = Field(default=None, gt=0, description="default 1.5 (iqr), 3.5 (mad), 3 (zscore)")
     action: Literal["clip", "drop", "flag"] = "flag"
     per_class: bool = Field(default=False, description="bounds per label value")
-    columns: list[str] | None = Field(default=None, description="numeric features to check (default: all)")
+    columns: list[Column] | None = Field(default=None, description="numeric features to check (default: all)")
 
     @property
     def k(self) -> float:
@@ -145,7 +161,7 @@ class LabelsConfig(Strict):
 
 
 class PiiConfig(Strict):
-    columns: dict[str, Literal["drop", "hash"]] = Field(default_factory=dict)
+    columns: dict[Column, Literal["drop", "hash"]] = Field(default_factory=dict)
     salt_env: str = Field(default="FULCRUM_PII_SALT", description="environment variable holding the hash salt")
 
 
@@ -218,7 +234,7 @@ class NearDupConfig(Strict):
 
 class ExactDupConfig(Strict):
     enabled: bool = True
-    columns: list[str] | None = Field(default=None, description="identity columns: rows equal on these are one record "
+    columns: list[Column] | None = Field(default=None, description="identity columns: rows equal on these are one record "
                                       "(tabular; default: every feature)")  # fmt: skip
     chance: Literal["auto", "ignore"] = Field(
         default="auto", description="auto: when distinct rows are expected to share every feature value by chance, "

@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.config import PipelineConfig
+from jobs.config import DELTA_FORBIDDEN, PipelineConfig, delta_name
 from jobs.errors import SchemaMismatchError, SourceError
 from jobs.lakehouse import ledger, tables
 from jobs.lakehouse.metrics import RECORDER
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 LINEAGE_COLUMNS = ("sample_id", "source_file", "ingest_run_id")
 NUMERIC_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
-_DELTA_FORBIDDEN = set(" ,;{}()\n\t=")
 
 
 def read_source(spark: SparkSession, cfg: PipelineConfig) -> DataFrame:
@@ -82,10 +81,6 @@ def check_schema(df: DataFrame, cfg: PipelineConfig) -> None:
     if clash:
         raise SchemaMismatchError(f"source columns {clash} collide with fulcrum's lineage columns",
                                   fix="rename them in the source")  # fmt: skip
-    bad_names = [c for c in fields if set(c) & _DELTA_FORBIDDEN]
-    if bad_names:
-        raise SchemaMismatchError(f"column names {bad_names} contain characters Delta forbids (' ,;{{}}()=')",
-                                  fix="rename them in the source (e.g. spaces to underscores)")  # fmt: skip
     wrong = [
         f"{f.name} ({fields[f.name].simpleString()})"
         for f in cfg.columns.features
@@ -119,11 +114,34 @@ def assign_sample_ids(df: DataFrame, id_column: str | None, run_id: str) -> Data
     )
 
 
+def delta_names(df: DataFrame) -> tuple[DataFrame, dict[str, str]]:
+    """The source with every column name Delta cannot hold renamed (``jobs.config.delta_name``: ``mean radius``
+    → ``mean_radius``), and the renames. Two source columns that would get one name stop the run."""
+    renamed = {c: delta_name(c) for c in df.columns if delta_name(c) != c}
+    if not renamed:
+        return df, {}
+    kept = [c for c in df.columns if c not in renamed]
+    for new in sorted(set(renamed.values())):
+        same = [old for old, n in renamed.items() if n == new] + [c for c in kept if c == new]
+        if len(same) > 1:
+            raise SchemaMismatchError(f"source columns {same} would all be named {new!r} in the lake (Delta forbids "
+                                      f"{DELTA_FORBIDDEN!r} in names; fulcrum replaces them with _)",
+                                      fix="rename one of them in the source")  # fmt: skip
+    return df.withColumnsRenamed(renamed), renamed
+
+
 def ingest(df: DataFrame, cfg: PipelineConfig, run_id: str) -> StageResult:
-    """Check the source against the config and add the lineage columns."""
+    """Rename the columns Delta cannot name, check the source against the config and add the lineage columns."""
+    df, renamed = delta_names(df)
     check_schema(df, cfg)
     kept = assign_sample_ids(df, cfg.columns.id, run_id)
-    return StageResult(kept=kept, rejected=None, report=StageReport(stage="ingest"))
+    report = StageReport(stage="ingest")
+    if renamed:
+        report.details["renamed_columns"] = len(renamed)
+        log.info("ingest %s: %d column name(s) Delta cannot hold, renamed: %s", cfg.dataset, len(renamed),
+                 ", ".join(f"{old!r} -> {new!r}" for old, new in list(renamed.items())[:8])
+                 + (", ..." if len(renamed) > 8 else ""))  # fmt: skip
+    return StageResult(kept=kept, rejected=None, report=report)
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:

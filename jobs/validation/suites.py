@@ -132,13 +132,33 @@ def load_suite(path: str | Path, overrides: dict[str, str] | None = None):
     return suite, rules
 
 
+COLUMN_KWARGS = ("column", "column_A", "column_B")  # one column each; ``column_list`` and ``column_set``: several
+
+
+def _lake_columns(kwargs: dict) -> dict:
+    """An expectation's kwargs with the columns it names as the lake names them (``jobs.config.delta_name``:
+    a suite written against the source's ``mean radius`` checks bronze's ``mean_radius``)."""
+    from jobs.config import delta_name
+
+    out = dict(kwargs)
+    for key in COLUMN_KWARGS:
+        if isinstance(out.get(key), str):
+            out[key] = delta_name(out[key])
+    for key in ("column_list", "column_set"):
+        if isinstance(out.get(key), list):
+            out[key] = [delta_name(c) if isinstance(c, str) else c for c in out[key]]
+    return out
+
+
 def _rules(expectations: list[dict], path: Path, overrides: dict[str, str]) -> list[Rule]:
     from great_expectations.expectations.registry import get_expectation_impl
 
     rules = []
     for i, exp in enumerate(expectations):
         where = f"{path} expectation #{i}"
-        exp_type, kwargs, meta = exp.get("type"), exp.get("kwargs") or {}, exp.get("meta") or {}
+        exp_type, kwargs, meta = exp.get("type"), _lake_columns(exp.get("kwargs") or {}), exp.get("meta") or {}
+        if exp.get("kwargs"):
+            exp["kwargs"] = kwargs
         try:
             get_expectation_impl(exp_type)
         except Exception:
