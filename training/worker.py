@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import torch
 
 from training import augment, data, loop, models, progress
+from training.contract import jsonio
 from training.engine import Slot, SlotInput
 from training.gold import Contract, Gold
 
@@ -361,7 +362,7 @@ class Run:
             for i, b in enumerate(best):
                 if b is not None:
                     torch.save(b["weights"], Path(d) / best_file(i))
-            (Path(d) / HISTORY).write_text(json.dumps(self.history))
+            (Path(d) / HISTORY).write_text(jsonio.dumps(self.history))
             save_results(self.results, Path(d))
             ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(d))
 
@@ -376,7 +377,7 @@ class Run:
             return None
         with checkpoint.as_directory() as d:
             state = _arrays(torch.load(Path(d) / STATE, map_location="cpu", weights_only=True))
-            self.history = json.loads((Path(d) / HISTORY).read_text())
+            self.history = jsonio.load(Path(d) / HISTORY)
             self.results = load_results(Path(d))
             for i, b in enumerate(state["best"]):
                 if b is not None:
@@ -428,10 +429,10 @@ def save_results(results: dict, folder: Path) -> None:
     """Each finished slot's result: scalars and history in ``results.json``, its validation rows' ids, labels
     and probabilities in ``results-<k>.npz``, the final model's weights in ``results-<k>.pt``."""
     names = sorted(k for k in results if k not in ("final_epochs", "report"))
-    (folder / RESULTS).write_text(json.dumps({"names": names, "final_epochs": results.get("final_epochs"),
-                                              "results": {n: {k: v for k, v in results[n].items()
-                                                              if k not in PER_ROW and k != "weights"}
-                                                          for n in names}}, default=float))  # fmt: skip
+    (folder / RESULTS).write_text(jsonio.dumps({"names": names, "final_epochs": results.get("final_epochs"),
+                                                "results": {n: {k: v for k, v in results[n].items()
+                                                                if k not in PER_ROW and k != "weights"}
+                                                            for n in names}}))  # fmt: skip
     for k, name in enumerate(names):
         r = results[name]
         np.savez(folder / f"results-{k}.npz", ids=np.asarray(r["ids"], dtype=np.str_), labels=np.asarray(r["labels"]),
@@ -441,7 +442,7 @@ def save_results(results: dict, folder: Path) -> None:
 
 
 def load_results(folder: Path) -> dict:
-    saved = json.loads((folder / RESULTS).read_text())
+    saved = jsonio.load(folder / RESULTS)
     out: dict = {"final_epochs": saved["final_epochs"]} if saved.get("final_epochs") else {}
     for k, name in enumerate(saved["names"]):
         with np.load(folder / f"results-{k}.npz", allow_pickle=False) as arrays:

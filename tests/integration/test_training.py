@@ -185,7 +185,9 @@ def test_a_gold_table_edited_by_delta_rs_without_a_test_part_trains_and_says_so_
     def refuse(constant):
         raise AssertionError(f"not JSON: {constant}")
 
-    for file in [out / "cv.json", *out.glob("fold-*.json")]:
+    written = [out / "cv.json", *out.glob("fold-*.json"), *out.rglob("results.json"), *out.rglob("history.json")]
+    assert len(written) >= 5  # the summary, two folds, a checkpoint's results and history
+    for file in written:
         json.loads(file.read_text(), parse_constant=refuse)
     raw = json.loads((out / "cv.json").read_text())
     assert raw["final"]["test_rows"] == 0 and raw["final"]["test_macro_f1"] is None
