@@ -388,12 +388,15 @@ def verify_rows(gold: DataFrame, issues: DataFrame, policy: str, folds: int) -> 
 
 
 def decide(given: dict, verdicts: dict, tolerance: float, metric: str) -> tuple[bool, str]:
-    """(do the verdicts act, why) from each level's ``mean`` and per-fold ``folds`` of the metric. The verdicts
-    are withheld only when they clearly hurt: the mean of the paired per-fold differences is below
-    ``-tolerance`` and more than two standard errors (``auto.paired``'s corrected error) below zero
-    (trainings on two row sets differ by chance: on the benchmarks the folds' differences had a standard
-    deviation of 0.01 to 0.05). Otherwise they act:
-    dropping the audit's verdicts beat doing nothing on every dataset of ``bench_label_policy.py``."""
+    """(do the verdicts act, why) from each level's ``mean``, ``std`` and per-fold ``folds`` of the metric. The
+    verdicts are withheld when the mean of the paired per-fold differences is below ``-tolerance`` and either
+    more than two standard errors (``auto.paired``'s corrected error) below zero (a clear loss) or larger than
+    the folds' own standard deviation on the labels as given (the quality issue's bar: no stage may lower the
+    score by more than one fold standard deviation; with three folds no loss is ever "clear", and an audit
+    whose weak model flagged clean rows lowered the folds by 0.15 ± 0.19). A smaller, unclear loss acts:
+    trainings on two row sets differ by chance (on the benchmarks the folds' differences had a standard
+    deviation of 0.01 to 0.05), and dropping the audit's verdicts beat doing nothing on every dataset of
+    ``bench_label_policy.py``."""
     from jobs.balancing.auto import clear_gain, paired
 
     diff, se, n = paired(given.get("folds"), verdicts.get("folds"))
@@ -404,6 +407,10 @@ def decide(given: dict, verdicts: dict, tolerance: float, metric: str) -> tuple[
             f"over {n} folds; audit.tolerance {tolerance:g})")  # fmt: skip
     if clear_gain(-diff, se, tolerance):  # the labels as given beat the verdicts clearly
         return False, said + ": the verdicts would make the model worse, so they are reported, not applied"
+    spread = given.get("std")
+    if diff < -tolerance and spread is not None and not math.isnan(spread) and -diff > spread:
+        return False, (said + f": the verdicts would lower it by more than the folds' own standard deviation "
+                              f"({spread:.3f}), so they are reported, not applied")  # fmt: skip
     return True, said
 
 
