@@ -188,7 +188,6 @@ RAGGED = csv_text(TABULAR) + "13.5,12.2,x,surplus\n14.1\n"
 DUP_HEADER = "a,a,y\n" + "".join(f"{r.a},{r.b},{r.y}\n" for r in TABULAR.itertuples())
 LINEAGE = csv_text(TABULAR.assign(sample_id=range(12)))
 NAMES_COLLIDE = csv_text(TABULAR.assign(b_value=TABULAR.b).rename(columns={"b": "b value"}))  # both become b_value
-SPACED = TABULAR.rename(columns={"a": "a (cm)", "b": "b value", "y": "the class"})  # names Delta cannot hold
 ALL_NULL_LABEL = csv_text(TABULAR.assign(y=None))
 ONE_ROW = csv_text(TABULAR.head(1))
 CLASS_OF_ONE = csv_text(pd.concat([TABULAR, pd.DataFrame({"a": [6.0], "b": [6.0], "y": ["w"]})]))
@@ -273,33 +272,15 @@ def test_a_quirky_file_is_read_whole(spark, tmp_path, build, silver):
     assert account(spark, outcome.cfg, rows)["silver"] == silver
 
 
-def test_column_names_delta_cannot_hold_are_renamed_and_either_spelling_works(spark, tmp_path):
-    """`a (cm)`, `b value`, `the class`: common in CSV headers, refused by Delta. Ingest names them `a_cm`,
-    `b_value`, `the_class`; the config and the suite may use either spelling."""
-    rows = SPACED.copy()
-    rows.loc[3, "a (cm)"] = 99999.0  # out of the suite's range: quarantined by its name for the source spelling
-    (tmp_path / "src.csv").write_text(csv_text(rows))
-    cfg = tabular_config(tmp_path, **{"columns.label": "the class", "columns.features": ["a (cm)", "b_value"],
-                                      "clean.outliers": {"columns": ["b value"]}})  # fmt: skip
-    suite = json.loads(json.dumps(TABULAR_SUITE).replace('"column": "a"', '"column": "a (cm)"'))
-    (tmp_path / "suite.json").write_text(json.dumps(suite))
-    outcome = run_stages(spark, write_config(tmp_path, cfg))
-    assert outcome.code == 0, outcome.message
-    counts = account(spark, outcome.cfg, len(rows))
-    assert counts["silver"] == len(rows) - 1
-    lake = tables.Lake(outcome.cfg.lake_dir)
-    assert {"a_cm", "b_value", "the_class"} <= set(tables.read(spark, lake.path("silver")).columns)
-    reasons = [r[0] for r in tables.read(spark, lake.path("quarantine")).select("reason").collect()]
-    assert reasons == ["a_in_range"]
-
-
 # ---------------------------------------------------------------- rows of one bad table
 
+# The CSV's header is `row id,a (cm),b,y`: names Delta cannot hold, which ingest renames (row_id, a_cm); the
+# config names `a (cm)` in the source's spelling, the suite and `columns.id` in the lake's.
 BAD_ROWS = {  # row id -> ((a, b, y) as text in the CSV, the reason it is quarantined with (None: kept))
     "good": (("1.5", "1.0", "x"), None),
     "good_2": (("2.5", "1.0", "z"), None),
     "text_in_numeric": (("3.5", "abc", "x"), "uncoercible_b"),
-    "empty_feature": (("", "1.0", "z"), "missing_a"),
+    "empty_feature": (("", "1.0", "z"), "missing_a_cm"),
     "null_label": (("4.5", "1.0", None), "label_unknown"),  # with a class map, a missing label is not in it
     "unknown_label": (("5.5", "1.0", "q"), "label_unknown"),
     "out_of_range": (("99999", "1.0", "z"), "a_in_range"),  # the suite's drop expectation, at validate
@@ -312,12 +293,16 @@ def bad_rows(spark, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad-rows")
     base = [(f"r{i}", str(float(10 + i)), str(float(i)), "xz"[i % 2]) for i in range(8)]
     rows = base + [(name, *values) for name, (values, _) in BAD_ROWS.items()]
-    pd.DataFrame(rows, columns=["rid", "a", "b", "y"]).to_csv(folder / "src.csv", index=False)
-    cfg = tabular_config(folder, **{"columns.id": "rid", "clean.labels": {"classes": ["x", "z"]}})
+    pd.DataFrame(rows, columns=["row id", "a (cm)", "b", "y"]).to_csv(folder / "src.csv", index=False)
+    cfg = tabular_config(folder, **{"columns.id": "row_id", "columns.features": ["a (cm)", "b"],
+                                    "clean.labels": {"classes": ["x", "z"]}})  # fmt: skip
+    (folder / "suite.json").write_text(json.dumps(TABULAR_SUITE).replace('"column": "a"', '"column": "a_cm"'))
     outcome = run_stages(spark, write_config(folder, cfg))
     assert outcome.code == 0, outcome.message
     account(spark, outcome.cfg, len(rows))
-    return reasons_by(spark, outcome.cfg, "rid")
+    silver = tables.read(spark, tables.Lake(outcome.cfg.lake_dir).path("silver"))
+    assert {"row_id", "a_cm", "b", "y"} <= set(silver.columns), silver.columns  # renamed at ingest
+    return reasons_by(spark, outcome.cfg, "row_id")
 
 
 @pytest.mark.parametrize("name", list(BAD_ROWS))
