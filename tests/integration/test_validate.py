@@ -219,8 +219,9 @@ def test_suite_init_suggests_a_suite_that_validates_its_own_data(spark, tmp_path
 
 def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the_profiled_data(spark, tmp_path):
     """Outliers in the very data `suite init` profiles (1 % of the rows, far out, and a sentinel) are
-    quarantined by the suite it writes, while a right-skewed column keeps its legitimate tail and a column
-    that is mostly one value keeps its rare values."""
+    quarantined by the suite it writes, while a right-skewed column keeps its legitimate tail, a left-skewed
+    bounded one (a pixel intensity of scikit-learn's digits: 0-16, most near 16, 0.7 % zeros) keeps its rare
+    low values and a column that is mostly one value keeps its rare values."""
     import numpy as np
 
     from jobs.validation.profile import init_suite
@@ -230,6 +231,8 @@ def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the
     x = rng.normal(0, 10, n)  # signed, symmetric
     area = rng.lognormal(6.0, 0.5, n)  # positive, right-skewed (as areas are): a long legitimate upper tail
     flag = (rng.random(n) < 0.03).astype(float)  # mostly 0: quartiles coincide
+    digits_pixel = [12, 12, 15, 17, 51, 57, 56, 53, 103, 95, 95, 105, 130, 165, 170, 207, 454]  # counts of 0..16
+    score = rng.choice(17, n, p=np.array(digits_pixel) / sum(digits_pixel)).astype(float)
     bad = set(rng.choice(n, 60, replace=False).tolist())
     spread = sorted(bad)
     for i in spread[:25]:
@@ -238,11 +241,12 @@ def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the
         x[i] = -999.0  # a sentinel
     for i in spread[30:]:
         area[i] = area.max() + 50 * area.std()
-    rows = [(f"r{i:05d}", float(x[i]), float(area[i]), float(flag[i]), "a" if i % 2 else "b") for i in range(n)]
-    spark.createDataFrame(rows, "id string, x double, area double, flag double, s string").coalesce(1) \
+    rows = [(f"r{i:05d}", float(x[i]), float(area[i]), float(flag[i]), float(score[i]), "a" if i % 2 else "b")
+            for i in range(n)]  # fmt: skip
+    spark.createDataFrame(rows, "id string, x double, area double, flag double, score double, s string").coalesce(1) \
         .write.parquet(str(tmp_path / "src"))  # fmt: skip
     cfg = {"dataset": "robust", "kind": "tabular", "lake_root": "lake", "source": {"path": "src", "format": "parquet"},
-           "columns": {"id": "id", "label": "s", "features": ["x", "area", "flag"]}}  # fmt: skip
+           "columns": {"id": "id", "label": "s", "features": ["x", "area", "flag", "score"]}}  # fmt: skip
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
     cfg = load_config(tmp_path / "p.yaml")
     ingest.run(spark, cfg, "ingest-1")
@@ -251,6 +255,7 @@ def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the
     assert names["x_in_range"]["meta"]["range_from"] == "quartiles"
     assert names["area_in_range"]["meta"]["range_from"] == "log quartiles"
     assert names["flag_in_range"]["meta"]["range_from"] == "observed"
+    assert names["score_in_range"]["meta"]["range_from"] == "quartiles" and names["score_in_range"]["kwargs"]["min_value"] == 0
     result = validate.validate(tables.read(spark, tables.Lake(cfg.lake_dir).path("bronze")), *load_suite(path), "robust")
     dropped = {r["id"] for r in result.rejected.select("id").collect()}
     assert dropped == {f"r{i:05d}" for i in bad}  # every outlier, and not one legitimate row
