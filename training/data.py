@@ -60,6 +60,23 @@ class Rows:
                                    "the snapshot's files changed under the run")  # fmt: skip
         return np.asarray(self._ids.take(pa.array(np.flatnonzero(mask))).to_pylist(), dtype=np.str_)
 
+    def extend(self, more: Rows) -> Rows:
+        """These rows followed by ``more`` (read with the same categories): one copy of each tensor, the
+        contract tables chained, the ids read from both in the same order when first asked for."""
+        if len(more) == 0:
+            return self
+        if len(self) == 0:
+            return more
+        first, then = self.read_ids, more.read_ids
+
+        def ids() -> pa.ChunkedArray:
+            return pa.chunked_array([*first().cast(pa.string()).chunks, *then().cast(pa.string()).chunks], pa.string())
+
+        contract = pa.concat_tables([self.contract, more.contract.cast(self.contract.schema)])
+        augment = None if self.augment is None else torch.cat([self.augment, more.augment])
+        return Rows(x=torch.cat([self.x, more.x]), y=torch.cat([self.y, more.y]), contract=contract, read_ids=ids,
+                    numeric=self.numeric, augment=augment, categories=self.categories)  # fmt: skip
+
 
 def shard_files(files: list[str], rank: int, world: int) -> tuple[list[str], tuple[int, int] | None]:
     """Worker ``rank``'s files, and (rank, world) when there are fewer files than workers (then every
@@ -72,10 +89,10 @@ def shard_files(files: list[str], rank: int, world: int) -> tuple[list[str], tup
 
 
 def scan(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
-         columns: list[str] | None = None) -> tuple[int, Iterator[pa.RecordBatch]]:  # fmt: skip
+         columns: list[str] | None = None, part: str | None = None) -> tuple[int, Iterator[pa.RecordBatch]]:  # fmt: skip
     """This worker's share of the pinned snapshot as record batches, and how many rows they hold: ``parts``
     one after the other. The same arguments give the same rows in the same order."""
-    pieces = parts(gold, rank, world, levels, columns)
+    pieces = parts(gold, rank, world, levels, columns, part)
     return sum(n for n, _ in pieces), (b for _, batches in pieces for b in batches())
 
 
@@ -101,16 +118,18 @@ BATCH_ROWS = 16_384  # rows per record batch while converting: one batch's float
 
 
 def parts(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
-          columns: list[str] | None = None) -> list[tuple[int, Callable[[], Iterable[pa.RecordBatch]]]]:  # fmt: skip
+          columns: list[str] | None = None,
+          part: str | None = None) -> list[tuple[int, Callable[[], Iterable[pa.RecordBatch]]]]:  # fmt: skip
     """This worker's share of the pinned snapshot as independent parts, each (its row count, a function that
     streams its record batches): ``columns`` (default: the training columns, without ``sample_id``), the
     levels asked for. One part per file of the share (counted from the file's metadata, or a scan of
     ``level`` alone for a filtered trade-off table), each read with the dataset's schema; when the worker
     keeps every ``world``-th row of shared files, one part. The parts in order are the rows in file and row
-    order, so they can be converted concurrently into their own ranges of one array (``_convert_parts``)."""
+    order, so they can be converted concurrently into their own ranges of one array (``_convert_parts``).
+    ``part``: the snapshot's ``train`` or ``test`` files only (``Gold.files``), each shared out the same way."""
 
     columns = columns if columns is not None else [c for c in gold.columns if c != "sample_id"]
-    files, stride = shard_files(gold.files(), rank, world)
+    files, stride = shard_files(gold.files(part), rank, world)
     if not files:
         return []
     dataset = open_dataset(files)
@@ -135,10 +154,10 @@ def parts(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = 
 
 
 def read_rows(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
-              columns: list[str] | None = None) -> pa.Table:  # fmt: skip
+              columns: list[str] | None = None, part: str | None = None) -> pa.Table:  # fmt: skip
     """``scan``'s rows as one table."""
     columns = columns if columns is not None else [c for c in gold.columns if c != "sample_id"]
-    _, batches = scan(gold, rank, world, levels, columns)
+    _, batches = scan(gold, rank, world, levels, columns, part)
     batches = list(batches)
     if not batches:
         return pa.table({c: pa.array([], pa.null()) for c in columns})
@@ -163,15 +182,17 @@ def width(gold: Gold, categories: dict[str, list[str]]) -> int:
 
 
 def load(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = None,
-         categories: dict[str, list[str]] | None = None) -> Rows:  # fmt: skip
+         categories: dict[str, list[str]] | None = None, part: str | None = None) -> Rows:  # fmt: skip
     """Read and convert this worker's rows (see the module docstring). Tabular rows are converted as they
-    stream in, record batch by record batch: no whole-table Arrow copy of the features is ever held."""
+    stream in, record batch by record batch: no whole-table Arrow copy of the features is ever held.
+    ``part``: only the snapshot's ``train`` (or ``test``) files (``Gold.files``); ``Rows.extend`` adds the
+    others later."""
 
     def ids() -> pa.ChunkedArray:
-        return read_rows(gold, rank, world, levels, columns=["sample_id"]).column("sample_id")
+        return read_rows(gold, rank, world, levels, columns=["sample_id"], part=part).column("sample_id")
 
     if gold.kind == "images":
-        table = read_rows(gold, rank, world, levels)
+        table = read_rows(gold, rank, world, levels, part=part)
         y = torch.from_numpy(table.column("label").to_numpy(zero_copy_only=False).astype(np.int64))
         keep = [c for c in (*CONTRACT, "level", "u") if c in table.column_names]
         decode = ImageDecoder(gold.image_size, gold.image_channels, gold.image_column, gold.image_root,
@@ -181,7 +202,7 @@ def load(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | None = N
         return Rows(x=x, y=y, contract=table.select(keep), read_ids=ids, augment=torch.from_numpy(flags))
     categories = categories if categories is not None else vocabulary(gold)
     keep = [c for c in (*CONTRACT, "level", "u") if c in gold.columns]
-    x, y, contract = _convert_parts(parts(gold, rank, world, levels), gold.numeric, categories, keep,
+    x, y, contract = _convert_parts(parts(gold, rank, world, levels, part=part), gold.numeric, categories, keep,
                                     threads=torch.get_num_threads())  # fmt: skip
     return Rows(x=x, y=y, contract=contract, read_ids=ids, numeric=len(gold.numeric), categories=categories)
 

@@ -78,11 +78,20 @@ class Gold:
 
     storage_options: dict | None = None
 
-    def files(self) -> list[str]:
-        """The Parquet files of the pinned snapshot, sorted (the same order on every worker)."""
+    def files(self, part: str | None = None) -> list[str]:
+        """The Parquet files of the pinned snapshot, sorted (the same order on every worker). ``part="test"``:
+        only the files whose every row is in the test part (``fold = -1`` by the Delta log's per-file
+        statistics, read without opening a data file); ``part="train"``: all the others. ``oversample``
+        writes the test part into files of its own, so cross-validation, which never reads a test row,
+        skips them; a file without statistics, or one mixing both parts, counts as ``train``."""
         from deltalake import DeltaTable
 
-        return sorted(DeltaTable(self.path, version=self.version, storage_options=self.storage_options).file_uris())
+        table = DeltaTable(self.path, version=self.version, storage_options=self.storage_options)
+        uris = table.file_uris()
+        if part is None:
+            return sorted(uris)
+        test = test_only_files(table, uris)
+        return sorted(u for u, t in zip(uris, test, strict=True) if t == (part == "test"))
 
     @property
     def numeric(self) -> list[str]:
@@ -101,6 +110,24 @@ class Gold:
         if self.kind == "images":
             return base + (["image"] if self.image_embedded else [self.image_column])
         return base + [n for n, _ in self.features]
+
+
+def test_only_files(table, uris: list[str]) -> list[bool]:
+    """For each of ``uris`` (``table.file_uris()``, in its order): whether the Delta log's statistics say every
+    row of that file has ``fold = -1``. False where a file has no statistics for ``fold``, or where the log's
+    add actions do not line up with ``uris`` (then nothing is skipped)."""
+    from urllib.parse import unquote
+
+    actions = pa.table(table.get_add_actions(flatten=True))
+    names = {"min.fold", "max.fold", "null_count.fold"}
+    if actions.num_rows != len(uris) or not names <= set(actions.column_names):
+        return [False] * len(uris)
+    paths = actions.column("path").to_pylist()
+    if any(not unquote(u).endswith(unquote(p).rsplit("/", 1)[-1]) for u, p in zip(uris, paths, strict=True)):
+        return [False] * len(uris)
+    low, high = actions.column("min.fold").to_pylist(), actions.column("max.fold").to_pylist()
+    nulls = actions.column("null_count.fold").to_pylist()
+    return [lo == -1 and hi == -1 and n == 0 for lo, hi, n in zip(low, high, nulls, strict=True)]
 
 
 class Contract:

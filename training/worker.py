@@ -145,15 +145,23 @@ class Run:
     # -- the run ---------------------------------------------------------------------------------------
     def train(self) -> dict:
         c = self.config
-        self.rows = data.load(self.gold, self.rank, self.world, levels=c.get("levels"))
         phases = [[Slot(**s) for s in c["slots"]]] if c["slots"] else []
         final = Slot(self.gold.folds, final=True)
         if c.get("final"):
             phases.append([final])
         state = self._restore()
         start_phase = state["phase"] if state else 0
+        read = None  # which of the snapshot's files ``self.rows`` holds: None (all) or "train"
         for p in range(start_phase, len(phases)):
             slots = phases[p]
+            test = any(s.final for s in slots)  # only the final model is scored on the test part
+            if p == start_phase:  # the folds never read a test row: the files holding only test rows wait
+                read = None if test else "train"
+                self.rows = data.load(self.gold, self.rank, self.world, levels=c.get("levels"), part=read)
+            elif test and read == "train":
+                self.rows = self.rows.extend(data.load(self.gold, self.rank, self.world, levels=c.get("levels"),
+                                                       categories=self.rows.categories, part="test"))  # fmt: skip
+                read = None
             epochs = c["epochs"]
             if slots == [final]:
                 epochs = c.get("final_epochs") or self._final_epochs()

@@ -57,6 +57,11 @@ LINEAGE = [("synthetic_for", "int"), ("synthetic_of", "string"), ("synthetic_wit
            ("dropped_for", "array<int>")]  # fmt: skip
 
 
+# Statistics for the contract's columns wherever they sit (Delta's default: the first 32 columns), so a file
+# of test rows only is known by its `fold` range without being opened (``training.gold.Gold.files``).
+STATS_COLUMNS = "label,fold,synthetic_for"
+
+
 def class_names(silver: DataFrame, label: str) -> list[str]:
     return sorted(r[0] for r in silver.select(label).distinct().collect())
 
@@ -192,27 +197,38 @@ def build_gold(silver: DataFrame, cfg: PipelineConfig, folds: int) -> tuple[Data
                             "k_neighbors + 1 = %d: it is oversampled at random instead of by %s", cfg.dataset, c,
                             p["keep"], f"fold {f}" if f < folds else "the final model", cfg.oversample.k_neighbors + 1,
                             cfg.oversample.method)  # fmt: skip
-    real = silver.withColumn(label, F.col(label).cast("string"))
+    # The test part goes into files of its own (a union keeps its inputs' partitions apart): training reads
+    # skip them by the Delta log's statistics until the final model is scored (``training.gold.Gold.files``).
+    test = F.col("fold").eqNullSafe(-1)
+    real = silver.where(~test).withColumn(label, F.col(label).cast("string"))
     real = real.select("*", *[F.lit(None).cast(t).alias(c) for c, t in LINEAGE if c != "dropped_for"])
+    held = silver.where(test).withColumn(label, F.col(label).cast("string"))
+    held = held.select("*", *[F.lit(None).cast(t).alias(c) for c, t in LINEAGE])
     if any(p["keep"] < p["n"] for per in plan.values() for p in per.values()):
         cut = undersampled(pooled(real, folds), _plan_frame(silver.sparkSession, plan, label), label, cfg.seed)
         real = real.join(cut, "sample_id", "left")
     else:
         real = real.withColumn("dropped_for", F.lit(None).cast("array<int>"))
     fake = synthesize(silver, cfg, folds, plan) if cfg.oversample.method != "none" else None
-    rows = real if fake is None else real.unionByName(fake)
-    rows = rows.withColumn("augment", F.col("synthetic_for").isNotNull() & F.lit(cfg.kind == "images"))
     index = F.create_map(*[x for i, c in enumerate(names) for x in (F.lit(str(c)), F.lit(i))])
-    rows = rows.withColumn("class_name", F.col(label)).withColumn("label", F.element_at(index, F.col(label)))
-    if label != "label":
-        rows = rows.drop(label)
-    if cfg.images and cfg.images.embed:
-        from jobs.validation.probe import embed_images
 
-        im = cfg.images
-        pixels = embed_images(silver.select("sample_id", im.path_column), im.path_column, cfg.resolve(im.root),
-                              im.size, im.channels).select(F.col("sample_id").alias("_src"), "image")  # fmt: skip
-        rows = rows.join(pixels, F.coalesce("synthetic_of", "sample_id") == F.col("_src")).drop("_src")
+    def finish(rows: DataFrame, sources: DataFrame) -> DataFrame:
+        """The contract's derived columns, and the images embedded from ``sources``' files (each once)."""
+        rows = rows.withColumn("augment", F.col("synthetic_for").isNotNull() & F.lit(cfg.kind == "images"))
+        rows = rows.withColumn("class_name", F.col(label)).withColumn("label", F.element_at(index, F.col(label)))
+        if label != "label":
+            rows = rows.drop(label)
+        if cfg.images and cfg.images.embed:
+            from jobs.validation.probe import embed_images
+
+            im = cfg.images
+            pixels = embed_images(sources.select("sample_id", im.path_column), im.path_column, cfg.resolve(im.root),
+                                  im.size, im.channels).select(F.col("sample_id").alias("_src"), "image")  # fmt: skip
+            rows = rows.join(pixels, F.coalesce("synthetic_of", "sample_id") == F.col("_src")).drop("_src")
+        return rows
+
+    rows = finish(real if fake is None else real.unionByName(fake), silver.where(~test))
+    rows = rows.unionByName(finish(held, silver.where(test)))
     fallback = [{"pool": f, "class": c, "rows": p["keep"]} for f, per in plan.items() for c, p in per.items()
                 if p["fallback"]]  # fmt: skip
     return rows, {"classes": names, "plan": plan, "fallback": fallback}
@@ -224,7 +240,8 @@ def gold_properties(cfg: PipelineConfig, run_id: str, folds: int, classes: list[
     props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": folds,
              "fulcrum.classes": json.dumps(classes), "fulcrum.features": json.dumps(features),
              "fulcrum.silver_version": silver_version, "fulcrum.oversample": cfg.oversample.method,
-             "fulcrum.class_weight": "none", "fulcrum.balance": "{}"}  # fmt: skip
+             "fulcrum.class_weight": "none", "fulcrum.balance": "{}",
+             "delta.dataSkippingStatsColumns": STATS_COLUMNS}  # fmt: skip
     if cfg.images:
         props.update({"fulcrum.image_size": cfg.images.size, "fulcrum.image_channels": cfg.images.channels,
                       "fulcrum.image_column": cfg.images.path_column,

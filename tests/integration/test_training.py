@@ -74,6 +74,35 @@ def test_the_ids_read_after_the_rows_belong_to_those_rows_on_every_worker(cancer
     assert sorted(seen) == sorted(rows)
 
 
+def test_the_folds_skip_the_test_parts_files_and_the_final_model_scores_every_test_row(cancer_gold, tmp_path):
+    """Oversample writes the test part into files of its own; the folds' read skips them by the Delta log's
+    statistics (it reads no test row) and the final model's phase adds them: the rows are then every row of
+    the table, each as a full read has it, and the final model is scored on every test row once."""
+    import pyarrow.parquet as pq
+
+    gold = Gold.open(cancer_gold)
+    rows = _rows(cancer_gold)
+    train, test = gold.files("train"), gold.files("test")
+    assert test and train and sorted(train + test) == gold.files()
+    assert all(set(pq.read_table(f, columns=["fold"]).column("fold").to_pylist()) == {-1} for f in test)
+    assert all(-1 not in pq.read_table(f, columns=["fold"]).column("fold").to_pylist() for f in train)
+    folds = data.load(gold, part="train")
+    assert len(folds) == sum(r["fold"] != -1 for r in rows.values()) and -1 not in folds.contract["fold"].to_pylist()
+    whole = folds.extend(data.load(gold, part="test", categories=folds.categories))
+    every = data.load(gold)
+    ids, all_ids = whole.ids_of(np.ones(len(whole), bool)), every.ids_of(np.ones(len(every), bool))
+    assert sorted(ids) == sorted(all_ids) == sorted(rows)
+    position = {sid: i for i, sid in enumerate(all_ids)}
+    same = [position[sid] for sid in ids]
+    assert torch.allclose(whole.x, every.x[same], equal_nan=True) and torch.equal(whole.y, every.y[same])
+    s = Settings(epochs=2, batch_size=32, patience=5, warmup_steps=1, tensorboard=False)
+    result = _in_process(gold, s, cv_slots(2), tmp_path, final=True)
+    held = [i for i, r in rows.items() if r["synthetic_for"] is None and r["fold"] == -1]
+    assert sorted(result["final"]["ids"]) == sorted(held)
+    assert result["final"]["train_rows"] == sum(
+        r["fold"] != -1 if r["synthetic_for"] is None else r["synthetic_for"] == 2 for r in rows.values())  # fmt: skip
+
+
 def test_slots_stop_on_their_own_and_a_fold_among_k_matches_it_alone(cancer_gold, tmp_path):
     gold = Gold.open(cancer_gold)
     s = Settings(epochs=14, batch_size=32, hidden=(32,), patience=2, warmup_steps=4, tensorboard=False)
@@ -173,11 +202,15 @@ def test_a_gold_table_edited_by_delta_rs_without_a_test_part_trains_and_says_so_
 
     path = tmp_path / "gold"
     shutil.copytree(cancer_gold, path)
-    DeltaTable(str(path)).delete("fold = -1")  # the test part; synthetic rows (fold null) stay
+    # The test part (files of its own, removed whole) and two rows of fold 0 (their file is rewritten); the
+    # synthetic rows (fold null) stay.
+    two = [r["sample_id"] for r in DeltaTable(str(path)).to_pyarrow_table(columns=["sample_id", "fold"]).to_pylist()
+           if r["fold"] == 0][:2]  # fmt: skip
+    DeltaTable(str(path)).delete("fold = -1 OR sample_id IN ({})".format(", ".join(f"'{i}'" for i in two)))
     import pyarrow.parquet as pq
 
     kinds = {str(pq.read_schema(f).field("sample_id").type) for f in DeltaTable(str(path)).file_uris()}
-    assert "string_view" in kinds, kinds  # the files delta-rs rewrote (Spark wrote plain strings)
+    assert kinds == {"string_view", "string"}, kinds  # the file delta-rs rewrote, the files Spark wrote
     out = tmp_path / "out"
     summary = cross_validate(Gold.open(str(path)), Settings(epochs=1, batch_size=64, warmup_steps=1, tensorboard=False),
                              out)  # fmt: skip
