@@ -92,7 +92,7 @@ def print_reports(dataset: str, reports: list[StageReport]) -> None:
     for r in reports:
         scalars = {k: v for k, v in r.details.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         details = ", ".join(f"{k}={v}" for k, v in scalars.items())
-        table.add_row(r.stage, f"{r.rows_in:,}", f"{r.rows_out:,}", f"{sum(r.dropped.values()):,}", f"{r.seconds:.1f}",
+        table.add_row(r.stage, f"{r.rows_in:,}", f"{r.rows_out:,}", f"{r.rows_removed:,}", f"{r.seconds:.1f}",
                       details or "-")  # fmt: skip
     out.print(table)
 

@@ -18,6 +18,11 @@ class StageReport:
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    removed: int | None = None  # rows quarantined, each once (``dropped`` counts a row under each of its reasons)
+
+    @property
+    def rows_removed(self) -> int:
+        return self.removed if self.removed is not None else sum(self.dropped.values())
 
     def counts(self) -> dict[str, int]:
         """Flat counters for the runs table."""

@@ -110,7 +110,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
         finally:
             for df in held:
                 df.unpersist()
-        report = StageReport(stage=STAGE, rows_in=reports[0].rows_in, rows_out=reports[-1].rows_out)
+        report = StageReport(stage=STAGE, rows_in=reports[0].rows_in, rows_out=reports[-1].rows_out,
+                             removed=reports[0].rows_in - reports[-1].rows_out)  # fmt: skip
         for r in reports[:2]:
             report.dropped.update(r.dropped)
         report.details.update({"stages": {r.stage: {"rows_in": r.rows_in, "rows_out": r.rows_out,

@@ -22,6 +22,7 @@ from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, BinaryType, MapType, StructType
 
 from jobs.ingest import LINEAGE_COLUMNS, NUMERIC_TYPES
 from jobs.validation.probe import PROBE_FIELDS
@@ -31,27 +32,33 @@ RANGE_MARGIN = 0.1  # of the observed range, on each side: the fallback when qua
 FENCE = 4.0  # fences at Q1 - 4 IQR and Q3 + 4 IQR (6 standard deviations on normal data): beyond Tukey's "far out" 3
 MIN_ROBUST_ROWS = 20  # fewer non-null values: the observed range (quartiles of a handful of rows mean little)
 QUANTILE_ACCURACY = 10_000  # percentile_approx's accuracy: rank error about 1 / 10,000 of the rows
+NESTED_TYPES = (ArrayType, MapType, StructType, BinaryType)
 
 
 def profile(df: DataFrame) -> dict[str, dict[str, Any]]:
     """Per-column facts in one aggregation (plus one for the small value sets)."""
     numeric = {f.name for f in df.schema.fields if isinstance(f.dataType, NUMERIC_TYPES)}
+    # Nested and binary columns get null counts only: a struct, list or map is not one value to range over,
+    # list in a set, or count distinct (Spark cannot even compare maps).
+    scalar = {f.name for f in df.schema.fields if not isinstance(f.dataType, NESTED_TYPES)}
     cols = [c for c in df.columns if c not in LINEAGE_COLUMNS]
     aggs = [F.count(F.lit(1)).alias("__rows")]
     for c in cols:
         q = F.col(f"`{c}`")
-        aggs += [F.count(q).alias(f"{c}__nonnull"), F.approx_count_distinct(q).alias(f"{c}__distinct")]
+        aggs.append(F.count(q).alias(f"{c}__nonnull"))
+        if c in scalar:
+            aggs.append(F.approx_count_distinct(q).alias(f"{c}__distinct"))
         if c in numeric:
             aggs += [F.min(q).alias(f"{c}__min"), F.max(q).alias(f"{c}__max"),
                      F.percentile_approx(q.cast("double"), [0.01, 0.25, 0.5, 0.75], QUANTILE_ACCURACY).alias(f"{c}__q")]  # fmt: skip
     row = df.agg(*aggs).first()
     rows = row["__rows"]
     facts = {c: {"numeric": c in numeric, "rows": rows, "null_fraction": 1 - row[f"{c}__nonnull"] / max(rows, 1),
-                 "nonnull": row[f"{c}__nonnull"], "distinct": row[f"{c}__distinct"],
+                 "nonnull": row[f"{c}__nonnull"], "distinct": row[f"{c}__distinct"] if c in scalar else None,
                  "min": row[f"{c}__min"] if c in numeric else None, "max": row[f"{c}__max"] if c in numeric else None,
                  "quartiles": list(row[f"{c}__q"]) if c in numeric and row[f"{c}__q"] else None}
              for c in cols}  # fmt: skip
-    small = [c for c in cols if c not in numeric and 0 < facts[c]["distinct"] <= LOW_CARDINALITY]
+    small = [c for c in cols if c in scalar and c not in numeric and 0 < facts[c]["distinct"] <= LOW_CARDINALITY]
     if small:
         sets = df.agg(*[F.collect_set(F.col(f"`{c}`")).alias(c) for c in small]).first()
         for c in small:
@@ -74,7 +81,8 @@ def metric_exprs(df: DataFrame, columns: list[str], run_id: str | None = None) -
             continue
         q = F.col(f"`{c}`")
         exprs[f"null_fraction.{c}"] = F.count_if(q.isNull()) / F.greatest(F.count(F.lit(1)), F.lit(1))
-        exprs[f"distinct.{c}"] = F.approx_count_distinct(q)
+        if not isinstance(types[c], NESTED_TYPES):
+            exprs[f"distinct.{c}"] = F.approx_count_distinct(q)
         numeric = isinstance(types[c], NUMERIC_TYPES)
         if numeric:
             exprs[f"mean.{c}"] = F.mean(q)
@@ -129,7 +137,7 @@ def suggest(facts: dict[str, dict[str, Any]], name: str, label: str | None = Non
             policy = "warn" if col == label else "drop"
             exps.append(_exp("expect_column_values_to_be_in_set", {"column": col, "value_set": f["value_set"]},
                              f"{col}_known", policy))  # fmt: skip
-        if f["distinct"] >= rows * 0.99 and not f["numeric"] and rows > 0:
+        if f["distinct"] is not None and f["distinct"] >= rows * 0.99 and not f["numeric"] and rows > 0:
             exps.append(_exp("expect_column_values_to_be_unique", {"column": col}, f"{col}_unique", "warn"))
     return {"name": name, "meta": {"notes": f"suggested by `fulcrum suite init` from {rows} rows; edit before use"},
             "expectations": exps}  # fmt: skip

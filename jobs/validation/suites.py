@@ -172,6 +172,12 @@ def _rules(expectations: list[dict], path: Path, overrides: dict[str, str]) -> l
         if policy not in POLICIES:
             raise SuiteError(f"{where} ({name}): policy {policy!r} is not one of {', '.join(POLICIES)}",
                              fix="set meta.policy (or validate.policies) to warn, drop or fail")  # fmt: skip
+        nested = [v for v in kwargs.get("value_set") or [] if not isinstance(v, str | int | float | bool | None)]
+        if nested:
+            raise SuiteError(f"{where} ({name}): value_set holds {nested[0]!r}, which is not one value: a set "
+                             "expectation compares one string, number or boolean per row",
+                             fix="remove the expectation (a nested column cannot be in a set) or list single values; "
+                                 "`fulcrum suite init` skips nested columns")  # fmt: skip
         rule = Rule(name=name, type=exp_type, kwargs=kwargs, policy=policy)
         if policy == "drop" and not rule.row_level:
             raise SuiteError(f"{where} ({name}): policy drop needs a row-level expectation; {exp_type} is not one",

@@ -155,7 +155,7 @@ def validate(df: DataFrame, suite, rules: list[Rule], dataset: str, docs_dir: st
     gx_result, evaluation = run_suite(df, suite, rules, dataset, docs_dir, partial, run_name, extra)
     summary = summarize(gx_result, rules)
     report = StageReport(stage=STAGE, rows_in=evaluation.rows_in, rows_out=evaluation.rows_in - evaluation.rejected)
-    report.dropped = evaluation.dropped
+    report.dropped, report.removed = evaluation.dropped, evaluation.rejected
     report.details.update({
         "expectations": len(rules), "failed_expectations": sum(not s["success"] for s in summary),
         "summary": summary, "gx_success": bool(gx_result.success), "gx_result": gx_result.to_json_dict(),

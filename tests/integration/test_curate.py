@@ -51,20 +51,23 @@ def test_clean_folds_labels_coerces_and_quarantines_with_exact_reasons(spark):
         ("s4", "4", 4.0, "x", "bird"),  # unknown label
         ("s5", None, 5.0, "x", "cat"),  # a missing: dropped
         ("s6", "6", 6.0, None, None),  # no label, c missing
+        ("s7", " ", 7.0, "x", "cat"),  # a blank: missing, not unreadable
     ]
     result = clean.clean(frame(spark, rows), cfg)
     kept = {r["sample_id"]: r.asDict() for r in result.kept.collect()}
     assert set(kept) == {"s1", "s2"}
     assert kept["s1"]["y"] == "cat" and kept["s2"]["y"] == "dog" and kept["s1"]["a"] == 1.5
-    assert reasons(result) == {"s3": ["uncoercible_a", "missing_a"], "s4": ["label_unknown"], "s5": ["missing_a"],
-                               "s6": ["label_unknown", "missing_c"]}  # fmt: skip
+    # A value that does not parse is unreadable, not also missing (one reason, counted once).
+    assert reasons(result) == {"s3": ["uncoercible_a"], "s4": ["label_unknown"], "s5": ["missing_a"],
+                               "s6": ["label_unknown", "missing_c"], "s7": ["missing_a"]}  # fmt: skip
     # The median comes from the rows no earlier check rejected (s1, s2, s5: b = 1, 5): 1.0 (lower median).
     median = result.report.details["imputation"]["values"]["b"]
     assert median in (1.0, 5.0) and kept["s2"]["b"] == median
     # Rejected rows are quarantined as they came in: the original string, the original label.
     original = {r["sample_id"]: r for r in result.rejected.collect()}
     assert original["s3"]["a"] == "abc" and original["s4"]["y"] == "bird"
-    assert result.report.rows_in == 6 and result.report.rows_out == 2
+    assert result.report.rows_in == 7 and result.report.rows_out == 2
+    assert result.report.dropped == {"uncoercible_a": 1, "label_unknown": 2, "missing_a": 2, "missing_c": 1}
 
 
 LABELS = [  # raw label, label after clean without fuzzy, with fuzzy (None: quarantined as label_unknown)

@@ -217,6 +217,26 @@ def test_suite_init_suggests_a_suite_that_validates_its_own_data(spark, tmp_path
         init_suite(spark, cfg, path)
 
 
+def test_suite_init_gives_nested_columns_null_checks_only_and_its_suite_validates_them(spark, tmp_path):
+    """A JSON source with a struct, a list and a map column beside a label (found on a JSON Lines table: the
+    suggested in-set expectation over a struct crashed validation with a Spark literal error)."""
+    from jobs.validation.profile import profile, suggest
+
+    rows = [{"id": f"r{i}", "y": "ab"[i % 2], "extra": {"a": i % 2, "b": [1, 2]}, "tags": ["x"] * (i % 3),
+             "attrs": {"k": str(i % 2)}} for i in range(30)]  # fmt: skip
+    df = spark.createDataFrame(rows, "id string, y string, extra struct<a:int,b:array<int>>, tags array<string>, "
+                                     "attrs map<string,string>")  # fmt: skip
+    suite = suggest(profile(df), "nested", label="y")
+    checks = {(e["type"], e["kwargs"].get("column")) for e in suite["expectations"]}
+    for column in ("extra", "tags", "attrs"):
+        assert {t for t, c in checks if c == column} == {"expect_column_values_to_not_be_null"}, checks
+    assert ("expect_column_values_to_be_in_set", "y") in checks
+    path = tmp_path / "nested.json"
+    path.write_text(json.dumps(suite))
+    result = validate.validate(df, *load_suite(path), "nested")
+    assert result.report.rows_out == 30
+
+
 def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the_profiled_data(spark, tmp_path):
     """Outliers in the very data `suite init` profiles (1 % of the rows, far out, and a sentinel) are
     quarantined by the suite it writes, while a right-skewed column keeps its legitimate tail, a left-skewed

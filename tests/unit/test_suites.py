@@ -45,6 +45,8 @@ def test_default_names():
          ' {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x"}}]}', "names repeat"),
         ('{"name": "x", "expectations": [{"type": "expect_column_values_to_be_between", "kwargs": {"column": "x",'
          ' "min_value": "a", "max_value": 1, "strict_min": "maybe"}}]}', "Great Expectations rejected the suite"),
+        ('{"name": "x", "expectations": [{"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "extra",'
+         ' "value_set": [[1, [1, 2]]]}}]}', r"value_set holds \[1, \[1, 2\]\], which is not one value"),
     ],
 )  # fmt: skip
 def test_invalid_suites_give_clear_errors(tmp_path, content, message):
