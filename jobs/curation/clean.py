@@ -305,9 +305,10 @@ def clean(df: DataFrame, cfg: PipelineConfig, label_issues: DataFrame | None = N
 
     imputation = impute_values(ok, cfg, numeric, categorical)
     for c, how in imputation["policy"].items():
-        if how == "drop":  # a value that did not parse is `uncoercible_<c>` already, not missing too
-            unreadable = F.array_contains(F.col(REASONS), f"uncoercible_{c}")
-            df = _add_reason(df, f"missing_{c}", F.col(c).isNull() & ~unreadable)
+        if how == "drop":  # null or blank as it came in; a value that did not parse is `uncoercible_<c>` only
+            # (the test reads the original, never REASONS: see ``_add_reason``)
+            given = F.col(f"{ORIGINAL}.`{c}`")
+            df = _add_reason(df, f"missing_{c}", F.col(c).isNull() & (given.isNull() | (F.trim(given.cast("string")) == "")))
         elif how != "keep" and imputation["values"].get(c) is not None:
             df = df.withColumn(c, F.coalesce(F.col(c), F.lit(imputation["values"][c])))
 
