@@ -42,6 +42,10 @@ DELTA_CONF = {
     # Deletion vectors and column mapping stay off so delta-rs and Ray read every table alike.
     "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
     "spark.sql.session.timeZone": "UTC",
+    # Catalyst's constraint propagation grows exponentially with the aliases of a wide projection (clean casts
+    # and tags every feature): on a 31-feature table, curate's quarantine join with the audit's verdicts
+    # spent minutes in `getAllValidConstraints` before running. Off, the optimiser infers no extra filters.
+    "spark.sql.constraintPropagation.enabled": "false",
 }
 JAVA_FIX = (
     "install Java 17 (Debian/Ubuntu: `apt-get install -y openjdk-17-jre-headless`; "

@@ -481,6 +481,26 @@ def test_curate_on_the_cancer_sample_finds_every_injected_duplicate(spark, sampl
     assert tables.read(spark, lake.path("quarantine")).where("stage = 'dedup'").count() == 24
 
 
+def test_a_wide_table_with_audit_verdicts_curates_and_its_quarantine_joins(spark):
+    """31 text-typed numeric features and the audit's verdicts from the run before (found on a JSON Lines
+    table: the quarantine's join with them spent minutes in Catalyst's constraint propagation, which grows
+    exponentially with a wide projection's aliases; the session turns it off)."""
+    assert spark.conf.get("spark.sql.constraintPropagation.enabled") == "false"
+    names = [f"f{i}" for i in range(31)]
+    cfg = parse_config({"dataset": "toy", "kind": "tabular", "source": {"path": "x", "format": "csv"},
+                        "columns": {"label": "y", "features": names}, "split": {"folds": 2},
+                        "clean": {"label_issues": "drop"}})  # fmt: skip
+    rows = [(f"s{r:02d}", *[str(r * 31 + i) if (r, i) != (3, 0) else "n/a" for i in range(31)], "ab"[r % 2])
+            for r in range(40)]  # fmt: skip
+    df = spark.createDataFrame(rows, ", ".join(["sample_id string", *[f"{c} string" for c in names], "y string"]))
+    issues = spark.createDataFrame([("s05", "b", "a", True), ("s06", "a", "b", False)],
+                                   "sample_id string, given_class string, suggested_class string, actionable boolean")  # fmt: skip
+    silver, rejected, reports = curate.curate(df, cfg, None, issues)
+    quarantine = {r["sample_id"]: r["reasons"] for r in df.join(rejected, "sample_id").collect()}
+    assert quarantine == {"s03": ["uncoercible_f0"], "s05": ["label_issue"]}  # s06's verdict is not actionable
+    assert silver.count() == 38 and reports[0].dropped == {"uncoercible_f0": 1, "label_issue": 1}
+
+
 def test_curate_refuses_single_class_data(spark, sample_dir, tmp_path):
     cfg = load_config(sample_dir / "cancer" / "cancer.yaml",
                       {"lake_root": str(tmp_path / "lake"), "clean.labels.classes": ["benign"]})  # fmt: skip
