@@ -24,6 +24,8 @@ from pyspark.sql import types as T
 from jobs.validation.suites import Rule
 
 NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
+INTEGRAL = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+BITMAP_BITS = 32768  # values per bucket of Spark's bitmap functions (a 4 KiB bitmap each)
 _AGGREGATES = {  # GX metric name -> Spark aggregate, as GX's Spark providers compute it
     "column.mean": (F.mean, True),
     "column.standard_deviation": (F.stddev_samp, True),
@@ -108,7 +110,7 @@ class Evaluation:
     rejected: int
     dropped: dict[str, int]
     limit_reads: int  # partial-unexpected-list queries (each stops after k rows)
-    group_passes: int  # one group-by per uniqueness expectation
+    group_passes: int  # passes over the data for uniqueness (a bitmap count, a group-by)
     rejected_rows: DataFrame | None = None  # lazy: the rows failing a drop expectation, with reasons
     extra: dict[str, Any] = field(default_factory=dict)  # the caller's own aggregates, computed in the same pass
 
@@ -157,14 +159,27 @@ def evaluate(df: DataFrame, the_plan: Plan, rules: list[Rule], partial: int = 20
             exprs[key_of[mc.id]] = expr
     for r in drops:  # the quarantine count per reason is the rule's unexpected count
         exprs.setdefault(f"drop:{r.name}", F.count_if(r.fails()))
+    types = {f.name: f.dataType for f in df.schema.fields}
+    unique = sorted({rule.column for _, rule, configs in the_plan.fused
+                     if any(mc.metric_name == "column_values.unique.unexpected_count" for mc in configs)})  # fmt: skip
+    for column in unique:  # what decides how uniqueness is counted rides in the same pass
+        col = F.col(f"`{column}`")
+        exprs[f"u:n:{column}"] = F.count(col)
+        if isinstance(types.get(column), INTEGRAL):
+            exprs[f"u:min:{column}"], exprs[f"u:max:{column}"] = F.min(col), F.max(col)
     row = df.agg(*[e.alias(k) for k, e in exprs.items()]).first().asDict()
     values = {mc_id: row[k] for mc_id, k in key_of.items()}
     groups = 0
-    for _, rule, configs in the_plan.fused:  # uniqueness: a hash group-by, not GX's sort-based window
+    duplicated: dict[str, int] = {}
+    for _, rule, configs in the_plan.fused:  # uniqueness: bitmaps or a hash group-by, not GX's sort-based window
         for mc in configs:
             if mc.metric_name == "column_values.unique.unexpected_count" and mc.id not in values:
-                values[mc.id] = _duplicated_rows(df, rule.column)
-                groups += 1
+                column = rule.column
+                if column not in duplicated:
+                    duplicated[column], passes = _duplicated_rows(
+                        df, column, row[f"u:n:{column}"], row.get(f"u:min:{column}"), row.get(f"u:max:{column}"))
+                    groups += passes
+                values[mc.id] = duplicated[column]
 
     results, reads = {}, 0
     columns = list(df.columns)
@@ -227,8 +242,30 @@ def _duplicated(column: str) -> Column:
     return col.isNotNull() & (F.count(F.lit(1)).over(Window.partitionBy(col)) > 1)
 
 
-def _duplicated_rows(df: DataFrame, column: str) -> int:
-    """Rows whose (non-null) value in ``column`` occurs more than once: one hash aggregation."""
+def _duplicated_rows(df: DataFrame, column: str, present: int | None = None, low: int | None = None,
+                     high: int | None = None) -> tuple[int, int]:  # fmt: skip
+    """Rows whose (non-null) value in ``column`` occurs more than once, and the passes over ``df`` that took.
+
+    ``present`` (non-null values), ``low`` and ``high`` (an integer column's range) come from the fused pass.
+    With none or one value no row can repeat. An integer column whose range is dense enough (a 4 KiB bitmap per
+    32,768 values costs no more than the group-by's rows) first counts its distinct values exactly with Spark's
+    bitmap functions: the bitmaps are aggregated where the data is and only a few of them are shuffled. When that
+    count equals ``present`` (the usual night: the ids are unique) the answer is 0; otherwise, and for every
+    other type, the exact count comes from one hash aggregation over the values.
+    """
+    if present is not None and present <= 1:
+        return 0, 0
     col = F.col(f"`{column}`")
+    passes = 0
+    if present is not None and low is not None and high is not None:
+        buckets = (int(high) - int(low)) // BITMAP_BITS + 2
+        if buckets * 4096 <= present * 16:
+            position = col.cast("long")
+            distinct = (df.filter(col.isNotNull()).groupBy(F.bitmap_bucket_number(position).alias("__bucket"))
+                        .agg(F.bitmap_count(F.bitmap_construct_agg(F.bitmap_bit_position(position))).alias("__n"))
+                        .agg(F.sum("__n")).first()[0])  # fmt: skip
+            passes += 1
+            if int(distinct or 0) == present:
+                return 0, passes
     counts = df.filter(col.isNotNull()).groupBy(col).count().filter(F.col("count") > 1)
-    return int(counts.agg(F.sum("count")).first()[0] or 0)
+    return int(counts.agg(F.sum("count")).first()[0] or 0), passes + 1

@@ -180,6 +180,32 @@ def test_fused_results_equal_gx_own_on_edge_cases(spark, tmp_path):
     df.unpersist()
 
 
+def test_uniqueness_on_integer_columns_counts_like_gx_whichever_way_it_is_counted(spark, tmp_path):
+    """Dense integer columns are first counted with bitmaps (duplicates found there fall back to the group-by);
+    sparse ranges and other types take the group-by; an all-null column takes no pass."""
+    from pyspark.sql import functions as F
+
+    columns = {  # column -> passes it takes
+        "dense": 1, "dense_dup": 2, "negative": 1, "sparse": 1, "nulls": 1, "short": 1, "all_null": 0, "text": 1,
+    }  # fmt: skip
+    i = F.col("id")
+    df = spark.range(2000, numPartitions=4).select(
+        i.alias("dense"), (i % 1999).alias("dense_dup"), (-i - 40000).alias("negative"),
+        (i * 10**12).alias("sparse"), F.when(i % 7 == 0, None).otherwise(i).cast("int").alias("nulls"),
+        i.cast("short").alias("short"), F.lit(None).cast("long").alias("all_null"), (i % 1000).cast("string").alias("text"),
+    ).cache()  # fmt: skip
+    (tmp_path / "unique.json").write_text(json.dumps({"name": "unique", "expectations": [
+        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": c}} for c in columns]}))  # fmt: skip
+    reference = validate.run_gx(df, load_suite(tmp_path / "unique.json")[0], "unique")
+    result, evaluation = validate.run_suite(df, *load_suite(tmp_path / "unique.json"), "unique")
+    assert results_by_name(result.to_json_dict()) == results_by_name(reference.to_json_dict())
+    counts = {r.expectation_config.kwargs["column"]: r.result["unexpected_count"] for r in result.results}
+    assert counts == {"dense": 0, "dense_dup": 2, "negative": 0, "sparse": 0, "nulls": 0, "short": 0,
+                      "all_null": 0, "text": 2000}  # fmt: skip
+    assert evaluation.group_passes == sum(columns.values())
+    df.unpersist()
+
+
 def test_image_sample_quarantines_every_broken_file_and_nothing_else(spark, sample_dir, tmp_path):
     cfg = load_config(sample_dir / "digits" / "digits.yaml", {"lake_root": str(tmp_path / "lake")})
     ingest.run(spark, cfg, "i-1")
