@@ -159,8 +159,10 @@ def read_rows(gold: Gold, rank: int = 0, world: int = 1, levels: list[str] | Non
     columns = columns if columns is not None else [c for c in gold.columns if c != "sample_id"]
     _, batches = scan(gold, rank, world, levels, columns, part)
     batches = list(batches)
-    if not batches:
-        return pa.table({c: pa.array([], pa.null()) for c in columns})
+    if not batches:  # no file of this part (a small gold mixes its parts in one file): no row, typed as the table
+        every = gold.files()
+        schema = open_dataset(every).schema if every else pa.schema([])
+        return pa.table({c: pa.array([], schema.field(c).type if c in schema.names else pa.null()) for c in columns})
     return pa.Table.from_batches(batches)
 
 

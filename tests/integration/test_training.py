@@ -103,6 +103,33 @@ def test_the_folds_skip_the_test_parts_files_and_the_final_model_scores_every_te
         r["fold"] != -1 if r["synthetic_for"] is None else r["synthetic_for"] == 2 for r in rows.values())  # fmt: skip
 
 
+def test_an_image_gold_whose_files_mix_both_parts_trains_the_folds_and_scores_the_final_model(spark, tmp_path):
+    """A small gold can hold test and training rows in one file: no file is test-only, the folds read
+    every file and the final model's phase finds no file to add (an image table's flags, typed, not null)."""
+    import json
+
+    from jobs.lakehouse import tables
+
+    rng = np.random.default_rng(0)
+    rows = [(f"s{i}", i % 2, i % 3 - 1, None, None, False, str(i % 2),
+             data.png(rng.integers(0, 256, (8, 8), dtype=np.uint8))) for i in range(36)]  # fmt: skip
+    schema = ("sample_id string, label int, fold int, synthetic_for int, dropped_for array<int>, augment boolean,"
+              " class_name string, image binary")  # fmt: skip
+    props = {"fulcrum.kind": "images", "fulcrum.classes": json.dumps(["0", "1"]), "fulcrum.folds": 2,
+             "fulcrum.features": "[]", "fulcrum.image_size": 8, "fulcrum.image_channels": 1,
+             "fulcrum.image_column": "path", "fulcrum.image_embedded": "true"}  # fmt: skip
+    path = str(tmp_path / "gold")
+    tables.overwrite(spark.createDataFrame(rows, schema).coalesce(1), path, "r-1", "test", props)
+    gold = Gold.open(path)
+    assert gold.files("test") == [] and len(gold.files("train")) == 1
+    empty = data.load(gold, part="test")
+    assert len(empty) == 0 and empty.x.shape == (0, 1, 8, 8) and empty.augment.dtype == torch.bool
+    s = Settings(epochs=1, batch_size=8, patience=5, warmup_steps=1, tensorboard=False, model="cnn", amp=False)
+    result = _in_process(gold, s, cv_slots(2), tmp_path / "out", final=True)
+    assert sorted(result["final"]["ids"]) == sorted(r[0] for r in rows if r[2] == -1)
+    assert {result[f"fold-{f}"]["train_rows"] for f in (0, 1)} == {len(result[f"fold-{f}"]["ids"]) for f in (0, 1)} == {12}
+
+
 def test_slots_stop_on_their_own_and_a_fold_among_k_matches_it_alone(cancer_gold, tmp_path):
     gold = Gold.open(cancer_gold)
     s = Settings(epochs=14, batch_size=32, hidden=(32,), patience=2, warmup_steps=4, tensorboard=False)
