@@ -13,7 +13,7 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(127.5).sub(1.0)
 
 
-def augmenter(size: int, channels: int, flip: bool = True, rotation: float = 10.0):
+def augmenter(size: int, channels: int, flip: bool = False, rotation: float = 10.0):
     """A function: uint8 batch (on any device) → augmented, normalised float batch on that device. Draws come
     from torch's global generator, so a seeded epoch augments the same way again."""
     import kornia.augmentation as K

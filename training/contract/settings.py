@@ -83,7 +83,7 @@ class TrainSettings(Strict):
     use_gpu: bool | None = Field(default=None, description="default: when the cluster has GPUs")
     amp: bool = Field(default=True, description="mixed precision (float16 autocast, gradient scaler) on a GPU")
     mix: Literal["mixup", "cutmix"] | None = None
-    flip: bool = Field(default=True, description="random horizontal flips of images")
+    flip: bool = Field(default=False, description="random horizontal flips of images (only where a mirrored image keeps its class)")
     augment: Literal["all", "flagged"] = Field(default="all", description="images: augment every training image, or "
                                                "only the rows gold flags (augment = true: repeated minority images)")
     max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
