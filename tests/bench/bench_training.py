@@ -85,13 +85,12 @@ def ingestion(gold_path: str, features: int, batch: int) -> list[list]:
         contract = Contract(rows.contract)
         masks = torch.from_numpy(np.stack([s.masks(contract, gold.folds)[0] for s in cv_slots(gold.folds)]))
         loaded = time.perf_counter() - start
-        return rows, masks, masks.any(0).nonzero().squeeze(1), loaded
+        return rows, masks, torch.from_numpy(np.flatnonzero(masks.numpy().any(0))), loaded
 
-    def epoch(rows, masks, union) -> int:  # exactly what train_epoch does before the models: a gather, slices
-        order = union[torch.randperm(len(union))]
-        xs, ys = loop.take(rows.x, order), loop.take(rows.y, order)
-        ms = loop.take(masks.t().contiguous(), order).t()
-        return sum(len(xs[a:b]) for a, b in loop.spans_of(len(order), batch) if len(ys[a:b]) == ms[:, a:b].shape[1])
+    def epoch(rows, masks, union, seed=(0, 0, 0)) -> int:  # what the worker and train_epoch do before the models
+        order = loop.shuffled(union, seed)
+        return sum(len(xb) for xb, yb, mb, _ in loop.batches(rows.x, rows.y, masks, order,
+                                                               loop.spans_of(len(order), batch)) if len(yb) == mb.shape[1])  # fmt: skip
 
     # Three rounds, each the raw scan then fulcrum's first epoch from a fresh read, then a later epoch; the
     # medians are reported (a single round swings ±30 % on a shared 2-core machine).

@@ -106,20 +106,40 @@ def test_rows_that_do_not_match_the_files_count_stop_the_run_with_the_reason():
     assert rows.ids_of(np.array([True, False, True])).tolist() == ["s1", "s3"]
 
 
-@pytest.mark.parametrize("shape", [(300_000, 20), (120_000, 3), (20_000, 1, 16, 16), (10,)], ids=str)
+@pytest.mark.parametrize("shape", [(30_000, 20), (12_000, 3), (2_000, 1, 16, 16), (10,)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bool, torch.int64])
-def test_take_copies_the_rows_index_select_would(shape, dtype):
-    """The epoch's gather into a NumPy-allocated buffer (large tensors) equals ``index_select``, whatever
-    the dtype and row shape, and leaves the source as it was."""
+def test_batches_hold_the_rows_index_select_would_though_their_buffer_is_reused(shape, dtype):
+    """Each shared batch holds exactly its span's rows of ``order`` (features, labels, S×B masks, flags),
+    whatever the dtype and row shape, a last batch of one row included (it joins the batch before); the
+    features' buffer is reused, so a batch is read before the next is drawn; the source is left as it was."""
     g = torch.Generator().manual_seed(0)
     t = (torch.rand(shape, generator=g) * 200).to(dtype)
     before = t.clone()
-    order = torch.randperm(shape[0], generator=g)[: shape[0] * 3 // 4]
-    got = loop.take(t, order)
-    assert got.dtype == dtype and got.shape == (len(order), *shape[1:])
-    assert torch.equal(got, torch.index_select(t, 0, order)) and torch.equal(t, before)
-    masks = torch.rand(3, shape[0], generator=g) > 0.5  # slots' masks, gathered as whole rows (S×B views)
-    assert torch.equal(loop.take(masks.t().contiguous(), order).t(), masks[:, order])
+    y = torch.randint(0, 5, (shape[0],), generator=g)
+    masks = torch.rand(3, shape[0], generator=g) > 0.5
+    flags = torch.rand(shape[0], generator=g) > 0.5
+    order = loop.shuffled(torch.arange(shape[0])[: shape[0] * 3 // 4 + 1], 7)
+    spans = loop.spans_of(len(order), 512 if shape[0] > 100 else 3)
+    assert (spans[-1][1] - spans[-1][0]) > 1
+    seen = []
+    for (a, b), (xb, yb, mb, fb) in zip(spans, loop.batches(t, y, masks, order, spans, flags), strict=True):
+        index = order[a:b]
+        assert xb.dtype == dtype and xb.shape == (b - a, *shape[1:]) and mb.shape == (3, b - a)
+        assert torch.equal(xb, t[index]) and torch.equal(yb, y[index]) and torch.equal(mb, masks[:, index])
+        assert torch.equal(fb, flags[index])
+        seen.append(xb)
+    assert torch.equal(t, before) and sorted(torch.cat([order[a:b] for a, b in spans]).tolist()) == sorted(order.tolist())
+    if len(seen) > 1:  # one buffer: an earlier batch now shows a later batch's rows
+        assert seen[0].data_ptr() == seen[1].data_ptr()
+
+
+def test_shuffled_orders_are_permutations_fixed_by_their_seed():
+    rows = torch.arange(10, 1010)
+    a, b, c = loop.shuffled(rows, (42, 0, 0)), loop.shuffled(rows, (42, 0, 0)), loop.shuffled(rows, (42, 1, 0))
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, rows)
+    assert sorted(a.tolist()) == rows.tolist() and a.dtype == rows.dtype
+    assert torch.equal(loop.shuffled(rows, -3), loop.shuffled(rows, -3))  # a negative seed is a seed too
+    assert len(loop.shuffled(torch.zeros(0, dtype=torch.long), 1)) == 0
 
 
 def test_convolutional_models_hold_their_weights_channels_last_and_train_on_plain_batches():
