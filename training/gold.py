@@ -136,7 +136,7 @@ class Contract:
 
     def __init__(self, table: pa.Table):
         def ints(name: str) -> np.ndarray:
-            return pc.fill_null(table.column(name), -2).to_numpy(zero_copy_only=False).astype(np.int64)
+            return pc.fill_null(table.column(name), -2).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
 
         self.rows = table.num_rows
         self.real = pc.is_null(table.column("synthetic_for")).to_numpy(zero_copy_only=False).astype(bool)
