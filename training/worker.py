@@ -191,7 +191,7 @@ class Run:
                 s.load_state_dict(saved)
             start = resumed = int(state["epoch"]) + 1
             best = state["best"]
-        steps = len(loop.batches_of(union, c["batch_size"]))
+        steps = len(loop.spans_of(len(union), c["batch_size"]))
         if self.world > 1:  # every worker takes the same number of steps
             steps = self._min_reduce(steps)
         train_tf = augment.augmenter(c["size"], c["channels"], c["flip"]) if self.images else None

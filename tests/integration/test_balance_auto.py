@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from jobs.balancing import auto as auto_rule
 from jobs.balancing import oversample
 from jobs.config import parse_config
 from jobs.lakehouse import tables
@@ -63,10 +64,13 @@ def test_auto_keeps_no_resampling_where_it_hurts_and_picks_a_resampler_where_it_
     auto = report.details["auto"]
     none, resampled = auto["candidates"]
     assert auto["chosen"] == "random" and resampled["mean"] > none["mean"] + rare.oversample.tolerance, auto
-    # Two folds are too few to call a difference clear (the corrected standard error of two differences is large),
-    # so the two are tied and calibration decides: the resampled model's probabilities are the better ones too.
-    assert resampled["vs_none"]["diff"] > rare.oversample.tolerance and resampled["brier"] < none["brier"]
-    assert "so the lowest Brier score" in auto["reason"] and "against none +" in auto["reason"]
+    # The reason follows the rule: a gain clear of the tolerance and two corrected standard errors of the paired
+    # per-fold differences picks the best mean; a smaller one (two folds give a large error) ties the two and
+    # calibration decides. Either way the resampled model's probabilities are the better ones too.
+    vs = resampled["vs_none"]
+    assert vs["diff"] > rare.oversample.tolerance and resampled["brier"] < none["brier"] and "against none +" in auto["reason"]
+    clear = vs["se"] is not None and auto_rule.clear_gain(vs["diff"], vs["se"], rare.oversample.tolerance)
+    assert ("clearly above every other candidate" if clear else "so the lowest Brier score") in auto["reason"], auto
     gold = tables.read(spark, tables.Lake(rare.lake_dir).path("gold"))
     assert gold.where("synthetic_for IS NOT NULL").count() > 0
     assert report.details["balance"]["after"]["2"]["b"] == report.details["balance"]["after"]["2"]["a"]
