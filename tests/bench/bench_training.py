@@ -125,6 +125,9 @@ def ingestion(gold_path: str, features: int, batch: int) -> list[list]:
          round(delivered / first / rate, 3)],
         ["fulcrum, every later epoch (batches from memory), median of 3", delivered, round(later, 3),
          round(delivered / later), "", round(delivered / later / rate, 3)],
+        *[[f"fulcrum over {e} epochs (the first epoch's read counted once), from the medians", e * delivered,
+           round(first + (e - 1) * later, 3), round(e * delivered / (first + (e - 1) * later)), "",
+           round(e * delivered / (first + (e - 1) * later) / rate, 3)] for e in (2, 5)],
     ]  # fmt: skip
 
 
