@@ -106,12 +106,14 @@ def test_rows_that_do_not_match_the_files_count_stop_the_run_with_the_reason():
     assert rows.ids_of(np.array([True, False, True])).tolist() == ["s1", "s3"]
 
 
+@pytest.mark.parametrize("chunk", [1, loop.CHUNK_BYTES], ids=["batch-by-batch", "chunked"])
 @pytest.mark.parametrize("shape", [(30_000, 20), (12_000, 3), (2_000, 1, 16, 16), (10,)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bool, torch.int64])
-def test_batches_hold_the_rows_index_select_would_though_their_buffer_is_reused(shape, dtype):
+def test_batches_hold_the_rows_index_select_would_though_their_buffer_is_reused(shape, dtype, chunk):
     """Each shared batch holds exactly its span's rows of ``order`` (features, labels, S×B masks, flags),
-    whatever the dtype and row shape, a last batch of one row included (it joins the batch before); the
-    features' buffer is reused, so a batch is read before the next is drawn; the source is left as it was."""
+    whatever the dtype and row shape, a last batch of one row included (it joins the batch before), gathered
+    a batch at a time or several together; the features' buffer is reused, so a batch is read before the next
+    is drawn, while its labels, masks and flags stay as they were; the source is left as it was."""
     g = torch.Generator().manual_seed(0)
     t = (torch.rand(shape, generator=g) * 200).to(dtype)
     before = t.clone()
@@ -121,16 +123,21 @@ def test_batches_hold_the_rows_index_select_would_though_their_buffer_is_reused(
     order = loop.shuffled(torch.arange(shape[0])[: shape[0] * 3 // 4 + 1], 7)
     spans = loop.spans_of(len(order), 512 if shape[0] > 100 else 3)
     assert (spans[-1][1] - spans[-1][0]) > 1
-    seen = []
-    for (a, b), (xb, yb, mb, fb) in zip(spans, loop.batches(t, y, masks, order, spans, flags), strict=True):
+    seen, kept = [], []
+    for (a, b), (xb, yb, mb, fb) in zip(spans, loop.batches(t, y, masks, order, spans, flags, chunk), strict=True):
         index = order[a:b]
         assert xb.dtype == dtype and xb.shape == (b - a, *shape[1:]) and mb.shape == (3, b - a)
         assert torch.equal(xb, t[index]) and torch.equal(yb, y[index]) and torch.equal(mb, masks[:, index])
         assert torch.equal(fb, flags[index])
         seen.append(xb)
+        kept.append((index, yb, mb, fb))
     assert torch.equal(t, before) and sorted(torch.cat([order[a:b] for a, b in spans]).tolist()) == sorted(order.tolist())
-    if len(seen) > 1:  # one buffer: an earlier batch now shows a later batch's rows
+    for index, yb, mb, fb in kept:  # still the batch's own, every later batch drawn
+        assert torch.equal(yb, y[index]) and torch.equal(mb, masks[:, index]) and torch.equal(fb, flags[index])
+    if chunk == 1 and len(seen) > 1:  # one buffer: an earlier batch now shows a later batch's rows
         assert seen[0].data_ptr() == seen[1].data_ptr()
+    starts = {x.data_ptr() for x in seen}
+    assert len(starts) < len(seen) or len(seen) * 512 * t[0].numel() * t.element_size() <= chunk  # reused
 
 
 def test_shuffled_orders_are_permutations_fixed_by_their_seed():
