@@ -267,7 +267,8 @@ def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the
     """Outliers in the very data `suite init` profiles (1 % of the rows, far out, and a sentinel) are
     quarantined by the suite it writes, while a right-skewed column keeps its legitimate tail, a left-skewed
     bounded one (a pixel intensity of scikit-learn's digits: 0-16, most near 16, 0.7 % zeros) keeps its rare
-    low values and a column that is mostly one value keeps its rare values."""
+    low values, a column that is mostly one value keeps its rare values, and a sparse one (a pixel that is
+    mostly dark: 70 % zeros, near-duplicate noise about zero) keeps every lit value while its outliers go."""
     import numpy as np
 
     from jobs.validation.profile import init_suite
@@ -279,20 +280,24 @@ def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the
     flag = (rng.random(n) < 0.03).astype(float)  # mostly 0: quartiles coincide
     digits_pixel = [12, 12, 15, 17, 51, 57, 56, 53, 103, 95, 95, 105, 130, 165, 170, 207, 454]  # counts of 0..16
     score = rng.choice(17, n, p=np.array(digits_pixel) / sum(digits_pixel)).astype(float)
-    bad = set(rng.choice(n, 60, replace=False).tolist())
+    sparse = np.where(rng.random(n) < 0.7, 0.0, rng.integers(1, 17, n).astype(float))
+    sparse[rng.random(n) < 0.05] = 0.005 * rng.random()  # near-zero noise: the middle half is no longer one value
+    bad = set(rng.choice(n, 70, replace=False).tolist())
     spread = sorted(bad)
     for i in spread[:25]:
         x[i] = x.max() + 50 * x.std()  # as bench_quality injects them
     for i in spread[25:30]:
         x[i] = -999.0  # a sentinel
-    for i in spread[30:]:
+    for i in spread[30:60]:
         area[i] = area.max() + 50 * area.std()
-    rows = [(f"r{i:05d}", float(x[i]), float(area[i]), float(flag[i]), float(score[i]), "a" if i % 2 else "b")
-            for i in range(n)]  # fmt: skip
-    spark.createDataFrame(rows, "id string, x double, area double, flag double, score double, s string").coalesce(1) \
-        .write.parquet(str(tmp_path / "src"))  # fmt: skip
+    for i in spread[60:]:
+        sparse[i] = sparse.max() + 50 * sparse.std()
+    rows = [(f"r{i:05d}", float(x[i]), float(area[i]), float(flag[i]), float(score[i]), float(sparse[i]),
+             "a" if i % 2 else "b") for i in range(n)]  # fmt: skip
+    spark.createDataFrame(rows, "id string, x double, area double, flag double, score double, sparse double, "
+                          "s string").coalesce(1).write.parquet(str(tmp_path / "src"))  # fmt: skip
     cfg = {"dataset": "robust", "kind": "tabular", "lake_root": "lake", "source": {"path": "src", "format": "parquet"},
-           "columns": {"id": "id", "label": "s", "features": ["x", "area", "flag", "score"]}}  # fmt: skip
+           "columns": {"id": "id", "label": "s", "features": ["x", "area", "flag", "score", "sparse"]}}  # fmt: skip
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
     cfg = load_config(tmp_path / "p.yaml")
     ingest.run(spark, cfg, "ingest-1")
@@ -300,7 +305,10 @@ def test_suite_init_ranges_come_from_robust_statistics_and_catch_outliers_in_the
     names = {e["meta"]["name"]: e for e in json.loads(path.read_text())["expectations"]}
     assert names["x_in_range"]["meta"]["range_from"] == "quartiles"
     assert names["area_in_range"]["meta"]["range_from"] == "log quartiles"
-    assert names["flag_in_range"]["meta"]["range_from"] == "observed"
+    assert names["flag_in_range"]["meta"]["range_from"] == "observed of the non-zero values"  # 97 % zeros, the rest 1
+    assert names["flag_in_range"]["kwargs"] == {"column": "flag", "min_value": 0, "max_value": 1}
+    assert names["sparse_in_range"]["meta"]["range_from"].endswith("of the non-zero values")
+    assert names["sparse_in_range"]["kwargs"]["min_value"] == 0 and names["sparse_in_range"]["kwargs"]["max_value"] >= 16
     assert names["score_in_range"]["meta"]["range_from"] == "quartiles" and names["score_in_range"]["kwargs"]["min_value"] == 0
     result = validate.validate(tables.read(spark, tables.Lake(cfg.lake_dir).path("bronze")), *load_suite(path), "robust")
     dropped = {r["id"] for r in result.rejected.select("id").collect()}

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from jobs.validation.suites import SuiteError, default_name, load_suite
@@ -71,3 +72,59 @@ def test_shipped_suites_load():
     for path in sorted((Path(__file__).parents[2] / "expectations").glob("*.json")):
         _, rules = load_suite(path)
         assert rules and any(r.policy == "drop" for r in rules)
+
+
+def _facts(values):
+    """``profile``'s facts of a column, NumPy's percentiles standing in for Spark's ``percentile_approx``."""
+    import numpy as np
+
+    v = np.asarray(values, float)
+    nz = v[v != 0]
+
+    def of(x):
+        return {"nonnull": len(x), "min": x.min(), "max": x.max(),
+                "quartiles": list(np.percentile(x, [1, 25, 50, 75], method="inverted_cdf"))}  # fmt: skip
+
+    return {**of(v), "rows": len(v), **({"nonzero": of(nz)} if len(nz) else {})}
+
+
+@pytest.mark.parametrize("name, make, how", [
+    ("normal, signed", lambda r: r.normal(0, 10, 3000), "quartiles"),
+    ("lognormal (an area)", lambda r: r.lognormal(6, 0.5, 3000), "log quartiles"),
+    ("uniform 1-16 (symmetric, positive)", lambda r: r.integers(1, 17, 3000), "quartiles"),
+    ("mostly dark pixel: 70 % zeros, lit 1-16, near-zero noise",
+     lambda r: np.where(r.random(3000) < 0.7, np.where(r.random(3000) < 0.1, 0.004, 0.0), r.integers(1, 17, 3000)),
+     "quartiles of the non-zero values"),
+    ("amounts: 60 % zeros, the rest lognormal", lambda r: np.where(r.random(3000) < 0.6, 0.0, r.lognormal(3, 0.5, 3000)),
+     "log quartiles of the non-zero values"),
+    ("a flag: 97 % zeros", lambda r: (r.random(3000) < 0.03).astype(float), "observed of the non-zero values"),
+    ("an edge pixel: 97 % zeros, near-zero noise and rarely lit",
+     lambda r: np.select([r.random(3000) < 0.015, r.random(3000) < 0.015], [r.normal(0, 0.003, 3000),
+                                                                          r.integers(1, 9, 3000)], 0.0),
+     "observed of the non-zero values"),
+    ("a dozen values", lambda r: r.normal(0, 1, 12), "observed"),
+])  # fmt: skip
+def test_numeric_range_keeps_every_value_of_a_clean_column_and_fences_far_outliers(name, make, how):
+    """Each kind of column gets its rule, keeps every one of its own values, and (with 20 values or more) an
+    outlier as `bench_quality` injects it (the maximum plus 50 standard deviations) falls outside."""
+    from jobs.validation.profile import numeric_range
+
+    values = np.asarray(make(np.random.default_rng(3)), float)
+    low, high, rule = numeric_range(_facts(values))
+    assert rule == how, name
+    assert low <= values.min() and values.max() <= high, (name, low, high)
+    if len(values) >= 20:
+        assert values.max() + 50 * values.std() > high, (name, high)
+
+
+@pytest.mark.parametrize("load", ["load_digits", "load_wine", "load_diabetes", "load_breast_cancer", "load_iris"])
+def test_numeric_ranges_keep_every_row_of_real_clean_tables(load):
+    """scikit-learn's bundled tables, profiled whole: no row of them falls outside its suggested ranges."""
+    from sklearn import datasets
+
+    from jobs.validation.profile import numeric_range
+
+    data = getattr(datasets, load)().data
+    for j in range(data.shape[1]):
+        low, high, _ = numeric_range(_facts(data[:, j]))
+        assert low <= data[:, j].min() and data[:, j].max() <= high, (load, j, low, high)
