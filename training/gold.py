@@ -147,6 +147,7 @@ class Contract:
             lists = table.column("dropped_for").combine_chunks()
             folds = pc.fill_null(pc.list_flatten(lists), -2).to_numpy(zero_copy_only=False).astype(np.int64)
             self._dropped = (pc.list_parent_indices(lists).to_numpy(), folds)
+        self.trainable = self.real & (self.fold != -1)  # real rows outside the test part: some fold trains on each
         self._level = table.column("level") if "level" in table.column_names else None
         self._levels: dict[str, np.ndarray] = {}
         self.u = table.column("u").to_numpy(zero_copy_only=False) if "u" in table.column_names else None
@@ -158,10 +159,15 @@ class Contract:
     def dropped(self, fold: int) -> np.ndarray:
         """Rows whose ``dropped_for`` lists ``fold`` (undersampled out of that training set)."""
         out = np.zeros(self.rows, dtype=bool)
-        if self._dropped is not None:
-            parents, folds = self._dropped
-            out[parents[folds == fold]] = True
+        out[self.dropped_rows(fold)] = True
         return out
+
+    def dropped_rows(self, fold: int) -> np.ndarray:
+        """The positions of the rows ``dropped`` marks (most tables have none: no N-row mask to build)."""
+        if self._dropped is None:
+            return np.zeros(0, dtype=np.int64)
+        parents, folds = self._dropped
+        return parents[folds == fold]
 
     def level(self, name: str) -> np.ndarray:
         """Rows of one trade-off level (computed once per level)."""
@@ -173,8 +179,9 @@ class Contract:
 def training_mask(table: pa.Table | Contract, fold: int, folds: int) -> np.ndarray:
     """Rows of the training set of ``fold`` (``folds``: the final model's)."""
     c = Contract.of(table)
-    kept = c.real & (c.fold != -1) & (c.fold != fold) & ~c.dropped(fold)
-    return kept | (~c.real & (c.synthetic_for == fold))
+    kept = c.trainable & (c.fold != fold)
+    kept[c.dropped_rows(fold)] = False
+    return kept | (c.synthetic_for == fold)  # -2 on every real row: only synthetic rows match
 
 
 def validation_mask(table: pa.Table | Contract, fold: int, folds: int) -> np.ndarray:
