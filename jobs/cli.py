@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 data failed a ``fail`` policy, 2 usage or config error, 3 ru
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -478,12 +479,16 @@ def suite_init(
 
     Example: fulcrum suite init samples/cancer/cancer.yaml --out expectations/cancer.json --force
     """
-    from jobs.validation.profile import init_suite
+    from jobs.validation.profile import init_suite, range_rules
 
     cfg = _load(config, set_, None)
     target = out_path or config.parent / f"{cfg.dataset}.suite.json"
     path, count = init_suite(_spark(cfg), cfg, target, force)
     out.print(f"wrote {path} ({count} expectations); review it, then set `suite: {path.name}` in the config")
+    rules = range_rules(json.loads(path.read_text()))
+    if rules:
+        out.print("number ranges from " + ", ".join(f"{rule} ({n})" for rule, n in rules.items())
+                  + "; each check says which in meta.range_from (README: how `suite init` chooses a number's range)")
 
 
 @app.command()

@@ -207,6 +207,16 @@ def numeric_range(f: dict[str, Any]) -> tuple[float, float, str]:
     return (max(0.0, low) if p01 >= 0 else low), q3 + FENCE * iqr, "quartiles"
 
 
+def range_rules(suite: dict[str, Any]) -> dict[str, int]:
+    """How many of ``suite``'s range checks each ``numeric_range`` rule gave (``meta.range_from``), most first."""
+    counts: dict[str, int] = {}
+    for e in suite.get("expectations", []):
+        rule = (e.get("meta") or {}).get("range_from")
+        if rule:
+            counts[rule] = counts.get(rule, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _exp(exp_type: str, kwargs: dict[str, Any], name: str, policy: str) -> dict[str, Any]:
     slug = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
     return {"type": exp_type, "kwargs": kwargs, "meta": {"name": slug, "policy": policy}}

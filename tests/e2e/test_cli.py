@@ -72,6 +72,8 @@ def test_validate_exit_codes_and_summary(spark, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "diagnosis_canonical" in captured.out and "policy fail did not pass" in captured.err
     assert main(["suite", "init", cfg, "--out", str(tmp_path / "s.json")]) == 0
+    said = capsys.readouterr().out
+    assert "number ranges from log quartiles (" in said and "meta.range_from" in said  # which rule made the ranges
     assert main(["suite", "init", cfg, "--out", str(tmp_path / "s.json")]) == 2  # exists, no --force
     assert main(["validate", cfg, "--set", f"suite={tmp_path / 's.json'}"]) == 0
     capsys.readouterr()
