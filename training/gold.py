@@ -156,14 +156,9 @@ class Contract:
     def of(cls, table: pa.Table | Contract) -> Contract:
         return table if isinstance(table, Contract) else cls(table)
 
-    def dropped(self, fold: int) -> np.ndarray:
-        """Rows whose ``dropped_for`` lists ``fold`` (undersampled out of that training set)."""
-        out = np.zeros(self.rows, dtype=bool)
-        out[self.dropped_rows(fold)] = True
-        return out
-
     def dropped_rows(self, fold: int) -> np.ndarray:
-        """The positions of the rows ``dropped`` marks (most tables have none: no N-row mask to build)."""
+        """The positions of the rows whose ``dropped_for`` lists ``fold`` (undersampled out of that training
+        set); most tables have none, so no N-row mask is built for them."""
         if self._dropped is None:
             return np.zeros(0, dtype=np.int64)
         parents, folds = self._dropped

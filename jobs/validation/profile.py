@@ -209,11 +209,9 @@ def numeric_range(f: dict[str, Any]) -> tuple[float, float, str]:
 
 def range_rules(suite: dict[str, Any]) -> dict[str, int]:
     """How many of ``suite``'s range checks each ``numeric_range`` rule gave (``meta.range_from``), most first."""
-    counts: dict[str, int] = {}
-    for e in suite.get("expectations", []):
-        rule = (e.get("meta") or {}).get("range_from")
-        if rule:
-            counts[rule] = counts.get(rule, 0) + 1
+    from collections import Counter
+
+    counts = Counter(r for e in suite.get("expectations", []) if (r := (e.get("meta") or {}).get("range_from")))
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
