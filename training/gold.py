@@ -14,6 +14,7 @@ Which rows train and which validate each fold is the gold contract (see the READ
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -48,6 +49,8 @@ class Gold:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
+        if "://" not in path:  # a local path: Ray's workers run in another working directory
+            path = os.path.abspath(path)
         try:
             table = DeltaTable(path, version=version, storage_options=storage_options)
         except TableNotFoundError as exc:

@@ -30,6 +30,16 @@ def _in_process(gold: Gold, s: Settings, slots: list[Slot], out, final: bool = F
     return {**results, "reports": reports}
 
 
+def test_a_relative_table_path_is_made_absolute(cancer_gold, monkeypatch):
+    """Ray's workers run in a working directory of their own: ``python -m training --table lake/gold``
+    given a relative path must hand them the absolute one (it failed with "no Delta table")."""
+    import os
+
+    monkeypatch.chdir(os.path.dirname(cancer_gold))
+    gold = Gold.open(os.path.basename(cancer_gold))
+    assert gold.path == os.path.abspath(cancer_gold) and os.path.isabs(gold.path)
+
+
 def test_each_slots_rows_follow_the_contract_and_its_own_statistics(cancer_gold):
     gold = Gold.open(cancer_gold)
     rows = _rows(cancer_gold)
