@@ -54,9 +54,6 @@ class SlotModel:
     scaler: torch.amp.GradScaler | None = None
     stopped: bool = False
     class_weight: torch.Tensor | None = None  # per class, on the device: a weighted loss (``balanced_weights``)
-    # Mixed precision: float16 with ``scaler``, or bfloat16 (no scaler: its range is float32's, so no loss
-    # scaling, and no scaler step that reads back an inf check, a host-device sync, every step).
-    autocast: torch.dtype | None = None
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -133,17 +130,13 @@ def batches(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, order: torch.
     widest = max((b - a for a, b in spans), default=0)
     limit = max(widest, chunk_bytes // max(1, x[0].numel() * x.element_size()) if len(x) else widest)
     chunks = _chunks(spans, limit)
-    buffer = torch.empty((max((c[-1][1] - c[0][0] for c in chunks), default=0), *x.shape[1:]), dtype=x.dtype,
-                         device=x.device)  # fmt: skip
+    buffer = torch.empty((max((c[-1][1] - c[0][0] for c in chunks), default=0), *x.shape[1:]), dtype=x.dtype)
     rows = masks.t().contiguous()  # N×S: a batch's masks are then whole rows (3x faster than columns of S×N)
     for chunk in chunks:
         first, last = chunk[0][0], chunk[-1][1]
         index = order[first:last]
-        # Rows held on the GPU (``resident``) are gathered there: only the chunk's indices travel, without a sync.
-        there = to_device(index, x.device)
-        xs = torch.index_select(x, 0, there, out=buffer[: last - first])
-        ys = torch.index_select(y, 0, there if y.device == x.device else index)
-        ms = torch.index_select(rows, 0, index)
+        xs = torch.index_select(x, 0, index, out=buffer[: last - first])
+        ys, ms = torch.index_select(y, 0, index), torch.index_select(rows, 0, index)
         fs = None if flagged is None else torch.index_select(flagged, 0, index)
         for a, b in chunk:
             a, b = a - first, b - first
@@ -160,29 +153,6 @@ def _chunks(spans: list[tuple[int, int]], limit: int) -> list[list[tuple[int, in
         else:
             chunks.append([(a, b)])
     return chunks
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device`` without making the host wait: a copy from pageable memory to a GPU first waits for
-    all the work queued on the stream, so each batch would wait for the last one's kernels. From pinned
-    memory the copy is queued like a kernel (PyTorch's pinned-memory cache reuses the block only after it)."""
-    if t.device == device:
-        return t
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def resident(x: torch.Tensor, y: torch.Tensor, device: torch.device, share: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows on the GPU for the whole phase when they take at most ``share`` of its free memory (the slots'
-    models and activations need the rest): batches are then gathered on the GPU and nothing but indices
-    crosses the bus per batch. Elsewhere (a CPU, or rows too large) they stay where they are."""
-    if device.type != "cuda" or x.device.type == "cuda":
-        return x, y
-    free, _ = torch.cuda.mem_get_info(device)
-    if x.nbytes + y.nbytes > share * free:
-        return x, y
-    return x.to(device), y.to(device)
 
 
 def train_epoch(
@@ -211,9 +181,7 @@ def train_epoch(
     With ``flagged`` (bool N), ``transform`` applies to the flagged rows only and ``plain`` to the others.
     ``spans`` gives the batches' ``(start, end)`` in ``order`` (``grouped_order``) instead of cutting it.
     """
-    # Each slot's summed loss stays on the device until the epoch ends: reading it per batch would sync.
-    sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in slots]
-    rows = torch.zeros(len(slots), dtype=torch.float64)
+    sums, rows = torch.zeros(len(slots), dtype=torch.float64), torch.zeros(len(slots), dtype=torch.float64)
     live = [s for s in slots if not s.stopped]
     for s in live:
         s.model.train()
@@ -221,28 +189,23 @@ def train_epoch(
     for xb, yb, mb, fb in batches(x, y, masks, order, spans, flagged):
         # Moved first, then augmented there: on a GPU the augmentation runs on the GPU.
         xb = xb.to(device, non_blocking=True)
-        xb = _transformed(xb, transform, fb, plain)
+        xb = _transformed(xb, transform, None if fb is None else fb.to(device), plain)
         yb = yb.to(device, non_blocking=True)
         used = torch.zeros(len(slots), dtype=torch.float64)  # rows backpropagated per slot
-        picks: list[torch.Tensor | None] = [None] * len(slots)
-        for i, s in enumerate(slots):  # each slot's rows of the batch, from the masks on the host
-            if not s.stopped:
-                sel = mb[i].nonzero().squeeze(1)
-                picks[i] = sel.repeat(2) if len(sel) == 1 else sel  # one row of a slot: batch norm needs two
-        there = _on_device([p for p in picks if p is not None and len(p)], device)
         for i, s in enumerate(slots):
-            sel = picks[i]
-            if sel is None:
+            if s.stopped:
                 continue
             s.optimizer.zero_grad(set_to_none=True)
+            sel = mb[i].nonzero().squeeze(1)
             if not len(sel):
                 continue
-            sel = there.pop(0)
+            if len(sel) == 1:  # one row of this slot in the batch: batch norm needs two
+                sel = sel.repeat(2)
+            sel = sel.to(device)
             loss = backward_sum(s, xb[sel], yb[sel], mix)
-            count = float(mb[i].sum())
             used[i] = len(sel)
-            sums[i] += loss.double() / len(sel) * count
-            rows[i] += count
+            sums[i] += loss / len(sel) * float(mb[i].sum())
+            rows[i] += float(mb[i].sum())
         total = _average_gradients(live, slots, used, allreduce) if allreduce is not None else used
         for i, s in enumerate(slots):
             if not s.stopped and total[i] > 0:
@@ -250,39 +213,27 @@ def train_epoch(
     return [float(sums[i] / rows[i]) if rows[i] and not s.stopped else float("nan") for i, s in enumerate(slots)]
 
 
-def _on_device(picks: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Index tensors on ``device``: on a GPU, one copy for all of them (``to_device``), split there."""
-    if device.type == "cpu" or not picks:
-        return [p.to(device) for p in picks]
-    return list(torch.split(to_device(torch.cat(picks), device), [len(p) for p in picks]))
-
-
 def _transformed(xb: torch.Tensor, transform: Callable | None, flags: torch.Tensor | None,
                  plain: Callable | None) -> torch.Tensor:  # fmt: skip
-    """``flags`` (bool, on the host: testing them there costs the GPU no sync) picks the rows ``transform``
-    augments; the others get ``plain``."""
     if transform is None:
         return xb
     if flags is None:
         return transform(xb)
     out = plain(xb)
     if flags.any():
-        picked = to_device(flags, xb.device)
-        out[picked] = transform(xb[picked]).to(out.dtype)
+        out[flags] = transform(xb[flags]).to(out.dtype)
     return out
 
 
-def backward_sum(s: SlotModel, x: torch.Tensor, y: torch.Tensor, mix: Callable | None = None) -> torch.Tensor:
-    """Backpropagate the slot's summed loss over ``x`` (scaled when float16 mixed precision is on); returns the
-    loss, detached, where it was computed (not read back: on a GPU that would wait for the step)."""
+def backward_sum(s: SlotModel, x: torch.Tensor, y: torch.Tensor, mix: Callable | None = None) -> float:
+    """Backpropagate the slot's summed loss over ``x`` (scaled when mixed precision is on)."""
     target = y
     if mix is not None:
         x, target = mix(x, y)
-    dtype = s.autocast or torch.float16
-    with torch.autocast(x.device.type, dtype=dtype, enabled=s.scaler is not None or s.autocast is not None):
+    with torch.autocast(x.device.type, dtype=torch.float16, enabled=s.scaler is not None):
         loss = nn.functional.cross_entropy(s.model(x), target, weight=s.class_weight, reduction="sum")
     (s.scaler.scale(loss) if s.scaler is not None else loss).backward()
-    return loss.detach()
+    return float(loss.detach())
 
 
 def balanced_weights(counts: torch.Tensor) -> torch.Tensor:
@@ -343,7 +294,7 @@ def evaluate(
         s.model.eval()
     for start in range(0, len(union), batch_size):
         pick = union[start : start + batch_size]
-        xb = x[to_device(pick, x.device)]
+        xb = x[pick]
         xb = xb.to(device, non_blocking=True)
         xb = transform(xb) if transform is not None else xb
         mb = masks[:, pick]

@@ -55,10 +55,8 @@ def predictions_file(i: int) -> str:
 def transient_errors() -> tuple[type[BaseException], ...]:
     """Errors a retry can cure: a lost actor, node or object, I/O, a collective broken by a dead peer. An
     exception raised by a task's own code (``RayTaskError``) or by the loop itself is deterministic."""
-    try:
-        import ray.exceptions
-    except ImportError:  # the engine in a process without Ray (``gpu_check.py cv`` on a PyTorch-only GPU node)
-        return (OSError,)
+    import ray.exceptions
+
     kinds: list[type[BaseException]] = [ray.exceptions.ActorDiedError, ray.exceptions.ObjectLostError,
                                         ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError,
                                         ray.exceptions.RaySystemError, OSError]  # fmt: skip
@@ -200,7 +198,6 @@ class Run:
         val_tf = augment.normalise if self.images else None
         mix = augment.mixer(c.get("mix"), c["classes"]) if self.images else None
         writers = self._writers(slots, start)
-        held_x, held_y = loop.resident(rows.x, rows.y, self.device)  # on a GPU with room: there for the whole phase
         known = None  # per slot: every worker's validation ids and labels (rank order), gathered once below
         for epoch in range(start, epochs):
             if all(s.stopped for s in models_):
@@ -214,12 +211,12 @@ class Run:
                 mine = [loop.shuffled(rows_, (*shuffle, g)) for g, rows_ in enumerate(levels[1])]
                 order, spans = loop.grouped_order(mine, c["batch_size"], torch.Generator().manual_seed(
                     c["seed"] + 7919 * epoch), levels[2])  # fmt: skip
-            losses = loop.train_epoch(models_, held_x, held_y, train_m, order, c["batch_size"], self.device,
+            losses = loop.train_epoch(models_, rows.x, rows.y, train_m, order, c["batch_size"], self.device,
                                       transform=train_tf, mix=mix, steps=steps,
                                       allreduce=self.allreduce if self.world > 1 else None,
                                       flagged=rows.augment if self.images and c["augment"] == "flagged" else None,
                                       plain=val_tf, spans=spans)  # fmt: skip
-            probs = loop.evaluate(models_, held_x, val_m, 4 * c["batch_size"], self.device, c["classes"],
+            probs = loop.evaluate(models_, rows.x, val_m, 4 * c["batch_size"], self.device, c["classes"],
                                   transform=val_tf)  # fmt: skip
             if known is None:  # the ids are read and sent once per phase, after the first epoch's steps
                 mine = self.gather([(rows.ids_of(m.numpy()), rows.y[m].numpy()) for m in val_m])
@@ -304,16 +301,14 @@ class Run:
             optimizer = loop.make_optimizer(net, c["lr"], c["weight_decay"])
             mine = max(1, per_slot_steps[i]) if per_slot_steps is not None else steps
             scheduler = loop.cosine_with_warmup(optimizer, min(mine, c["warmup_steps"]), mine * epochs)
-            amp = self.device.type == "cuda" and c["amp"]
-            bf16 = amp and torch.cuda.is_bf16_supported()
-            scaler = torch.amp.GradScaler("cuda") if amp and not bf16 else None
+            scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" and c["amp"] else None
             patience = 10**9 if slot.final else c["patience"]
             weight = None
             if (slot.class_weight or c.get("class_weight")) == "balanced":  # from this slot's own training rows
                 counts = torch.bincount(self.rows.y[train_m[i]], minlength=c["classes"]).double()
                 weight = loop.balanced_weights(self.allreduce(counts) if self.world > 1 else counts).to(self.device)
             out.append(loop.SlotModel(net, optimizer, scheduler, loop.EarlyStopping(patience=patience), scaler,
-                                      class_weight=weight, autocast=torch.bfloat16 if bf16 else None))  # fmt: skip
+                                      class_weight=weight))  # fmt: skip
         return out
 
     def _sum(self, value: float) -> float:

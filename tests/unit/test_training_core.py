@@ -303,37 +303,6 @@ def test_the_loop_learns_a_separable_problem_and_evaluates_every_row():
     assert np.allclose(p[1].sum(1), 1, atol=1e-5) and sum(map(sum, ev.confusion)) == 206
 
 
-def test_a_bfloat16_slot_trains_under_autocast_without_a_scaler_and_learns_as_float32_does():
-    """``SlotModel.autocast``: the worker's mixed precision on a GPU with bfloat16 (no gradient scaler). CPU
-    autocast runs bfloat16 too, so the path is tried here: the loss is computed in bfloat16, yet the slot learns."""
-    torch.manual_seed(0)
-    x = torch.randn(256, 4)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    masks, device, order = torch.ones(1, 256, dtype=torch.bool), torch.device("cpu"), torch.arange(256)
-    plain = _slot(models.build("tabular", inputs=4, classes=2, hidden=(16,), dropout=0.0))
-    half = _slot(models.build("tabular", inputs=4, classes=2, hidden=(16,), dropout=0.0))
-    half.model.load_state_dict(plain.model.state_dict())
-    half.autocast = torch.bfloat16
-    loss, exact = loop.backward_sum(half, x[:8], y[:8]), loop.backward_sum(plain, x[:8], y[:8])
-    assert loss.dtype == torch.float32 and loss.device == device  # a tensor, not read back per batch
-    assert float(loss) != float(exact) and float(loss) == pytest.approx(float(exact), rel=0.05)  # bfloat16 logits
-    half.optimizer.zero_grad()
-    plain.optimizer.zero_grad()
-    runs = {name: [loop.train_epoch([s], x, y, masks, order, 32, device)[0] for _ in range(10)]
-            for name, s in (("float32", plain), ("bfloat16", half))}  # fmt: skip
-    assert runs["bfloat16"][-1] < runs["bfloat16"][0] * 0.6
-    assert runs["bfloat16"][-1] == pytest.approx(runs["float32"][-1], rel=0.1)
-
-
-def test_rows_stay_where_they_are_off_a_gpu_and_indices_move_only_when_needed():
-    x, y = torch.randn(10, 3), torch.arange(10)
-    cpu = torch.device("cpu")
-    held_x, held_y = loop.resident(x, y, cpu)
-    assert held_x is x and held_y is y  # no copy on the CPU
-    assert loop.to_device(y, cpu) is y
-    assert [t.tolist() for t in loop._on_device([torch.tensor([1, 2]), torch.tensor([5])], cpu)] == [[1, 2], [5]]
-
-
 @pytest.mark.parametrize("rows", [1, 2, 33, 64 + 1, 64 * 3 + 1])
 def test_every_training_set_size_trains_including_a_last_batch_of_one_row(rows):
     """64·k + 1 rows end with a batch of one, which batch norm refuses in training mode."""
@@ -432,7 +401,7 @@ def test_balanced_class_weights_match_scikit_learn_and_weigh_the_loss():
     s.model.eval()  # no dropout: the same logits twice
     logits = s.model(x).detach()
     s.class_weight = torch.tensor([0.5, 3.0, 1.0])
-    got = float(loop.backward_sum(s, x, yt))
+    got = loop.backward_sum(s, x, yt)
     per_row = torch.nn.functional.cross_entropy(logits, yt, reduction="none")
     assert got == pytest.approx(float((per_row * s.class_weight[yt]).sum()), rel=1e-5)
 

@@ -81,8 +81,7 @@ class TrainSettings(Strict):
     workers: int = Field(default=1, ge=1, description="Ray Train workers of the run (data-parallel)")
     cpus_per_worker: float | None = Field(default=None, gt=0)
     use_gpu: bool | None = Field(default=None, description="default: when the cluster has GPUs")
-    amp: bool = Field(default=True, description="mixed precision on a GPU: bfloat16 autocast where the GPU "
-                      "has it (Ampere and later), else float16 with a gradient scaler")
+    amp: bool = Field(default=True, description="mixed precision (float16 autocast, gradient scaler) on a GPU")
     mix: Literal["mixup", "cutmix"] | None = None
     flip: bool = Field(default=False, description="random horizontal flips of images (only where a mirrored image keeps its class)")
     augment: Literal["all", "flagged"] = Field(default="all", description="images: augment every training image, or "
