@@ -43,9 +43,9 @@ def sampled(fn, device: torch.device) -> tuple[float, float | None, int]:
     """Run ``fn`` while nvidia-smi samples the GPU's utilisation every 200 ms: (seconds, mean %, samples)."""
     smi = log = None
     if device.type == "cuda":
-        log = Path(tempfile.mkstemp(suffix=".csv")[1])
+        log = tempfile.NamedTemporaryFile("w+", suffix=".csv")  # noqa: SIM115 (read back below, then closed)
         smi = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                "-lms", "200", "-i", str(device.index or 0)], stdout=open(log, "w"))  # fmt: skip
+                                "-lms", "200", "-i", str(device.index or 0)], stdout=log)  # fmt: skip
     sync(device)
     start = time.perf_counter()
     fn()
@@ -55,7 +55,9 @@ def sampled(fn, device: torch.device) -> tuple[float, float | None, int]:
         return seconds, None, 0
     smi.terminate()
     smi.wait()
-    values = [float(v) for v in log.read_text().split() if v.strip().replace(".", "").isdigit()]
+    with log:
+        log.seek(0)
+        values = [float(v) for v in log.read().split() if v.strip().replace(".", "").isdigit()]
     return seconds, (sum(values) / len(values) if values else None), len(values)
 
 
