@@ -9,8 +9,10 @@
 2. Generated predictions (K classes, a known share of labels flipped): audit seconds and
    rows/s on Spark, beside the same confident joint computed in NumPy on one machine,
    with the flagged rows checked identical.
+3. Where cleanlab is installed (AGPL-3.0, not a dependency): each method's flags beside cleanlab's
+   ``find_label_issues`` on the same generated probabilities (3, 10 and 20 classes).
 
-    python tests/bench/bench_audit.py [--epochs 20] [--rows 2000000]
+    python tests/bench/bench_audit.py [--epochs 20] [--rows 2000000] [--only-cleanlab]
 """
 
 from __future__ import annotations
@@ -97,11 +99,42 @@ def generated(rows: int, k: int, noise: float, seed: int = 0) -> tuple[np.ndarra
 
 
 def numpy_confident_joint(probs: np.ndarray, given: np.ndarray, k: int) -> np.ndarray:
-    """The ``confident_joint`` method on one machine: the rows labelled i confidently in j ≠ i."""
+    """The ``confident_joint`` method on one machine: the rows labelled i confidently in j ≠ i, less those whose
+    given label is the model's most probable class (cleanlab drops them too)."""
     thresholds = np.array([probs[given == j, j].mean() for j in range(k)])
     above = probs >= thresholds - 1e-6
     confident = np.where(above.any(1), np.where(above, probs, -1).argmax(1), -1)
-    return np.flatnonzero((confident >= 0) & (confident != given))
+    return np.flatnonzero((confident >= 0) & (confident != given) & (probs.argmax(1) != given))
+
+
+def against_cleanlab(spark, sizes=((3, 3000), (10, 5000), (20, 4000)), noise: float = 0.1) -> list[list]:
+    """Each method's flags beside cleanlab's ``find_label_issues`` (the library that defines confident learning)
+    on the same generated probabilities. cleanlab is AGPL-3.0 and not a fulcrum dependency: this part runs only
+    where it is installed (``pip install cleanlab``)."""
+    from cleanlab.filter import find_label_issues
+    from pyspark.sql import functions as F
+
+    from jobs.analysis import audit
+    from jobs.config import AuditConfig
+
+    out = []
+    for k, rows in sizes:
+        probs, given, flip = generated(rows, k, noise, seed=k)
+        probs = probs.astype(np.float64)
+        probs /= probs.sum(1, keepdims=True)
+        preds = spark.createDataFrame([(i, 0, int(y), p.tolist()) for i, (y, p) in enumerate(zip(given, probs))],
+                                      "sample_id long, fold int, label int, probabilities array<double>")  # fmt: skip
+        truth = set(np.flatnonzero(flip).tolist())
+        for method in ("prune_by_noise_rate", "prune_by_class", "confident_joint"):
+            issues = audit.audit(preds.withColumn("sample_id", F.col("sample_id").cast("string")),
+                                 [str(c) for c in range(k)], AuditConfig(method=method)).kept
+            ours = {int(r[0]) for r in issues.select("sample_id").collect()}
+            filter_by = "confident_learning" if method == "confident_joint" else method
+            theirs = set(np.flatnonzero(find_label_issues(given, probs, filter_by=filter_by, n_jobs=1)).tolist())
+            out.append([k, rows, method, len(ours), len(theirs), len(ours & theirs), len(ours - theirs),
+                        len(theirs - ours), *_pr(len(ours & truth), len(ours), len(truth)),
+                        *_pr(len(theirs & truth), len(theirs), len(truth))])  # fmt: skip
+    return out
 
 
 def scale(spark, tmp: Path, rows: int, k: int = 10, noise: float = 0.1) -> list[list]:
@@ -145,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20, help="training epochs per fold on the samples")
     parser.add_argument("--rows", type=int, default=2_000_000, help="generated prediction rows (0: skip)")
+    parser.add_argument("--only-cleanlab", action="store_true", help="only the comparison with cleanlab")
     args = parser.parse_args()
 
     from jobs.config import SparkConfig
@@ -153,6 +187,19 @@ def main() -> None:
     spark = build_spark(SparkConfig(master="local[*]", driver_memory="6g"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     try:
+        try:
+            import cleanlab  # noqa: F401
+        except ImportError:
+            print("cleanlab is not installed: its comparison is skipped (pip install cleanlab; AGPL-3.0, not a "
+                  "fulcrum dependency)")  # fmt: skip
+        else:
+            report("audit_cleanlab", "fulcrum's confident learning (Spark) against cleanlab's find_label_issues, "
+                   "same generated probabilities (10 % of labels flipped)",
+                   ["classes", "rows", "method", "fulcrum flagged", "cleanlab flagged", "both", "only fulcrum",
+                    "only cleanlab", "fulcrum precision", "fulcrum recall", "cleanlab precision", "cleanlab recall"],
+                   against_cleanlab(spark), {"cleanlab": cleanlab.__version__})  # fmt: skip
+        if args.only_cleanlab:
+            return
         quality = sample_quality(spark, tmp, args.epochs)
         report("audit_samples", f"Label audit on the samples ({args.epochs} epochs, 5-fold out-of-fold predictions) "
                "against the injected label flips",

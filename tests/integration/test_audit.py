@@ -58,6 +58,23 @@ def test_three_classes_by_hand(spark, method):
     assert rows == {"a3": ("a", "c", 0.1), "b3": ("b", "a", 0.3)}
 
 
+TIE = [  # x: confident class b (p̂_a 0.52 under t_a = 0.684, p̂_b 0.48 over t_b = 0.4625) but the model predicts a
+    ("r1", 0, [0.9, 0.1]), ("r2", 0, [0.9, 0.1]), ("r3", 0, [0.9, 0.1]), ("x", 0, [0.52, 0.48]), ("r5", 0, [0.2, 0.8]),
+    ("s1", 1, [0.1, 0.9]), ("s2", 1, [0.4, 0.6]), ("s3", 1, [0.7, 0.3]), ("s4", 1, [0.95, 0.05]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_row_whose_label_the_model_predicts_is_never_flagged(spark, method):
+    result = audit.audit(_preds(spark, TIE), ["a", "b"], AuditConfig(method=method))
+    est = result.report.details["estimate"]
+    assert est["confident_joint"] == [[3, 2], [2, 2]] and est["prune_counts"] == [[0, 2], [2, 0]]
+    # Each method picks x among the two rows labelled a it takes (largest margin p̂_b − p̂_a: r5, then x; lowest
+    # p̂_a: r5, then x; the confident joint's off-diagonal), and drops it, as cleanlab's find_label_issues does:
+    # it returns rows 4, 7 and 8 (r5, s3, s4) for all three methods on these probabilities.
+    assert sorted(r["sample_id"] for r in result.kept.collect()) == ["r5", "s3", "s4"]
+
+
 def test_the_audit_abstains_when_its_model_is_no_better_than_chance_and_caps_its_verdicts(spark):
     # TWO: balanced accuracy 0.75 on two classes, half-way from chance (the bar, 0.5): the verdicts act, up to the estimated
     # noise (1 - trace of the calibrated joint = 0.25 of 8 rows: 2).
