@@ -122,7 +122,7 @@ def against_cleanlab(spark, sizes=((3, 3000), (10, 5000), (20, 4000)), noise: fl
         probs, given, flip = generated(rows, k, noise, seed=k)
         probs = probs.astype(np.float64)
         probs /= probs.sum(1, keepdims=True)
-        preds = spark.createDataFrame([(i, 0, int(y), p.tolist()) for i, (y, p) in enumerate(zip(given, probs))],
+        preds = spark.createDataFrame([(i, 0, int(y), p.tolist()) for i, (y, p) in enumerate(zip(given, probs, strict=True))],
                                       "sample_id long, fold int, label int, probabilities array<double>")  # fmt: skip
         truth = set(np.flatnonzero(flip).tolist())
         for method in ("prune_by_noise_rate", "prune_by_class", "confident_joint"):

@@ -32,3 +32,15 @@ def test_rows_keep_their_totals_where_rounding_each_cell_loses_them():
     assert round_row_totals(np.array([[7.6, 0.8, 0.8, 0.8]])).tolist() == [[7, 1, 1, 1]]
     # rint(1.5) = 2 twice is 4 of 3: the first of the two equal remainders gives the unit back
     assert round_row_totals(np.array([[2.0, 3.0], [1.5, 1.5]])).tolist() == [[2, 3], [1, 2]]
+
+
+def test_prune_counts_leave_one_row_of_every_class():
+    joint = calibrate(np.array([[0, 5], [0, 5]]), np.array([2, 8]))  # every row labelled 0 looks like a 1
+    assert joint == pytest.approx(np.array([[0, 0.2], [0, 0.8]]))
+    assert prune_counts(joint, np.array([2, 8])).tolist() == [[0, 1], [0, 0]]  # 2 wanted, 1 allowed
+
+
+def test_a_class_without_confident_rows_calibrates_to_zero():
+    joint = calibrate(np.array([[3, 0], [0, 0]]), np.array([3, 2]))
+    assert joint == pytest.approx(np.array([[1.0, 0], [0, 0]]))
+    assert noise_matrix(joint)[:, 1].tolist() == [0, 0]
