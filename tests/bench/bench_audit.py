@@ -112,7 +112,6 @@ def against_cleanlab(spark, sizes=((3, 3000), (10, 5000), (20, 4000)), noise: fl
     on the same generated probabilities. cleanlab is AGPL-3.0 and not a fulcrum dependency: this part runs only
     where it is installed (``pip install cleanlab``)."""
     from cleanlab.filter import find_label_issues
-    from pyspark.sql import functions as F
 
     from jobs.analysis import audit
     from jobs.config import AuditConfig
@@ -122,12 +121,11 @@ def against_cleanlab(spark, sizes=((3, 3000), (10, 5000), (20, 4000)), noise: fl
         probs, given, flip = generated(rows, k, noise, seed=k)
         probs = probs.astype(np.float64)
         probs /= probs.sum(1, keepdims=True)
-        preds = spark.createDataFrame([(i, 0, int(y), p.tolist()) for i, (y, p) in enumerate(zip(given, probs, strict=True))],
-                                      "sample_id long, fold int, label int, probabilities array<double>")  # fmt: skip
+        preds = spark.createDataFrame([(str(i), 0, int(y), p.tolist()) for i, (y, p) in enumerate(zip(given, probs, strict=True))],
+                                      "sample_id string, fold int, label int, probabilities array<double>")  # fmt: skip
         truth = set(np.flatnonzero(flip).tolist())
         for method in ("prune_by_noise_rate", "prune_by_class", "confident_joint"):
-            issues = audit.audit(preds.withColumn("sample_id", F.col("sample_id").cast("string")),
-                                 [str(c) for c in range(k)], AuditConfig(method=method)).kept
+            issues = audit.audit(preds, [str(c) for c in range(k)], AuditConfig(method=method)).kept
             ours = {int(r[0]) for r in issues.select("sample_id").collect()}
             filter_by = "confident_learning" if method == "confident_joint" else method
             theirs = set(np.flatnonzero(find_label_issues(given, probs, filter_by=filter_by, n_jobs=1)).tolist())
