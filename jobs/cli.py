@@ -304,8 +304,9 @@ def print_audit(report: StageReport) -> None:
     elif applied and applied.get("withheld"):
         out.print(f"[yellow]verdicts withheld[/]: {applied['withheld']}")
     elif applied and applied["policy"] != "report":
+        test = f" ({applied['test_part']:,} of them in the test part)" if applied.get("test_part") else ""
         out.print(f"applied before oversampling ({applied['policy']}): {applied['dropped']:,} rows dropped, "
-                  f"{applied['relabelled']:,} relabelled in silver")  # fmt: skip
+                  f"{applied['relabelled']:,} relabelled in silver{test}")  # fmt: skip
     elif applied:
         out.print("clean.label_issues is report: the verdicts are in label_issues, silver is unchanged")
     top = report.details["top"]

@@ -195,6 +195,9 @@ class AuditConfig(Strict):
     tolerance: float = Field(default=0.01, ge=0, le=1, description="verify: the verdicts are withheld when the mean "
                              "paired difference of oversample.metric is below -tolerance and two standard errors "
                              "below zero")  # fmt: skip
+    test_part: bool = Field(default=True, description="judge the test part too: its rows scored by a model trained on "
+                            "every other real row (never on them) and their verdicts applied like the folds' rows, so "
+                            "the final model's test score is measured on labels audited as the CV's are")  # fmt: skip
 
 
 class VerifyConfig(Strict):

@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-final-model", dest="final_model", action="store_false",
                    help="the folds only, for their out-of-fold predictions (what the label audit needs): no final "
                         "model trained, scored or saved")  # fmt: skip
+    p.add_argument("--test-predictions", action="store_true",
+                   help="add the final model's probabilities of the test part to the predictions table (fold -1): "
+                        "what the label audit needs to judge the test part")  # fmt: skip
     add_flags(p)
     return p
 
@@ -78,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 from training import search as searching
 
                 settings, found = searching.run(gold, settings, search, Path(args.out) / "search")
-            summary = cross_validate(gold, settings, args.out, search=found, final=args.final_model)
+            summary = cross_validate(gold, settings, args.out, search=found, final=args.final_model,
+                                     test_predictions=args.test_predictions)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

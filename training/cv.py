@@ -127,11 +127,13 @@ def _raise_recorded(config: dict, name: str, read_error) -> None:
 
 
 def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dict | None = None,
-                   crash_at_epoch: int | None = None, final: bool = True) -> dict:  # fmt: skip
+                   crash_at_epoch: int | None = None, final: bool = True, test_predictions: bool = False) -> dict:  # fmt: skip
     """Every fold and then the final model in one worker group, one pass over the rows per epoch (see
     ``training.worker``); writes the outputs. ``search``: the summary of the hyperparameter search that
     chose ``s``, kept in ``cv.json`` (its best trial's folds are reused when they are this CV's).
-    ``final`` False: the folds only (their out-of-fold predictions: the label audit), no ``model.pt``."""
+    ``final`` False: the folds only (their out-of-fold predictions), no ``model.pt``. ``test_predictions``:
+    the final model's probabilities of the test part join the predictions table as ``fold = -1`` (the label
+    audit judges those rows by a model that never trained on them, as the folds' rows are judged)."""
     import torch
 
     out = Path(out).resolve()
@@ -191,6 +193,9 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
                                         np.concatenate([f["probabilities"] for f in scored]))}  # fmt: skip
     if model is not None and len(model["ids"]):  # no test part (`split.test_fraction` 0): no test bins
         summary["calibration"]["test"] = loop.reliability(np.asarray(model["labels"]), np.asarray(model["probabilities"]))
+    if test_predictions and model is not None and len(model["ids"]):
+        scored.append({"fold": -1, "ids": np.asarray(model["ids"]), "labels": np.asarray(model["labels"]),
+                       "probabilities": np.asarray(model["probabilities"])})  # fmt: skip
     summary["predictions"] = write_predictions(gold, iter(scored))
     jsonio.dump(summary, out / "cv.json")
     return summary

@@ -189,7 +189,8 @@ def validation_mask(table: pa.Table | Contract, fold: int, folds: int) -> np.nda
 
 
 def write_predictions(gold: Gold, folds: Iterable[dict]) -> dict:
-    """Out-of-fold probabilities of every real non-test row, one overwrite commit beside gold. The folds'
+    """Out-of-fold probabilities of every real non-test row (and, where ``folds`` yields ``fold = -1``, the final
+    model's of the test part), one overwrite commit beside gold. The folds'
     arrays stream into the write one fold at a time (no Python lists, no JSON, one fold in memory). ``folds``
     yields each fold's ``fold``, ``ids``, ``labels`` and ``probabilities``."""
     import pyarrow as pa

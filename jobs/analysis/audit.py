@@ -289,7 +289,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
     The out-of-fold predictions come from models trained on real rows only (no synthetic row: none exists
     yet), on the split's folds: silver is copied into the gold contract without resampling (``audit/gold``)
     and the Ray side trains it with ``train`` (no hyperparameter search), its predictions in
-    ``audit/predictions``. ``retrain=False`` judges the predictions already there again (another method,
+    ``audit/predictions``; with ``audit.test_part`` the test part's rows are scored by a model trained on every
+    non-test row (``fold = -1`` there) and judged with the others. ``retrain=False`` judges the predictions already there again (another method,
     ranking or skill bar) without training; ``reset`` starts label_issues afresh instead of keeping earlier
     verdicts (see ``merge_issues``)."""
     lake = tables.Lake(cfg.lake_dir)
@@ -359,7 +360,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
 def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silver: DataFrame, silver_version: int,
                     record: ledger.StageRun) -> dict:  # fmt: skip
     """Silver's rows in the gold contract without resampling (``audit/gold``), cross-validated on the Ray side
-    with the config's train settings minus the search; returns its ``cv.json``."""
+    with the config's train settings minus the search (and, with ``audit.test_part``, a final model that scores
+    the test part); returns its ``cv.json``."""
     from jobs import launch
     from jobs.balancing import oversample
 
@@ -369,10 +371,12 @@ def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silve
     version, _ = oversample.write_gold(silver, plain, run_id, silver_version, folds, lake.path("audit/gold"), STAGE)
     record.outputs.append(("audit/gold", lake.path("audit/gold"), version))
     out = str(Path(cfg.reports_dir) / run_id / "audit" / "train")
-    # The folds only: confident learning reads their out-of-fold predictions; no final model is trained.
+    # Confident learning reads the folds' out-of-fold predictions and (audit.test_part) the test part's, from a
+    # model trained on every non-test row; without it no final model is trained.
+    test = cfg.audit.test_part
     summary = launch.cross_validate(cfg, run_id, lake.path("audit/gold"), version, out,
                                     cfg.train.model_copy(update={"search": None}), label="audit CV",
-                                    final_model=False)  # fmt: skip
+                                    final_model=test, test_predictions=test)  # fmt: skip
     record.outputs.append(("audit/predictions", summary["predictions"]["path"],
                            tables.version(spark, summary["predictions"]["path"])))  # fmt: skip
     return summary
@@ -484,7 +488,8 @@ def apply_to_silver(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake:
                     issues: DataFrame, record: ledger.StageRun) -> dict:  # fmt: skip
     """The actionable verdicts applied to silver as ``clean.label_issues`` says, before oversampling reads it:
     ``drop`` quarantines the rows (``label_issue``, stage ``audit``: the next curate applies the same verdicts
-    in clean and replaces these rows), ``relabel`` gives them the suggested class. Silver is rewritten (one
+    in clean and replaces these rows), ``relabel`` gives them the suggested class; ``test_part`` counts the
+    changed rows of the test part (``audit.test_part``). Silver is rewritten (one
     commit) only when a row changes, so a re-run on unchanged data commits nothing."""
     from jobs.curation import clean, curate
 
@@ -495,9 +500,11 @@ def apply_to_silver(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake:
     label = cfg.columns.label
     marked = clean.apply_label_issues(silver.withColumn(clean.REASONS, F.array().cast("array<string>")), cfg, issues)
     marked = marked.localCheckpoint()
+    changed = (F.size(clean.REASONS) > 0) | F.col(clean.RELABELLED)
     counts = marked.agg(F.count_if(F.size(clean.REASONS) > 0).alias("dropped"),
-                        F.count_if(F.col(clean.RELABELLED)).alias("relabelled")).first()  # fmt: skip
-    out.update(dropped=int(counts["dropped"]), relabelled=int(counts["relabelled"]))
+                        F.count_if(F.col(clean.RELABELLED)).alias("relabelled"),
+                        F.count_if(changed & (F.col("fold") == -1)).alias("test_part")).first()  # fmt: skip
+    out.update(dropped=int(counts["dropped"]), relabelled=int(counts["relabelled"]), test_part=int(counts["test_part"]))
     if not out["dropped"] and not out["relabelled"]:
         return out
     folds = int(tables.properties(spark, lake.path("silver")).get("fulcrum.folds", cfg.split.folds))
@@ -505,7 +512,7 @@ def apply_to_silver(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake:
     after = {r[0]: r[1] for r in marked.where(F.size(clean.REASONS) == 0).groupBy(label).count().collect()}
     short = {str(c): after.get(c, 0) for c in before if after.get(c, 0) < folds}
     if short:  # a class would be left with fewer rows than folds: the split could not give every fold one
-        out.update(dropped=0, relabelled=0, withheld=f"applying them would leave {short} rows of a class, fewer than "
+        out.update(dropped=0, relabelled=0, test_part=0, withheld=f"applying them would leave {short} rows of a class, fewer than "
                    f"the {folds} folds: nothing applied (check those classes' labels by hand)")  # fmt: skip
         log.warning("label audit %s: %s", cfg.dataset, out["withheld"])
         return out

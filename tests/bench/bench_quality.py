@@ -364,7 +364,9 @@ def detection(d: dict, lake: Path) -> list[list]:
         pairs = {e["record_id"]: e["of"] for e in log.entries if e["kind"] == kind}
         found = set(quarantine[quarantine["reason"] == kind]["record_id"])
         pr(kind, found, truth, set(pairs) | set(pairs.values()))
-    scored = set(pre[pre["fold"] >= 0]["record_id"])
+    # The rows the audit scored: the folds' (out of fold) and, with audit.test_part, the test part's.
+    judged = delta(lake / "audit" / "predictions")["sample_id"] if (lake / "audit" / "predictions").exists() else []
+    scored = {rid.get(s) for s in judged}
     pr("label_flip (audit, actionable)", acted, log.ids("label_flip") & scored)
     variants = {e["record_id"]: e["original"] for e in log.entries if e["kind"] == "label_variant"}
     if variants:

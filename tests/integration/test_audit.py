@@ -143,10 +143,16 @@ def test_the_audit_finds_most_injected_flips_on_the_sample(spark, audited):
     assert report.rows_out == len(flagged) and report.details["label_issues_rows"] == len(flagged)
     folder = Path(cfg.reports_dir) / "a-1"
     assert (folder / "audit.png").stat().st_size > 0 and json.loads((folder / "audit.json").read_text())["flagged"]
-    # The audit's cross-validation trains the folds only: their out-of-fold predictions are all it reads.
+    # The audit's cross-validation trains the folds and a final model that only scores the test part: every real
+    # row is judged by a model that never trained on it, the test part's rows (fold -1) by the final model.
     cv = json.loads((folder / "audit" / "train" / "cv.json").read_text())
-    assert cv["final"] is None and "test" not in cv["calibration"] and len(cv["per_fold"]) == 2
-    assert not (folder / "audit" / "train" / "model.pt").exists()
+    assert len(cv["per_fold"]) == 2 and cv["final"]["test_rows"] > 0 and "test" in cv["calibration"]
+    lake = tables.Lake(cfg.lake_dir)
+    silver_test = {r[0] for r in tables.read(spark, lake.path("silver")).where("fold = -1").select("sample_id").collect()}
+    preds = tables.read(spark, lake.path("audit/predictions"))
+    assert {r[0] for r in preds.where("fold = -1").select("sample_id").collect()} == silver_test
+    assert len(silver_test) == cv["final"]["test_rows"] and preds.count() == report.rows_in
+    assert flagged & flips & silver_test  # the sample's test part holds 2 flips: one is found
 
 
 def test_a_re_audit_is_idempotent_and_keeps_verdicts_of_rows_it_no_longer_scores(spark, audited):
@@ -211,6 +217,8 @@ def test_the_audit_acts_on_silver_before_oversampling_reads_it(spark, audited, l
     report = audit.run(spark, cfg, f"a-{policy}", retrain=False)
     issues = {r["sample_id"]: r for r in tables.read(spark, lake.path("label_issues")).where("actionable").collect()}
     assert issues and report.details["applied"]["policy"] == policy
+    # The test part is judged too (audit.test_part): its verdicts act like the folds' rows' and are counted apart.
+    assert report.details["applied"]["test_part"] == sum(r["fold"] == -1 for r in issues.values()) > 0
     label = cfg.columns.label
     silver = {r["sample_id"]: r[label] for r in tables.read(spark, lake.path("silver")).collect()}
     oversample.run(spark, cfg, f"o-{policy}")
@@ -291,7 +299,8 @@ def test_verdicts_are_measured_on_the_folds_before_they_act(spark, audited, lake
     lake = tables.Lake(cfg.lake_dir)
     from jobs.lakehouse import ledger
 
-    preds = tables.read(spark, lake.path("audit/predictions")).collect()
+    # The folds' rows: verdicts on the test part train no fold, so verify does not measure them.
+    preds = tables.read(spark, lake.path("audit/predictions")).where("fold >= 0").collect()
     surest = sorted(preds, key=lambda r: -r["probabilities"][r["label"]])[: len(preds) * 2 // 5]
     wrong = _issues(spark, [(r["sample_id"], r["label"], 1 - r["label"]) for r in surest])
     record = ledger.StageRun(run_id="a-v", dataset=cfg.dataset, stage="audit")
@@ -301,8 +310,8 @@ def test_verdicts_are_measured_on_the_folds_before_they_act(spark, audited, lake
     assert {r[0] for r in tables.read(spark, lake.path("audit/verify")).select("level").distinct().collect()} == {
         "given", "verdicts"}
     assert ("audit/verify", lake.path("audit/verify"), checked["table_version"]) in record.outputs
-    flips, _ = _injected_flips(spark, cfg)
     label = {r["sample_id"]: r["label"] for r in preds}
+    flips = _injected_flips(spark, cfg)[0] & set(label)
     dropped = cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"label_issues": "drop"})})
     right = _issues(spark, [(s, label[s], 1 - label[s]) for s in flips])
     checked = audit.verify(spark, dropped, "a-v2", lake, right, record)
