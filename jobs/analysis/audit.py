@@ -373,7 +373,7 @@ def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silve
     out = str(Path(cfg.reports_dir) / run_id / "audit" / "train")
     # Confident learning reads the folds' out-of-fold predictions and (audit.test_part) the test part's, from a
     # model trained on every non-test row; without it no final model is trained.
-    test = cfg.audit.test_part
+    test = cfg.audit.test_part and not silver.where(F.col("fold") == -1).isEmpty()  # no test part: the folds only
     summary = launch.cross_validate(cfg, run_id, lake.path("audit/gold"), version, out,
                                     cfg.train.model_copy(update={"search": None}), label="audit CV",
                                     final_model=test, test_predictions=test)  # fmt: skip

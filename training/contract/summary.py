@@ -24,7 +24,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table.add_row("mean ± std", "", "", "", *[f"{summary['mean'][m]:.3f} ± {summary['std'][m]:.3f}" for m in METRICS],
                   style="bold")  # fmt: skip
     fin = summary["final"]
-    if fin is not None and fin["test_rows"]:  # None: the folds only (`--no-final-model`, the label audit)
+    if fin is not None and fin["test_rows"]:  # None: the folds only (`--no-final-model`)
         table.add_row("final → test", f"{fin['train_rows']:,}", f"{fin['test_rows']:,}", str(fin["epochs"]),
                       *[f"{fin['test_' + m]:.3f}" for m in METRICS])  # fmt: skip
     elif fin is not None:  # `split.test_fraction` 0: a final model, nothing held out to score it on
