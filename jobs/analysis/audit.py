@@ -357,6 +357,12 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
     return report
 
 
+def judges_test_part(cfg: PipelineConfig, silver: DataFrame) -> bool:
+    """Whether the audit's CV trains a final model to score the test part: ``audit.test_part`` and silver has a
+    test part (``fold = -1``; none with ``split.test_fraction`` 0, where the folds alone are trained)."""
+    return cfg.audit.test_part and not silver.where(F.col("fold") == -1).isEmpty()
+
+
 def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silver: DataFrame, silver_version: int,
                     record: ledger.StageRun) -> dict:  # fmt: skip
     """Silver's rows in the gold contract without resampling (``audit/gold``), cross-validated on the Ray side
@@ -373,7 +379,7 @@ def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silve
     out = str(Path(cfg.reports_dir) / run_id / "audit" / "train")
     # Confident learning reads the folds' out-of-fold predictions and (audit.test_part) the test part's, from a
     # model trained on every non-test row; without it no final model is trained.
-    test = cfg.audit.test_part and not silver.where(F.col("fold") == -1).isEmpty()  # no test part: the folds only
+    test = judges_test_part(cfg, silver)
     summary = launch.cross_validate(cfg, run_id, lake.path("audit/gold"), version, out,
                                     cfg.train.model_copy(update={"search": None}), label="audit CV",
                                     final_model=test, test_predictions=test)  # fmt: skip

@@ -336,3 +336,15 @@ def test_verdicts_that_would_leave_a_class_short_of_the_folds_are_withheld(spark
     applied = audit.apply_to_silver(spark, cfg, "a-1", lake, tables.read(spark, lake.path("silver")), issues, None)
     assert applied["dropped"] == 0 and "fewer than the 2 folds" in applied["withheld"] and "'rare': 1" in applied["withheld"]
     assert tables.version(spark, lake.path("silver")) == before  # nothing committed
+
+
+def test_the_test_part_is_judged_only_where_there_is_one(spark):
+    from jobs.config import parse_config
+
+    raw = {"dataset": "toy", "kind": "tabular", "lake_root": "/nowhere", "source": {"path": "x", "format": "csv"},
+           "columns": {"label": "y", "features": ["a"]}}  # fmt: skip
+    cfg, off = parse_config(raw), parse_config({**raw, "audit": {"test_part": False}})
+    split = spark.createDataFrame([("s1", 0), ("s2", 1), ("s3", -1)], "sample_id string, fold int")
+    folds_only = split.where("fold >= 0")  # split.test_fraction 0: no row has fold -1
+    assert audit.judges_test_part(cfg, split) and not audit.judges_test_part(off, split)
+    assert not audit.judges_test_part(cfg, folds_only)
