@@ -290,9 +290,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
     yet), on the split's folds: silver is copied into the gold contract without resampling (``audit/gold``)
     and the Ray side trains it with ``train`` (no hyperparameter search), its predictions in
     ``audit/predictions``; with ``audit.test_part`` the test part's rows are scored by a model trained on every
-    non-test row (``fold = -1`` there) and judged with the others. ``retrain=False`` judges the predictions already there again (another method,
-    ranking or skill bar) without training; ``reset`` starts label_issues afresh instead of keeping earlier
-    verdicts (see ``merge_issues``)."""
+    non-test row (``fold = -1`` there) and judged with the others. ``retrain=False`` judges the predictions
+    already there again (another method, ranking or skill bar) without training; ``reset`` starts label_issues
+    afresh instead of keeping earlier verdicts (see ``merge_issues``)."""
     lake = tables.Lake(cfg.lake_dir)
     with ledger.track(spark, lake, run_id, cfg.dataset, STAGE) as record:
         start = time.perf_counter()
@@ -495,8 +495,8 @@ def apply_to_silver(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake:
     """The actionable verdicts applied to silver as ``clean.label_issues`` says, before oversampling reads it:
     ``drop`` quarantines the rows (``label_issue``, stage ``audit``: the next curate applies the same verdicts
     in clean and replaces these rows), ``relabel`` gives them the suggested class; ``test_part`` counts the
-    changed rows of the test part (``audit.test_part``). Silver is rewritten (one
-    commit) only when a row changes, so a re-run on unchanged data commits nothing."""
+    changed rows of the test part (``audit.test_part``). Silver is rewritten (one commit) only when a row
+    changes, so a re-run on unchanged data commits nothing."""
     from jobs.curation import clean, curate
 
     policy = cfg.clean.label_issues
@@ -518,8 +518,8 @@ def apply_to_silver(spark: SparkSession, cfg: PipelineConfig, run_id: str, lake:
     after = {r[0]: r[1] for r in marked.where(F.size(clean.REASONS) == 0).groupBy(label).count().collect()}
     short = {str(c): after.get(c, 0) for c in before if after.get(c, 0) < folds}
     if short:  # a class would be left with fewer rows than folds: the split could not give every fold one
-        out.update(dropped=0, relabelled=0, test_part=0, withheld=f"applying them would leave {short} rows of a class, fewer than "
-                   f"the {folds} folds: nothing applied (check those classes' labels by hand)")  # fmt: skip
+        out.update(dropped=0, relabelled=0, test_part=0, withheld=f"applying them would leave {short} rows of a "
+                   f"class, fewer than the {folds} folds: nothing applied (check those classes' labels by hand)")  # fmt: skip
         log.warning("label audit %s: %s", cfg.dataset, out["withheld"])
         return out
     kept = (marked.where(F.size(clean.REASONS) == 0).withColumn(label, F.col(label).cast(dict(silver.dtypes)[label]))
