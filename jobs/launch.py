@@ -43,13 +43,14 @@ OWN_WARNING = re.compile(r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL) training[.\w]*: (
 
 def command(cfg: PipelineConfig, run_id: str, version: int | None = None, *, table: str | None = None,
             out: str | None = None, settings: TrainSettings | None = None, final_model: bool = True,
-            test_predictions: bool = False) -> list[str]:  # fmt: skip
+            test_predictions: bool = False, members: int = 1) -> list[str]:  # fmt: skip
     """The ``python -m training`` command line for a pipeline config: its gold table (or ``table``), its train
     section (or ``settings``), its run's train folder (or ``out``); ``final_model`` False: the folds only;
-    ``test_predictions``: the final model's test-part probabilities join the predictions table."""
+    ``test_predictions``: the final model's test-part probabilities join the predictions table; ``members``: models
+    per fold, their probabilities averaged."""
     args = ["--table", table or tables.Lake(cfg.lake_dir).path("gold"), "--out", out or out_dir(cfg, run_id),
             *to_flags(settings or cfg.train), *([] if final_model else ["--no-final-model"]),
-            *(["--test-predictions"] if test_predictions else [])]  # fmt: skip
+            *(["--test-predictions"] if test_predictions else []), *(["--members", str(members)] if members > 1 else [])]  # fmt: skip
     if version is not None:
         args += ["--version", str(version)]
     return ray_side(cfg, run_id, "training", args)
@@ -57,12 +58,12 @@ def command(cfg: PipelineConfig, run_id: str, version: int | None = None, *, tab
 
 def cross_validate(cfg: PipelineConfig, run_id: str, table: str, version: int, out: str,
                    settings: TrainSettings | None = None, label: str = "train", final_model: bool = True,
-                   test_predictions: bool = False) -> dict:  # fmt: skip
+                   test_predictions: bool = False, members: int = 1) -> dict:  # fmt: skip
     """Cross-validate a gold-contract table on the Ray side (foreground) and return its ``cv.json``;
-    ``label`` names it in the progress; ``final_model`` False trains the folds only; ``test_predictions``: see
-    ``command``."""
+    ``label`` names it in the progress; ``final_model`` False trains the folds only; ``test_predictions`` and
+    ``members``: see ``command``."""
     cmd = command(cfg, run_id, version, table=table, out=out, settings=settings, final_model=final_model,
-                  test_predictions=test_predictions)
+                  test_predictions=test_predictions, members=members)
     log.info("train %s: %s", cfg.dataset, " ".join(cmd[1:]))
     code = run_foreground(cmd, f"{cfg.dataset} {label}", ray_env(cfg))
     if code:

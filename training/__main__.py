@@ -39,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-predictions", action="store_true",
                    help="add the final model's probabilities of the test part to the predictions table (fold -1): "
                         "what the label audit needs to judge the test part")  # fmt: skip
+    p.add_argument("--members", type=int, default=1,
+                   help="models per fold (and final model) trained in the same pass from different initial weights, "
+                        "scored by the mean of their probabilities: steadier out-of-fold predictions for the label "
+                        "audit (default 1)")  # fmt: skip
     add_flags(p)
     return p
 
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = from_flags(args)
+        if not 1 <= args.members <= 16:
+            raise ValueError(f"--members must be between 1 and 16, not {args.members}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 settings, found = searching.run(gold, settings, search, Path(args.out) / "search")
             summary = cross_validate(gold, settings, args.out, search=found, final=args.final_model,
-                                     test_predictions=args.test_predictions)
+                                     test_predictions=args.test_predictions, members=args.members)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -29,7 +29,7 @@ import numpy as np
 from training import data, runtime
 from training.contract import jsonio
 from training.contract.settings import METRICS, TrainSettings
-from training.engine import Slot, cv_slots
+from training.engine import Slot, cv_slots, ensemble_slots
 from training.gold import Gold, write_predictions
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,12 @@ def plan_resources(s: TrainSettings, trials: int) -> tuple[bool, float, int]:
 
 def slot_config(gold: Gold, s: TrainSettings, slots: list[Slot], out: Path, *, final: bool = False,
                 final_epochs: int | None = None, levels: list[str] | None = None, metric: str = "macro_f1",
-                crash_at_epoch: int | None = None) -> dict:  # fmt: skip
-    """The worker's configuration of a run: the settings, the table, the slots and where things go."""
+                crash_at_epoch: int | None = None, members: int = 1) -> dict:  # fmt: skip
+    """The worker's configuration of a run: the settings, the table, the slots and where things go (``members``:
+    the final model's ensemble, see ``engine.ensemble_slots``)."""
     categories = data.vocabulary(gold)
     return {**s.model_dump(exclude={"search"}), "hidden": list(s.hidden), "table": gold.path, "version": gold.version,
-            "slots": [dataclasses.asdict(x) for x in slots], "final": final, "final_epochs": final_epochs,
+            "slots": [dataclasses.asdict(x) for x in slots], "final": final, "final_epochs": final_epochs, "members": members,
             "levels": levels, "categories": categories, "inputs": data.width(gold, categories),
             "classes": len(gold.classes), "channels": gold.image_channels, "size": gold.image_size,
             "metric": metric, "report_key": f"mean_{metric}", "crash_at_epoch": crash_at_epoch,
@@ -79,10 +80,10 @@ def slot_config(gold: Gold, s: TrainSettings, slots: list[Slot], out: Path, *, f
 
 def run_slots(gold: Gold, s: TrainSettings, slots: list[Slot], out: Path, *, final: bool = False,
               final_epochs: int | None = None, levels: list[str] | None = None, use_gpu: bool = False,
-              cpus_per_worker: float = 1.0, crash_at_epoch: int | None = None) -> dict[str, dict]:  # fmt: skip
-    """Train ``slots`` (then the final model when ``final``) in one pass per epoch with one worker group (a
-    ``TorchTrainer``); returns each slot's result by name. ``crash_at_epoch`` is for tests: a worker
-    process dies once, mid-run, at that epoch."""
+              cpus_per_worker: float = 1.0, crash_at_epoch: int | None = None, members: int = 1) -> dict[str, dict]:  # fmt: skip
+    """Train ``slots`` (then the final model, ``members`` of it, when ``final``) in one pass per epoch with one
+    worker group (a ``TorchTrainer``); returns each slot's result by name. ``crash_at_epoch`` is for tests: a
+    worker process dies once, mid-run, at that epoch."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -91,7 +92,7 @@ def run_slots(gold: Gold, s: TrainSettings, slots: list[Slot], out: Path, *, fin
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     config = slot_config(gold, s, slots, out, final=final, final_epochs=final_epochs, levels=levels,
-                         crash_at_epoch=crash_at_epoch)  # fmt: skip
+                         crash_at_epoch=crash_at_epoch, members=members)  # fmt: skip
     Path(config["error_file"]).unlink(missing_ok=True)  # left by an earlier run into this folder
     trainer = TorchTrainer(
         train_slots,
@@ -127,21 +128,24 @@ def _raise_recorded(config: dict, name: str, read_error) -> None:
 
 
 def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dict | None = None,
-                   crash_at_epoch: int | None = None, final: bool = True, test_predictions: bool = False) -> dict:  # fmt: skip
+                   crash_at_epoch: int | None = None, final: bool = True, test_predictions: bool = False,
+                   members: int = 1) -> dict:  # fmt: skip
     """Every fold and then the final model in one worker group, one pass over the rows per epoch (see
     ``training.worker``); writes the outputs. ``search``: the summary of the hyperparameter search that
     chose ``s``, kept in ``cv.json`` (its best trial's folds are reused when they are this CV's).
     ``final`` False: the folds only (their out-of-fold predictions), no ``model.pt``. ``test_predictions``:
     the final model's probabilities of the test part join the predictions table as ``fold = -1`` (the label
-    audit judges those rows by a model that never trained on them, as the folds' rows are judged)."""
+    audit judges those rows by a model that never trained on them, as the folds' rows are judged). ``members`` > 1:
+    every fold and the final model is an ensemble of that many models trained in the same pass from different
+    initial weights, scored (and written) by the mean of their probabilities; ``model.pt`` holds the first."""
     import torch
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     use_gpu, per_worker, _ = plan_resources(s, 1)
     start = time.perf_counter()
-    reused = reuse_search_folds(search, gold, s, out)
-    slots = [] if reused else cv_slots(gold.folds)
+    reused = members == 1 and reuse_search_folds(search, gold, s, out)
+    slots = [] if reused else ensemble_slots(cv_slots(gold.folds), members)
     final_epochs = None
     if reused:
         final_epochs = _final_epochs([load_fold(out / f"fold-{f}.json") for f in range(gold.folds)])
@@ -152,17 +156,22 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
     results = {}
     for g, group in enumerate(groups if len(groups) > 1 else []):
         results.update(run_slots(gold, s, [slots[i] for i in group], out / f"group-{g}", use_gpu=use_gpu,
-                                 cpus_per_worker=per_worker))  # fmt: skip
+                                 cpus_per_worker=per_worker, members=members))  # fmt: skip
     if len(groups) > 1:
         final_epochs = _final_epochs([results[x.name] for x in slots])
     rest = slots if len(groups) <= 1 else []
     if final or rest:
         results.update(run_slots(gold, s, rest, out, final=final, final_epochs=final_epochs, use_gpu=use_gpu,
-                                 cpus_per_worker=per_worker, crash_at_epoch=crash_at_epoch))  # fmt: skip
+                                 cpus_per_worker=per_worker, crash_at_epoch=crash_at_epoch, members=members))  # fmt: skip
+    classes = len(gold.classes)
     for x in slots:
-        save_fold(fold_result(results[x.name], x.fold), out / f"fold-{x.fold}.json")
+        if not x.member:
+            mine = [results[y.name] for y in slots if y.fold == x.fold]
+            save_fold(fold_result(average(mine, classes), x.fold), out / f"fold-{x.fold}.json")
     folds = [load_fold(out / f"fold-{f}.json") for f in range(gold.folds)]
     model = results.get("final")
+    if model is not None and members > 1:
+        model = average([model, *(results[f"final-m{m}"] for m in range(1, members))], classes)
     cv_seconds = time.perf_counter() - start
     (out / "model.pt").unlink(missing_ok=True)  # an earlier run's, into this folder
     if model is not None:
@@ -170,6 +179,7 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
     summary = {
         "table": gold.path, "delta_version": gold.version, "gold_run_id": gold.run_id, "kind": gold.kind,
         "classes": list(gold.classes), "folds": gold.folds, "concurrent_folds": max(map(len, groups), default=gold.folds), "use_gpu": use_gpu,
+        "members": members,
         "folds_from_search": reused,
         "settings": s.model_dump(mode="json", exclude={"search"}), "cv_seconds": round(cv_seconds, 2),
         "per_fold": [{"fold": f["fold"], "train_rows": f["train_rows"], "val_rows": f["val_rows"],
@@ -206,6 +216,22 @@ def fold_result(r: dict, fold: int) -> dict:
     return {"fold": fold, "final": False, "train_rows": r["train_rows"], "metrics": r["metrics"], "history": r["history"],
             "val_rows": len(r["ids"]), "ids": r["ids"], "labels": r["labels"], "probabilities": r["probabilities"],
             "confusion": r["confusion"], "resumed": r["resumed"]}  # fmt: skip
+
+
+def average(results: list[dict], classes: int) -> dict:
+    """An ensemble's result from its members' (the same validation rows in the same order): the mean of their
+    probabilities, scored again; the first member's weights, history and best epoch."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    if any(not np.array_equal(first["ids"], r["ids"]) for r in results[1:]):
+        raise RuntimeError("an ensemble's members scored different rows (a defect: they share one slot's masks)")
+    from training import loop
+
+    p = np.mean([np.asarray(r["probabilities"], dtype=np.float64) for r in results], axis=0)
+    ev = loop.score(np.asarray(first["labels"]), p, classes)
+    return {**first, "probabilities": p.astype(np.asarray(first["probabilities"]).dtype), "confusion": ev.confusion,
+            "metrics": {**ev.metrics, "loss": ev.loss, "epoch": first["metrics"]["epoch"]}}  # fmt: skip
 
 
 def _final_epochs(folds: list[dict]) -> int:

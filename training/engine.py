@@ -15,6 +15,7 @@ and AdamW's two moments) and the activations of one batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -36,13 +37,15 @@ class Slot:
     fraction: float = 1.0
     final: bool = False  # the final model: ``fold`` is the number of folds, scored on the test part
     class_weight: str | None = None  # ``balanced``: this slot's loss weighs classes, whatever the run's setting
+    member: int = 0  # an ensemble's other models of the same rows (``ensemble_slots``): each its own initial weights
 
     @property
     def name(self) -> str:
+        suffix = f"-m{self.member}" if self.member else ""
         if self.final:
-            return "final"
+            return "final" + suffix
         base = f"fold-{self.fold}" + ("-balanced" if self.class_weight == "balanced" and self.level is None else "")
-        return base if self.level is None else f"{self.level}-{self.fraction:g}-{base}"
+        return (base if self.level is None else f"{self.level}-{self.fraction:g}-{base}") + suffix
 
     def masks(self, contract: pa.Table | Contract, folds: int) -> tuple[np.ndarray, np.ndarray]:
         """(training rows, validation rows) of this slot among ``contract``'s rows (a table, or its
@@ -60,6 +63,12 @@ class Slot:
 def cv_slots(folds: int, first: int | None = None) -> list[Slot]:
     """The folds of a cross-validation (the first ``first`` of them)."""
     return [Slot(f) for f in range(first or folds)]
+
+
+def ensemble_slots(slots: list[Slot], members: int) -> list[Slot]:
+    """``slots`` and, for ``members`` > 1, ``members - 1`` more of each: the same rows, other initial weights (a
+    slot's seed comes from its name), trained in the same pass; their probabilities are averaged (``cv.average``)."""
+    return [*slots, *(dataclasses.replace(s, member=m) for m in range(1, members) for s in slots)]
 
 
 def grid_slots(levels: list[str], fractions: list[float], folds: list[int], weighted: list[str] = ()) -> list[Slot]:

@@ -36,7 +36,7 @@ import torch
 
 from training import augment, data, loop, models, progress
 from training.contract import jsonio
-from training.engine import Slot, SlotInput
+from training.engine import Slot, SlotInput, ensemble_slots
 from training.gold import Contract, Gold
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,8 @@ class Run:
     def train(self) -> dict:
         c = self.config
         phases = [[Slot(**s) for s in c["slots"]]] if c["slots"] else []
-        final = Slot(self.gold.folds, final=True)
-        if c.get("final"):
-            phases.append([final])
+        if c.get("final"):  # the final model (and its ensemble's other members: ``members``)
+            phases.append(ensemble_slots([Slot(self.gold.folds, final=True)], c.get("members") or 1))
         state = self._restore()
         start_phase = state["phase"] if state else 0
         read = None  # which of the snapshot's files ``self.rows`` holds: None (all) or "train"
@@ -163,7 +162,7 @@ class Run:
                                                        categories=self.rows.categories, part="test"))  # fmt: skip
                 read = None
             epochs = c["epochs"]
-            if slots == [final]:
+            if all(s.final for s in slots):
                 epochs = c.get("final_epochs") or self._final_epochs()
                 self.results.setdefault("final_epochs", {"epochs": epochs})
             self._phase(p, slots, epochs, state if p == start_phase else None)

@@ -382,7 +382,8 @@ def train_real_rows(spark: SparkSession, cfg: PipelineConfig, run_id: str, silve
     test = judges_test_part(cfg, silver)
     summary = launch.cross_validate(cfg, run_id, lake.path("audit/gold"), version, out,
                                     cfg.train.model_copy(update={"search": None}), label="audit CV",
-                                    final_model=test, test_predictions=test)  # fmt: skip
+                                    final_model=test, test_predictions=test,
+                                    members=cfg.audit.members_for(cfg.kind))  # fmt: skip
     record.outputs.append(("audit/predictions", summary["predictions"]["path"],
                            tables.version(spark, summary["predictions"]["path"])))  # fmt: skip
     return summary

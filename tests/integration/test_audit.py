@@ -147,6 +147,8 @@ def test_the_audit_finds_most_injected_flips_on_the_sample(spark, audited):
     # row is judged by a model that never trained on it, the test part's rows (fold -1) by the final model.
     cv = json.loads((folder / "audit" / "train" / "cv.json").read_text())
     assert len(cv["per_fold"]) == 2 and cv["final"]["test_rows"] > 0 and "test" in cv["calibration"]
+    # audit.members auto on a table: three models per fold and final model in one pass, their probabilities averaged
+    assert cv["members"] == 3 and cfg.audit.members == "auto"
     lake = tables.Lake(cfg.lake_dir)
     silver_test = {r[0] for r in tables.read(spark, lake.path("silver")).where("fold = -1").select("sample_id").collect()}
     preds = tables.read(spark, lake.path("audit/predictions"))

@@ -22,10 +22,10 @@ def _rows(path: str) -> dict[str, dict]:
     return {r["sample_id"]: r for r in DeltaTable(path).to_pyarrow_table().to_pylist()}
 
 
-def _in_process(gold: Gold, s: Settings, slots: list[Slot], out, final: bool = False) -> dict:
+def _in_process(gold: Gold, s: Settings, slots: list[Slot], out, final: bool = False, members: int = 1) -> dict:
     """The engine in this process, as a search trial runs it (no Ray Train; one worker, the CPU)."""
     reports = []
-    results = train_slots(slot_config(gold, s, slots, out, final=final), report=reports.append)
+    results = train_slots(slot_config(gold, s, slots, out, final=final, members=members), report=reports.append)
     assert results is not None, (out / "error.json").read_text()
     return {**results, "reports": reports}
 
@@ -158,6 +158,33 @@ def test_slots_stop_on_their_own_and_a_fold_among_k_matches_it_alone(cancer_gold
     spread = max(float(np.std(scores)), 0.02)
     assert abs(alone["fold-0"]["metrics"]["accuracy"] - scores[0]) <= spread  # within the folds' spread
     assert alone["fold-0"]["train_rows"] == together["fold-0"]["train_rows"]
+
+
+def test_an_ensembles_members_train_on_the_same_rows_from_their_own_weights_and_are_averaged(cancer_gold, tmp_path):
+    """``--members 3``: each fold and the final model are three slots of one pass, with the same rows and their own
+    initial weights; the fold's result is the mean of its members' probabilities, scored again."""
+    from training.cv import average
+    from training.engine import ensemble_slots
+    from training.loop import score
+
+    gold = Gold.open(cancer_gold)
+    s = Settings(epochs=2, batch_size=32, patience=5, warmup_steps=1, tensorboard=False)
+    slots = ensemble_slots(cv_slots(2), 3)
+    assert [x.name for x in slots] == ["fold-0", "fold-1", "fold-0-m1", "fold-1-m1", "fold-0-m2", "fold-1-m2"]
+    result = _in_process(gold, s, slots, tmp_path, final=True, members=3)
+    assert {"final", "final-m1", "final-m2"} <= set(result)
+    for base in ("fold-0", "fold-1", "final"):
+        members = [result[base], result[f"{base}-m1"], result[f"{base}-m2"]]
+        assert len({r["train_rows"] for r in members}) == 1
+        assert all(np.array_equal(members[0]["ids"], r["ids"]) for r in members)
+        assert not np.allclose(members[0]["probabilities"], members[1]["probabilities"])  # their own weights
+        mean = average(members, 2)
+        assert np.allclose(mean["probabilities"], np.mean([r["probabilities"] for r in members], axis=0))
+        assert mean["metrics"]["log_loss"] == pytest.approx(score(mean["labels"], mean["probabilities"], 2).loss)
+        assert mean["metrics"]["epoch"] == members[0]["metrics"]["epoch"]
+    other = dict(result["fold-0-m1"], ids=result["fold-1"]["ids"])
+    with pytest.raises(RuntimeError, match="different rows"):
+        average([result["fold-0"], other], 2)
 
 
 def test_the_same_seed_and_gold_version_give_the_same_predictions(cancer_gold, tmp_path):

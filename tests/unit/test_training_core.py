@@ -488,3 +488,29 @@ def test_weighted_slots_are_named_apart_and_grid_levels_can_weigh_their_loss():
     assert [(c.level, c.class_weight) for c in cells] == [("none", None), ("none", None),
                                                           ("class_weight", "balanced"), ("class_weight", "balanced")]
     assert len({c.name for c in cells}) == 4
+
+
+def test_an_ensembles_members_are_slots_of_the_same_rows_named_apart_and_passed_as_a_flag(tmp_path, capsys):
+    from jobs.config import AuditConfig, parse_config
+    from jobs.launch import command as training_command
+    from training.__main__ import main, parser
+    from training.engine import Slot, cv_slots, ensemble_slots
+
+    slots = ensemble_slots([*cv_slots(2), Slot(2, final=True)], 2)
+    assert [x.name for x in slots] == ["fold-0", "fold-1", "final", "fold-0-m1", "fold-1-m1", "final-m1"]
+    assert ensemble_slots(cv_slots(3), 1) == cv_slots(3)
+    c = np.array([0, 1, 1, -1, 0])
+    contract = pa.table({"fold": pa.array(c, pa.int32()), "synthetic_for": pa.array([None] * 5, pa.int32()),
+                         "dropped_for": pa.array([None] * 5, pa.list_(pa.int32()))})  # fmt: skip
+    for a, b in ((slots[0], slots[3]), (slots[2], slots[5])):  # a member's rows are its slot's
+        assert all(np.array_equal(x, y) for x, y in zip(a.masks(contract, 2), b.masks(contract, 2), strict=True))
+    assert (AuditConfig().members_for("tabular"), AuditConfig().members_for("images")) == (3, 1)
+    assert AuditConfig(members=5).members_for("images") == 5
+    with pytest.raises(ValueError):
+        AuditConfig(members=0)
+    cfg = parse_config({"dataset": "d", "kind": "tabular", "lake_root": str(tmp_path), "source": {"path": "x",
+                        "format": "csv"}, "columns": {"label": "y", "features": ["a"]}})  # fmt: skip
+    assert parser().parse_args(training_command(cfg, "r-1", members=3)[3:]).members == 3
+    assert "--members" not in training_command(cfg, "r-1")
+    assert main(["--table", str(tmp_path / "none"), "--members", "0"]) == 2
+    assert "--members must be between 1 and 16" in capsys.readouterr().err
