@@ -106,17 +106,22 @@ def conflicts(path: str) -> Iterator[None]:
     try:
         yield
     except CONFLICTS as exc:
-        raise ConcurrentWriteError(
-            f"another run committed to {path} while this one was writing ({type(exc).__name__}); "
-            "this write made no commit, the table holds the other run's complete version",
-            fix="re-run when the other run has finished: every stage is idempotent; "
-            "schedule one run per dataset at a time (Airflow: max_active_runs=1)",
-        ) from exc
+        raise lost_race(path, type(exc).__name__) from exc
     except AnalysisException as exc:  # two writers racing to create the same table
         if "DELTA_PATH_EXISTS" in str(exc) or "already exists" in str(exc):
             raise ConcurrentWriteError(f"another run created {path} while this one was creating it",
                                        fix="re-run: the table now exists and the stage is idempotent") from exc  # fmt: skip
         raise
+
+
+def lost_race(path: str, cause: str) -> ConcurrentWriteError:
+    """The error of a write whose commit lost to another writer's (``cause``: the writer's own exception)."""
+    return ConcurrentWriteError(
+        f"another run committed to {path} while this one was writing ({cause}); "
+        "this write made no commit, the table holds the other run's complete version",
+        fix="re-run when the other run has finished: every stage is idempotent; "
+        "schedule one run per dataset at a time (Airflow: max_active_runs=1)",
+    )
 
 
 def exists(spark: SparkSession, path: str) -> bool:
@@ -237,7 +242,65 @@ def replace_partitions(df: DataFrame, path: str, column: str, values: list[str],
             return current
     quoted = [f"'{v}'" for v in values]
     condition = f"{column} = {quoted[0]}" if len(quoted) == 1 else f"{column} IN ({', '.join(quoted)})"
+    if rows is not None and rows <= DRIVER_WRITE_ROWS and exists(spark, path):
+        written = _replace_from_driver(df, path, condition, column, run_id, stage)
+        if written is not None:
+            return written
     return replace_where(df, path, condition, run_id, stage, partition_by=column)
+
+
+def nullable(schema):
+    """``schema`` (Arrow) with every field nullable, nested ones too. Spark's own writes make every column nullable;
+    a field Spark knows is never null (a literal, ``current_timestamp()``) would otherwise become a NOT NULL column
+    in delta-rs's merged schema, and a later write without it would fail."""
+    import pyarrow as pa
+
+    def field(f: pa.Field) -> pa.Field:
+        return pa.field(f.name, kind(f.type), nullable=True, metadata=f.metadata)
+
+    def kind(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_struct(t):
+            return pa.struct([field(t.field(i)) for i in range(t.num_fields)])
+        if pa.types.is_large_list(t):
+            return pa.large_list(field(t.value_field))
+        if pa.types.is_list(t):
+            return pa.list_(field(t.value_field))
+        if pa.types.is_map(t):
+            return pa.map_(kind(t.key_type), field(t.item_field))
+        return t
+
+    return pa.schema([field(f) for f in schema], metadata=schema.metadata)
+
+
+DRIVER_WRITE_ROWS = 250_000  # up to this many rows, a partition replacement is written by delta-rs from the driver
+
+
+def _replace_from_driver(df: DataFrame, path: str, condition: str, column: str, run_id: str, stage: str) -> int | None:
+    """A small replacement (``replace_partitions``) as one delta-rs commit from the driver: the rows come back as
+    Arrow (one Spark job) and delta-rs overwrites the partitions by ``condition`` (schema merged, the run's
+    ``userMetadata`` stamped as Spark stamps it). Spark's own overwrite first rebuilds the table's state (three
+    jobs) and commits from the JVM, which costs more than the rows' write on a small quarantine. None when delta-rs
+    cannot write this table (a feature or store it does not support, a schema it will not merge): Spark writes it."""
+    from deltalake import CommitProperties, write_deltalake
+    from deltalake import DeltaTable as LogReader
+    from deltalake.exceptions import CommitFailedError
+
+    try:
+        table = LogReader(path)
+    except Exception as exc:  # noqa: BLE001 - a table or store delta-rs cannot open: Spark writes it
+        log.debug("delta-rs cannot open %s (%s): Spark writes it", path, exc)
+        return None
+    rows = df.toArrow()
+    rows = rows.cast(nullable(rows.schema))  # as Spark writes: a Delta column is never NOT NULL by accident
+    try:
+        write_deltalake(table, rows, mode="overwrite", predicate=condition, partition_by=[column], schema_mode="merge",
+                        commit_properties=CommitProperties(custom_metadata={"userMetadata": user_metadata(run_id, stage)}))  # fmt: skip
+    except CommitFailedError as exc:
+        raise lost_race(path, f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - delta-rs could not make the commit: Spark writes it instead
+        log.debug("delta-rs could not replace %s in %s (%s): Spark writes it", condition, path, exc)
+        return None
+    return table.version()
 
 
 def insert_new(df: DataFrame, path: str, key: str, run_id: str, stage: str) -> dict[str, Any]:

@@ -65,3 +65,44 @@ def test_lake_paths():
     assert lake.path("bronze") == "s3a://bucket/lake/cancer/bronze"
     with pytest.raises(ValueError, match="unknown table"):
         lake.path("platinum")
+
+
+def test_a_small_partition_replacement_is_one_delta_rs_commit_spark_reads_and_writes_after(spark, tmp_path, monkeypatch):
+    """``replace_partitions`` with a known small row count commits through delta-rs from the driver: the same rows a
+    Spark overwrite would leave, the run's stamp, new columns merged as nullable (Spark writes every column nullable,
+    so a later write without them works), an empty replacement removes the partition's rows; above the bound Spark
+    writes."""
+    from pyspark.sql import functions as F
+
+    path = str(tmp_path / "quarantine")
+
+    def stage(df, name, run):
+        return df.withColumn("stage", F.lit(name)).withColumn("run_id", F.lit(run))
+
+    def engine() -> str:
+        history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy(F.desc("version")).first()
+        return "spark" if history["engineInfo"] and "Spark" in history["engineInfo"] else "delta-rs"
+
+    first = spark.createDataFrame([(i, f"r{i}", ["a"]) for i in range(5)], "id long, name string, reasons array<string>")
+    assert tables.replace_partitions(stage(first, "validate", "r1"), path, "stage", ["validate"], "r1", "validate", 5) == 0
+    assert engine() == "spark"  # the table's creation is Spark's (its partitioning and properties)
+    curate = spark.createDataFrame([(9, ["c"])], "id long, reasons array<string>")
+    tables.replace_partitions(stage(curate, "curate", "r1"), path, "stage", ["curate"], "r1", "curate", 1)
+    assert engine() == "delta-rs"
+    again = spark.createDataFrame([(i, f"n{i}", ["b"]) for i in range(3)], "id long, name string, reasons array<string>")
+    again = stage(again, "validate", "r2").withColumn("seen", F.current_timestamp())  # never null in Spark's eyes
+    assert tables.replace_partitions(again, path, "stage", ["validate"], "r2", "validate", 3) == 2
+    assert engine() == "delta-rs" and tables.last_commit(spark, path)["user_metadata"] == {"run_id": "r2", "stage": "validate"}
+    table = tables.read(spark, path)
+    assert rows(table, "stage", "run_id", "id") == [("curate", "r1", 9)] + [("validate", "r2", i) for i in range(3)]
+    assert all(f.nullable for f in table.schema.fields) and table.schema["seen"].dataType.typeName() == "timestamp"
+    assert RsTable(path).metadata().partition_columns == ["stage"]
+    # Spark writes after delta-rs, without the new column (it would fail on a NOT NULL column)
+    tables.replace_where(stage(curate, "curate", "r3"), path, "stage = 'curate'", "r3", "curate", partition_by="stage")
+    assert rows(tables.read(spark, path).where("stage = 'curate'"), "run_id", "seen") == [("r3", None)]
+    empty = stage(again.limit(0), "validate", "r4")
+    assert tables.replace_partitions(empty, path, "stage", ["validate"], "r4", "validate", 0) == 4
+    assert tables.partition_rows(path, "stage", ["validate"]) == 0 and engine() == "delta-rs"
+    monkeypatch.setattr(tables, "DRIVER_WRITE_ROWS", 2)  # a large replacement: Spark writes it
+    assert tables.replace_partitions(again, path, "stage", ["validate"], "r5", "validate", 3) == 5
+    assert engine() == "spark" and tables.partition_rows(path, "stage", ["validate"]) == 3
