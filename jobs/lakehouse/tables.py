@@ -242,7 +242,7 @@ def replace_partitions(df: DataFrame, path: str, column: str, values: list[str],
             return current
     quoted = [f"'{v}'" for v in values]
     condition = f"{column} = {quoted[0]}" if len(quoted) == 1 else f"{column} IN ({', '.join(quoted)})"
-    if rows is not None and rows <= DRIVER_WRITE_ROWS and exists(spark, path):
+    if rows is not None and rows <= DRIVER_WRITE_ROWS:
         written = _replace_from_driver(df, path, condition, column, run_id, stage)
         if written is not None:
             return written
@@ -287,7 +287,7 @@ def _replace_from_driver(df: DataFrame, path: str, condition: str, column: str, 
 
     try:
         table = LogReader(path)
-    except Exception as exc:  # noqa: BLE001 - a table or store delta-rs cannot open: Spark writes it
+    except Exception as exc:  # noqa: BLE001 - no table yet (Spark creates it), or one delta-rs cannot open
         log.debug("delta-rs cannot open %s (%s): Spark writes it", path, exc)
         return None
     rows = df.toArrow()

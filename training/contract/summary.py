@@ -14,8 +14,10 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     if summary.get("search"):
         print_search(summary["search"], console)
+    members = summary.get("members", 1)
+    folds = f"{summary['folds']} folds" + (f" × {members} models, their probabilities averaged" if members > 1 else "")
     table = Table(title=f"cross-validation: {summary['table']} v{summary['delta_version']} "
-                        f"({summary['folds']} folds, {summary['concurrent_folds']} in one pass)", title_justify="left")  # fmt: skip
+                        f"({folds}, {summary['concurrent_folds']} in one pass)", title_justify="left")  # fmt: skip
     for col in ("fold", "train rows", "val rows", "best epoch", *METRICS):
         table.add_column(col, justify="right", no_wrap=True)
     for f in summary["per_fold"]:
