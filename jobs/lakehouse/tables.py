@@ -300,7 +300,12 @@ def _replace_from_driver(df: DataFrame, path: str, condition: str, column: str, 
     except Exception as exc:  # noqa: BLE001 - delta-rs could not make the commit: Spark writes it instead
         log.debug("delta-rs could not replace %s in %s (%s): Spark writes it", condition, path, exc)
         return None
-    return table.version()
+    version = table.version()
+    # Spark checkpoints the log every `delta.checkpointInterval` (10) commits, delta-rs every 100: keep Spark's pace,
+    # so a table that delta-rs writes most nights is not read back from ever more JSON commits.
+    if version % int(table.metadata().configuration.get("delta.checkpointInterval") or 10) == 0:
+        table.create_checkpoint()
+    return version
 
 
 def insert_new(df: DataFrame, path: str, key: str, run_id: str, stage: str) -> dict[str, Any]:

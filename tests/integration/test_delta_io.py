@@ -70,8 +70,8 @@ def test_lake_paths():
 def test_a_small_partition_replacement_is_one_delta_rs_commit_spark_reads_and_writes_after(spark, tmp_path, monkeypatch):
     """``replace_partitions`` with a known small row count commits through delta-rs from the driver: the same rows a
     Spark overwrite would leave, the run's stamp, new columns merged as nullable (Spark writes every column nullable,
-    so a later write without them works), an empty replacement removes the partition's rows; above the bound Spark
-    writes."""
+    so a later write without them works), an empty replacement removes the partition's rows, the log checkpointed every
+    10 commits as Spark does; above the bound Spark writes."""
     from pyspark.sql import functions as F
 
     path = str(tmp_path / "quarantine")
@@ -103,6 +103,10 @@ def test_a_small_partition_replacement_is_one_delta_rs_commit_spark_reads_and_wr
     empty = stage(again.limit(0), "validate", "r4")
     assert tables.replace_partitions(empty, path, "stage", ["validate"], "r4", "validate", 0) == 4
     assert tables.partition_rows(path, "stage", ["validate"]) == 0 and engine() == "delta-rs"
+    for run in range(5, 11):  # delta-rs checkpoints the log at Spark's pace (every 10 commits), not its own 100
+        assert tables.replace_partitions(stage(curate, "curate", f"r{run}"), path, "stage", ["curate"], f"r{run}", "curate", 1) == run
+    assert (tmp_path / "quarantine" / "_delta_log" / "00000000000000000010.checkpoint.parquet").is_file()
+    assert rows(tables.read(spark, path), "stage", "run_id") == [("curate", "r10")]
     monkeypatch.setattr(tables, "DRIVER_WRITE_ROWS", 2)  # a large replacement: Spark writes it
-    assert tables.replace_partitions(again, path, "stage", ["validate"], "r5", "validate", 3) == 5
+    assert tables.replace_partitions(again, path, "stage", ["validate"], "r11", "validate", 3) == 11
     assert engine() == "spark" and tables.partition_rows(path, "stage", ["validate"]) == 3
