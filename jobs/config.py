@@ -197,7 +197,7 @@ class AuditConfig(Strict):
                              "below zero")  # fmt: skip
     members: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(
         default="auto", description="models per fold trained in the audit's one pass from different initial weights; "
-        "their mean probabilities are judged (steadier, more precise verdicts). auto: 3 for tables (an MLP's epochs "
+        "their mean probabilities are judged (verdicts less bound to one random start). auto: 3 for tables (an MLP's epochs "
         "cost little beside the run's fixed cost), 1 for images (every member multiplies the epochs' cost)")  # fmt: skip
     test_part: bool = Field(default=True, description="judge the test part too: its rows scored by a model trained on "
                             "every other real row (never on them) and their verdicts applied like the folds' rows, so "

@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
                         "what the label audit needs to judge the test part")  # fmt: skip
     p.add_argument("--members", type=int, default=1,
                    help="models per fold (and final model) trained in the same pass from different initial weights, "
-                        "scored by the mean of their probabilities: steadier out-of-fold predictions for the label "
+                        "scored by the mean of their probabilities: out-of-fold predictions less bound to one random start, for the label "
                         "audit (default 1)")  # fmt: skip
     add_flags(p)
     return p
