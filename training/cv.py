@@ -153,16 +153,20 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
     log.info("cross-validation: %d fold(s) %s%s; %g CPUs/worker, %d worker(s), GPU: %s",
              len(slots), "in one pass per epoch" if len(groups) <= 1 else f"in {len(groups)} groups {groups}",
              ", then the final model" if final else " (no final model)", per_worker, s.workers, use_gpu)  # fmt: skip
-    results = {}
+    results, checkpoints = {}, 0
     for g, group in enumerate(groups if len(groups) > 1 else []):
-        results.update(run_slots(gold, s, [slots[i] for i in group], out / f"group-{g}", use_gpu=use_gpu,
-                                 cpus_per_worker=per_worker, members=members))  # fmt: skip
+        got = run_slots(gold, s, [slots[i] for i in group], out / f"group-{g}", use_gpu=use_gpu,
+                        cpus_per_worker=per_worker, members=members)  # fmt: skip
+        checkpoints += len(got.pop("checkpoints", []))
+        results.update(got)
     if len(groups) > 1:
         final_epochs = _final_epochs([results[x.name] for x in slots])
     rest = slots if len(groups) <= 1 else []
     if final or rest:
-        results.update(run_slots(gold, s, rest, out, final=final, final_epochs=final_epochs, use_gpu=use_gpu,
-                                 cpus_per_worker=per_worker, crash_at_epoch=crash_at_epoch, members=members))  # fmt: skip
+        got = run_slots(gold, s, rest, out, final=final, final_epochs=final_epochs, use_gpu=use_gpu,
+                        cpus_per_worker=per_worker, crash_at_epoch=crash_at_epoch, members=members)  # fmt: skip
+        checkpoints += len(got.pop("checkpoints", []))
+        results.update(got)
     classes = len(gold.classes)
     for x in slots:
         if not x.member:
@@ -180,7 +184,7 @@ def cross_validate(gold: Gold, s: TrainSettings, out: str | Path, *, search: dic
         "table": gold.path, "delta_version": gold.version, "gold_run_id": gold.run_id, "kind": gold.kind,
         "classes": list(gold.classes), "folds": gold.folds, "concurrent_folds": max(map(len, groups), default=gold.folds), "use_gpu": use_gpu,
         "members": members,
-        "folds_from_search": reused,
+        "folds_from_search": reused, "checkpoints": checkpoints,
         "settings": s.model_dump(mode="json", exclude={"search"}), "cv_seconds": round(cv_seconds, 2),
         "per_fold": [{"fold": f["fold"], "train_rows": f["train_rows"], "val_rows": f["val_rows"],
                       "resumed": f["resumed"], **{m: f["metrics"][m] for m in METRICS}, "best_epoch": f["metrics"]["epoch"],

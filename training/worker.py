@@ -129,6 +129,7 @@ class Run:
         self.history: dict[str, list[dict]] = {}
         self.results: dict[str, dict] = {}
         self.poster: progress.Poster | None = None
+        self.checkpointed = time.monotonic()  # when the last checkpoint was reported (the run's start before one)
 
     def allreduce(self, t: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(t)
@@ -359,9 +360,12 @@ class Run:
             return
         import ray.train
 
+        if not self._checkpoint_due(last):
+            return
         if self.rank != 0:
             ray.train.report(summary)
             return
+        self.results.setdefault("checkpoints", []).append([phase, epoch])
         with tempfile.TemporaryDirectory() as d:
             state = {"phase": phase, "epoch": epoch, "slots": [s.state_dict() for s in models_],
                      "best": [None if b is None else {k: v for k, v in b.items() if k != "weights"} for b in best]}  # fmt: skip
@@ -372,6 +376,19 @@ class Run:
             (Path(d) / HISTORY).write_text(jsonio.dumps(self.history))
             save_results(self.results, Path(d))
             ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(d))
+        self.checkpointed = time.monotonic()
+
+    def _checkpoint_due(self, last: bool) -> bool:
+        """Whether this epoch reports a checkpoint: the last epoch of a phase, else when ``checkpoint_seconds``
+        have passed since the run's start or its last checkpoint (rank 0's clock: every worker reports together).
+        A report costs a checkpoint's write and a wait for Ray Train's controller to take the previous one (up
+        to its poll interval): on epochs of a fraction of a second that was most of a small run's time."""
+        due = last or time.monotonic() - self.checkpointed >= float(self.config.get("checkpoint_seconds") or 0)
+        if self.world > 1:
+            flag = torch.tensor([float(due and self.rank == 0) + float(last)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            due = bool(flag.item())
+        return due
 
     def _restore(self) -> dict | None:
         """The latest checkpoint's state (Ray Train restarted the worker group), or None."""
@@ -435,8 +452,9 @@ def _arrays(value):
 def save_results(results: dict, folder: Path) -> None:
     """Each finished slot's result: scalars and history in ``results.json``, its validation rows' ids, labels
     and probabilities in ``results-<k>.npz``, the final model's weights in ``results-<k>.pt``."""
-    names = sorted(k for k in results if k not in ("final_epochs", "report"))
+    names = sorted(k for k in results if k not in ("final_epochs", "report", "checkpoints"))
     (folder / RESULTS).write_text(jsonio.dumps({"names": names, "final_epochs": results.get("final_epochs"),
+                                                "checkpoints": results.get("checkpoints", []),
                                                 "results": {n: {k: v for k, v in results[n].items()
                                                                 if k not in PER_ROW and k != "weights"}
                                                             for n in names}}))  # fmt: skip
@@ -451,6 +469,8 @@ def save_results(results: dict, folder: Path) -> None:
 def load_results(folder: Path) -> dict:
     saved = jsonio.load(folder / RESULTS)
     out: dict = {"final_epochs": saved["final_epochs"]} if saved.get("final_epochs") else {}
+    if saved.get("checkpoints"):  # (phase, epoch) of each checkpoint the run reported, this one included
+        out["checkpoints"] = saved["checkpoints"]
     for k, name in enumerate(saved["names"]):
         with np.load(folder / f"results-{k}.npz", allow_pickle=False) as arrays:
             out[name] = {**saved["results"][name], **{key: arrays[key] for key in PER_ROW}}

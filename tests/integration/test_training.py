@@ -200,9 +200,11 @@ def test_the_same_seed_and_gold_version_give_the_same_predictions(cancer_gold, t
 
 def test_a_killed_worker_resumes_every_slot_from_the_checkpoint(ray_local, cancer_gold, tmp_path):
     gold = Gold.open(cancer_gold)
-    s = Settings(epochs=3, batch_size=64, patience=10, warmup_steps=2, max_failures=1)
+    s = Settings(epochs=3, batch_size=64, patience=10, warmup_steps=2, max_failures=1, checkpoint_seconds=0)
     results = run_slots(gold, s, cv_slots(2), tmp_path, final=True, cpus_per_worker=0.5, crash_at_epoch=1)
     assert (tmp_path / "crashed").read_text() == "1"  # the worker process really died at epoch 1
+    final_epochs = results["final_epochs"]["epochs"]  # checkpoint_seconds 0: every epoch, the first worker's too
+    assert results["checkpoints"] == [[0, 0], [0, 1], [0, 2], *([1, e] for e in range(final_epochs))]
     for name in ("fold-0", "fold-1"):
         r = results[name]
         assert r["resumed"]
@@ -224,8 +226,9 @@ def test_a_killed_worker_resumes_every_slot_from_the_checkpoint(ray_local, cance
 def test_two_workers_score_every_validation_row_once_per_slot(ray_local, cancer_gold, tmp_path):
     gold = Gold.open(cancer_gold)
     rows = _rows(cancer_gold)
-    s = Settings(epochs=2, batch_size=32, workers=2, warmup_steps=1, tensorboard=False)
+    s = Settings(epochs=2, batch_size=32, workers=2, warmup_steps=1, tensorboard=False, checkpoint_seconds=3600)
     results = run_slots(gold, s, cv_slots(2), tmp_path, cpus_per_worker=0.5)
+    assert results["checkpoints"] == [[0, 1]]  # the phase's last epoch only, both workers reporting it together
     for f in range(2):
         ids = results[f"fold-{f}"]["ids"]
         expected = {i for i, r in rows.items() if r["synthetic_for"] is None and r["fold"] == f}

@@ -87,6 +87,9 @@ class TrainSettings(Strict):
     augment: Literal["all", "flagged"] = Field(default="all", description="images: augment every training image, or "
                                                "only the rows gold flags (augment = true: repeated minority images)")
     max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
+    checkpoint_seconds: float = Field(default=10, ge=0, description="at least this long between a run's checkpoints "
+                                      "(each one a Ray Train report); the last epoch of each phase always "
+                                      "checkpoints; 0: every epoch")  # fmt: skip
     concurrency: int | None = Field(default=None, ge=1, description="search trials at once (default: what fits)")
     seed: int = Field(default=42, description="default in a pipeline config: its top-level seed")
     tensorboard: bool = Field(default=True, description="write per-epoch metrics as TensorBoard event files "
