@@ -30,6 +30,7 @@ from training.contract import write_json
 log = logging.getLogger(__name__)
 STAGE = "curate"
 SUB_STAGES = ("clean", "dedup")
+REPLACED = ("clean", "dedup", "audit")  # the quarantine's partitions a curate run replaces (the audit's: it re-applies)
 THUMBS = THUMB_FIELD[0]  # the probe's thumbnails: dedup reads them, no table keeps them
 
 
@@ -102,8 +103,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> StageReport:
             counts, batch = _require_classes(silver, cfg, run_id)
             anomalies = RECORDER.check(spark, cfg, run_id, STAGE, _metrics(reports, counts, batch))  # before any write
             quarantine = rows.drop(THUMBS).join(rejected, "sample_id").withColumn("run_id", F.lit(run_id))
-            q_version = tables.replace_where(quarantine, lake.path("quarantine"), "stage IN ('clean', 'dedup', 'audit')",
-                                         run_id, STAGE, partition_by="stage")  # fmt: skip
+            # The rows clean and dedup rejected, counted by their reports: a small quarantine is one delta-rs commit
+            # from the driver, none at all when there is nothing to quarantine and nothing to clear.
+            q_version = tables.replace_partitions(quarantine, lake.path("quarantine"), "stage", list(REPLACED), run_id,
+                                                  STAGE, rows=sum(r.rows_in - r.rows_out for r in reports[:2]))  # fmt: skip
             props = {"fulcrum.run_id": run_id, "fulcrum.kind": cfg.kind, "fulcrum.folds": cfg.split.folds,
                      "fulcrum.label": cfg.columns.label, "fulcrum.bronze_version": bronze_version}  # fmt: skip
             s_version = tables.overwrite(silver, lake.path("silver"), run_id, STAGE, props)
