@@ -52,11 +52,8 @@ def validated_rows(spark: SparkSession, cfg: PipelineConfig, lake: tables.Lake) 
 
 def _validated(spark: SparkSession, lake: tables.Lake, bronze_version: int) -> bool:
     """Did the latest validate run succeed, on this bronze version?"""
-    history = ledger.history(spark, lake)
-    if history is None or not tables.exists(spark, lake.path("quarantine")):
-        return False
-    last = history.where(F.col("stage") == "validate").first()
-    if last is None or last["status"] != "succeeded":
+    last = ledger.last_attempt(spark, lake, "validate")
+    if last is None or last["status"] != "succeeded" or not tables.exists(spark, lake.path("quarantine")):
         return False
     return any(i["name"] == "bronze" and i["version"] == bronze_version for i in last["inputs"] or [])
 

@@ -25,6 +25,36 @@ def test_overwrite_round_trip_with_properties_in_one_commit(spark, tmp_path):
     assert spark.conf.get(tables.USER_METADATA, None) is None  # not left set for other writers
 
 
+def test_the_ledger_appends_through_delta_rs_once_spark_made_the_table_and_reads_the_last_attempt(spark, tmp_path):
+    """The runs table: Spark creates it (the first attempt), delta-rs appends every later one from the driver (no
+    Spark job), stamped with the run; Spark reads the rows back with their UTC times, `last_attempt` finds the
+    newest attempt of a stage without Spark."""
+    from datetime import UTC, datetime, timedelta
+
+    from jobs.lakehouse import ledger
+
+    lake = tables.Lake(str(tmp_path / "lake"))
+    path = lake.path("runs")
+    assert ledger.last_attempt(spark, lake, "validate") is None  # no table yet
+    start = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
+    for i, (stage, status) in enumerate([("ingest", "succeeded"), ("validate", "failed"), ("validate", "succeeded")]):
+        run = ledger.StageRun(run_id=f"r{i}", dataset="d", stage=stage, status=status, seconds=1.5,
+                              started_at=start + timedelta(minutes=i), inputs=[("bronze", "/b", i)],
+                              counts={"rows_in": 10 + i})  # fmt: skip
+        ledger.record(spark, lake, run)
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy("version").collect()
+    assert ["Spark" in (h["engineInfo"] or "") for h in history] == [True, False, False]  # then delta-rs
+    assert tables.last_commit(spark, path)["user_metadata"] == {"run_id": "r2", "stage": "runs"}
+    back = ledger.history(spark, lake).collect()  # Spark reads delta-rs's rows: newest first, times in UTC
+    assert [(r["run_id"], r["status"], r["counts"]["rows_in"]) for r in back] == [
+        ("r2", "succeeded", 12), ("r1", "failed", 11), ("r0", "succeeded", 10)]  # fmt: skip
+    assert back[0]["started_at"] == datetime(2026, 1, 1, 2, 2)  # naive UTC, as the session's time zone reads it
+    last = ledger.last_attempt(spark, lake, "validate")
+    assert (last["run_id"], last["status"], last["inputs"]) == ("r2", "succeeded", [{"name": "bronze", "path": "/b",
+                                                                                      "version": 2}])  # fmt: skip
+    assert ledger.last_attempt(spark, lake, "curate") is None
+
+
 def test_time_travel_reads_an_older_version(spark, tmp_path):
     path = str(tmp_path / "t")
     tables.overwrite(spark.createDataFrame([(1,)], "id int"), path, "r1", "test")
