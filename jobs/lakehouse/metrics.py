@@ -133,9 +133,11 @@ class Recorder:
                 return self._history[key]
         path = lake.path(TABLE)
         runs: dict[str, dict[str, float]] = {}
-        if tables.exists(spark, path):
+        rows = _read_from_driver(path, run_id)
+        if rows is None and tables.exists(spark, path):
             rows = (tables.read(spark, path).where(f"run_id != '{_quoted(run_id)}'")
                     .select("run_id", "metric", "value", "recorded_at", "anomaly").orderBy("recorded_at").collect())  # fmt: skip
+        if rows:
             failed = {r["run_id"] for r in rows if (r["anomaly"] or "").startswith("fail")}
             for r in rows:
                 if r["run_id"] not in failed and r["value"] is not None:
@@ -202,10 +204,28 @@ class Recorder:
             return None
         now = datetime.now(UTC)
         rows = [(v[0], run_id, stage, metric, v[1], now, v[2]) for (stage, metric), v in sorted(run.items())]
-        df = spark.createDataFrame(rows, SCHEMA)
         stages = ", ".join(f"'{s}'" for s in sorted({r[2] for r in rows}))
-        return tables.replace_where(df, lake.path(TABLE), f"run_id = '{_quoted(run_id)}' AND stage IN ({stages})",
-                                    run_id, TABLE)  # fmt: skip
+        condition = f"run_id = '{_quoted(run_id)}' AND stage IN ({stages})"
+        names = [c.split()[0] for c in SCHEMA.split(", ")]
+        written = tables.append_rows(lake.path(TABLE), [dict(zip(names, r, strict=True)) for r in rows], run_id, TABLE,
+                                     predicate=condition)  # fmt: skip
+        if written is not None:  # one delta-rs commit from the driver; Spark creates the table
+            return written
+        return tables.replace_where(spark.createDataFrame(rows, SCHEMA), lake.path(TABLE), condition, run_id, TABLE)
+
+
+def _read_from_driver(path: str, run_id: str) -> list[dict] | None:
+    """The other runs' rows of the metrics table, oldest first, read by delta-rs (no Spark job); None when it cannot
+    (no table yet, or one it cannot read): Spark reads it."""
+    try:
+        from deltalake import DeltaTable as LogReader
+
+        table = LogReader(path).to_pyarrow_table(columns=["run_id", "metric", "value", "recorded_at", "anomaly"],
+                                                 filters=[("run_id", "!=", run_id)])  # fmt: skip
+    except Exception as exc:  # noqa: BLE001
+        log.debug("delta-rs cannot read %s (%s): Spark reads it", path, exc)
+        return None
+    return sorted(table.to_pylist(), key=lambda r: r["recorded_at"])
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:

@@ -232,10 +232,10 @@ def replace_partitions(df: DataFrame, path: str, column: str, values: list[str],
                        rows: int | None = None) -> int:  # fmt: skip
     """Replace the partitions ``column`` ∈ ``values`` of a table partitioned by ``column`` with ``df``
     (``replace_where``: one commit; ``df`` carries those values). When the caller knows ``df`` holds no row
-    (``rows == 0``) and the Delta log says those partitions hold none either, the commit would change no row:
-    none is made and the current version is returned (a night with nothing to quarantine costs no commit)."""
+    (``rows == 0``), the Delta log says those partitions hold none either and the table has ``df``'s columns, the
+    commit would change nothing: none is made and the current version is returned (a night with nothing to quarantine costs no commit)."""
     spark = df.sparkSession
-    if rows == 0 and partition_rows(path, column, values) == 0:
+    if rows == 0 and partition_rows(path, column, values) == 0 and _holds_columns(path, df.columns):
         current = version(spark, path)
         if current is not None:
             log.debug("%s: no row to write and none in %s %s: no commit (version %d)", path, column, values, current)
@@ -247,6 +247,17 @@ def replace_partitions(df: DataFrame, path: str, column: str, values: list[str],
         if written is not None:
             return written
     return replace_where(df, path, condition, run_id, stage, partition_by=column)
+
+
+def _holds_columns(path: str, names: list[str]) -> bool:
+    """Whether the table's schema (read by delta-rs) has every column of ``names``: an empty write that would add
+    columns (curate's `dup_group` to a quarantine only validate has written) is a change, and is committed."""
+    try:
+        from deltalake import DeltaTable as LogReader
+
+        return set(names) <= {f.name for f in LogReader(path).schema().fields}
+    except Exception:  # noqa: BLE001 - unknown: write
+        return False
 
 
 def nullable(schema):
@@ -304,11 +315,13 @@ def _replace_from_driver(df: DataFrame, path: str, condition: str, column: str, 
     return _after_commit(table)
 
 
-def append_rows(path: str, rows: list[dict[str, Any]], run_id: str, stage: str) -> int | None:
-    """Rows built on the driver (a ledger's attempt) appended to an existing table in one delta-rs commit, typed by
-    the table's own schema and stamped like Spark's commits: no Spark job, where Spark's append of one row cost
-    0.4–0.8 s. Returns the new version; None when delta-rs cannot do it (no table yet, a feature or store it does
-    not support, rows the schema refuses): the caller appends with Spark."""
+def append_rows(path: str, rows: list[dict[str, Any]], run_id: str, stage: str,
+                predicate: str | None = None) -> int | None:  # fmt: skip
+    """Rows built on the driver (a ledger's attempt, a run's metrics) written to an existing table in one delta-rs
+    commit, typed by the table's own schema and stamped like Spark's commits: appended, or with ``predicate`` (SQL)
+    replacing the rows it matches (``replace_where``'s semantics; the rows must match it). No Spark job, where
+    Spark's write of a few rows cost 0.4–1.5 s. Returns the new version; None when delta-rs cannot do it (no table
+    yet, a feature or store it does not support, rows the schema refuses): the caller writes with Spark."""
     try:
         import pyarrow as pa
         from deltalake import CommitProperties, write_deltalake
@@ -322,12 +335,12 @@ def append_rows(path: str, rows: list[dict[str, Any]], run_id: str, stage: str) 
         log.debug("delta-rs cannot append to %s (%s): Spark writes it", path, exc)
         return None
     try:
-        write_deltalake(table, data, mode="append",
+        write_deltalake(table, data, mode="append" if predicate is None else "overwrite", predicate=predicate,
                         commit_properties=CommitProperties(custom_metadata={"userMetadata": user_metadata(run_id, stage)}))  # fmt: skip
     except CommitFailedError as exc:
         raise lost_race(path, f"{type(exc).__name__}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - Spark appends instead, unless the commit was made
-        log.debug("delta-rs could not append to %s (%s): Spark writes it", path, exc)
+    except Exception as exc:  # noqa: BLE001 - Spark writes instead, unless the commit was made
+        log.debug("delta-rs could not write to %s (%s): Spark writes it", path, exc)
         return _committed_anyway(path, before)
     return _after_commit(table)
 

@@ -140,3 +140,8 @@ def test_a_small_partition_replacement_is_one_delta_rs_commit_spark_reads_and_wr
     monkeypatch.setattr(tables, "DRIVER_WRITE_ROWS", 2)  # a large replacement: Spark writes it
     assert tables.replace_partitions(again, path, "stage", ["validate"], "r11", "validate", 3) == 11
     assert engine() == "spark" and tables.partition_rows(path, "stage", ["validate"]) == 3
+    # Nothing to write and nothing to clear, but a column the table lacks (curate's after validate's): a commit
+    wider = stage(spark.createDataFrame([], "id long, reasons array<string>, duplicate_of string"), "dedup", "r12")
+    assert tables.replace_partitions(wider, path, "stage", ["dedup"], "r12", "dedup", 0) == 12
+    assert "duplicate_of" in tables.read(spark, path).columns
+    assert tables.replace_partitions(wider, path, "stage", ["dedup"], "r13", "dedup", 0) == 12  # then none
