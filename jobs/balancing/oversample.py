@@ -185,10 +185,12 @@ def synthesize(silver: DataFrame, cfg: PipelineConfig, folds: int, plan: dict) -
 
 def build_gold(silver: DataFrame, cfg: PipelineConfig, folds: int) -> tuple[DataFrame, dict]:
     label = cfg.columns.label
-    names = class_names(silver, label)
     counts: dict[int, dict[str, int]] = {}
-    for r in silver.where(F.col("fold") >= 0).groupBy("fold", label).count().collect():
-        counts.setdefault(r["fold"], {})[str(r[label])] = r["count"]
+    every = silver.groupBy("fold", label).count().collect()  # one job: the classes (test part too) and the counts
+    names = sorted({r[label] for r in every})
+    for r in every:
+        if r["fold"] is not None and r["fold"] >= 0:
+            counts.setdefault(r["fold"], {})[str(r[label])] = r["count"]
     plan = plan_pools(counts, cfg, folds)
     for f, per in plan.items():
         for c, p in per.items():
