@@ -117,7 +117,7 @@ def track(spark: SparkSession, lake: tables.Lake, run_id: str, dataset: str, sta
 def record(spark: SparkSession, lake: tables.Lake, run: StageRun) -> None:
     """Append the attempt: one delta-rs commit from the driver once the table exists (Spark creates it)."""
     path = lake.path("runs")
-    if tables.append_rows(path, [run.record()], run.run_id, "runs") is None:
+    if tables.write_rows(path, [run.record()], run.run_id, "runs") is None:
         tables.append(spark.createDataFrame([run.row()], schema=RUNS_SCHEMA), path, run.run_id, "runs")
 
 

@@ -207,7 +207,7 @@ class Recorder:
         stages = ", ".join(f"'{s}'" for s in sorted({r[2] for r in rows}))
         condition = f"run_id = '{_quoted(run_id)}' AND stage IN ({stages})"
         names = [c.split()[0] for c in SCHEMA.split(", ")]
-        written = tables.append_rows(lake.path(TABLE), [dict(zip(names, r, strict=True)) for r in rows], run_id, TABLE,
+        written = tables.write_rows(lake.path(TABLE), [dict(zip(names, r, strict=True)) for r in rows], run_id, TABLE,
                                      predicate=condition)  # fmt: skip
         if written is not None:  # one delta-rs commit from the driver; Spark creates the table
             return written

@@ -315,7 +315,7 @@ def _replace_from_driver(df: DataFrame, path: str, condition: str, column: str, 
     return _after_commit(table)
 
 
-def append_rows(path: str, rows: list[dict[str, Any]], run_id: str, stage: str,
+def write_rows(path: str, rows: list[dict[str, Any]], run_id: str, stage: str,
                 predicate: str | None = None) -> int | None:  # fmt: skip
     """Rows built on the driver (a ledger's attempt, a run's metrics) written to an existing table in one delta-rs
     commit, typed by the table's own schema and stamped like Spark's commits: appended, or with ``predicate`` (SQL)
@@ -331,8 +331,8 @@ def append_rows(path: str, rows: list[dict[str, Any]], run_id: str, stage: str,
         table = LogReader(path)
         before = table.version()
         data = pa.Table.from_pylist(rows, schema=pa.schema(table.schema().to_arrow()))
-    except Exception as exc:  # noqa: BLE001 - Spark appends instead
-        log.debug("delta-rs cannot append to %s (%s): Spark writes it", path, exc)
+    except Exception as exc:  # noqa: BLE001 - Spark writes instead
+        log.debug("delta-rs cannot write to %s (%s): Spark writes it", path, exc)
         return None
     try:
         write_deltalake(table, data, mode="append" if predicate is None else "overwrite", predicate=predicate,
