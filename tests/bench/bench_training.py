@@ -7,6 +7,10 @@
     fold trained alone in the same run (one worker group each; target ≤ 1.5×).
 (c) Image model throughput: ResNet-18 training images per second through the real loop, on
     the GPU when there is one (with its utilisation), else on the CPU.
+(d) The augmentation alone (crop, turn, flip, colour jitter of every image, no model): fulcrum's batched
+    warp against torchvision's v2 transforms image by image (what a Dataset's transform does) and, where
+    it is installed, kornia's AugmentationSequential (fulcrum's augmentation until 2026-12-05): images
+    per second and operator calls per batch (on a GPU each one is a kernel launch).
 
     python tests/bench/bench_training.py [--rows 2000000] [--cv-rows 20000] [--epochs 3]
 """
@@ -198,6 +202,57 @@ def image_model(images: int, size: int, batch: int) -> list[list]:
              round(images / seconds, 1), "n/a" if util is None else f"{util}%"]]  # fmt: skip
 
 
+def augmentation(size: int, batch: int, batches: int) -> list[list]:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torchvision.transforms import v2
+
+    from training import augment
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
+    ours = augment.augmenter(size, 3, flip=True)
+    per_image = v2.Compose([v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=False),
+                            v2.RandomHorizontalFlip(), v2.RandomRotation(10.0),
+                            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)])  # fmt: skip
+
+    def torchvision_each(b):
+        return torch.stack([per_image(img.float().div(255.0)) for img in b]).mul_(2.0).sub_(1.0)
+
+    ways = [("fulcrum: batched warp, per-image parameters", ours),
+            ("torchvision v2 transforms, image by image", torchvision_each)]
+    try:
+        import kornia.augmentation as K
+
+        kornia = K.AugmentationSequential(K.RandomResizedCrop((size, size), scale=(0.8, 1.0), ratio=(0.9, 1.1)),
+                                          K.RandomHorizontalFlip(), K.RandomRotation(10.0, p=1.0),
+                                          K.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, p=1.0))  # fmt: skip
+        ways.append(("kornia AugmentationSequential (fulcrum's until 2026-12-05)",
+                     lambda b: kornia(b.float().div(255.0)).clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)))
+    except ImportError:
+        pass
+    rows, base = [], None
+    for name, fn in ways:
+        fn(x)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn(x)
+        calls = sum(1 for e in prof.events() if e.name.startswith("aten::") and
+                    (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(batches):
+            fn(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / batches
+        base = base or seconds
+        rows.append([f"{size}x{size}, batch {batch}", name, calls, round(seconds * 1000, 1),
+                     round(batch / seconds), round(seconds / base, 1)])  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=2_000_000, help="gold rows for (a)")
@@ -239,6 +294,9 @@ def main() -> None:
         c += image_model(images // 4, 128, 128)
     report("training_images", "(c) image model training throughput (through training.loop)",
            ["model", "device", "images", "seconds", "images/s", "GPU utilisation"], c)  # fmt: skip
+    d = augmentation(32, 256, 20 if gpu else 5) + augmentation(128, 128, 20 if gpu else 3)
+    report("training_augmentation", f"(d) augmentation alone, 3 channels, on the {'GPU' if gpu else 'CPU'}",
+           ["images", "augmentation", "operator calls per batch", "ms per batch", "images/s", "× fulcrum's time"], d)  # fmt: skip
 
 
 if __name__ == "__main__":
