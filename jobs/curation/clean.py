@@ -315,9 +315,15 @@ def clean(df: DataFrame, cfg: PipelineConfig, label_issues: DataFrame | None = N
     rejected = df.where(F.size(REASONS) > 0).select(f"{ORIGINAL}.*", F.col(REASONS).alias("reasons"))
     rejected = rejected.withColumn("reason", F.get("reasons", 0))
     kept = df.where(F.size(REASONS) == 0).drop(ORIGINAL, REASONS, RELABELLED)
-    counts = df.select(F.explode(REASONS).alias("r")).groupBy("r").count().collect()
-    totals = df.agg(F.count(F.lit(1)).alias("n"), F.count_if(F.size(REASONS) > 0).alias("bad"),
-                    F.count_if(F.col(RELABELLED) & (F.size(REASONS) == 0)).alias("relabelled")).first()  # fmt: skip
+    # One job for the reasons' counts and the rows' totals: each row is counted once, at its first reason
+    # (position 0) or, without one, in the null group.
+    first = F.col("pos").isNull() | (F.col("pos") == 0)
+    per = (df.select(F.posexplode_outer(REASONS).alias("pos", "r"), F.col(RELABELLED).alias("rl")).groupBy("r")
+           .agg(F.count(F.lit(1)).alias("count"), F.count_if(first).alias("rows"),
+                F.count_if(F.col("rl") & F.col("r").isNull()).alias("relabelled")).collect())  # fmt: skip
+    counts = [r for r in per if r["r"] is not None]
+    totals = {"n": sum(r["rows"] for r in per), "bad": sum(r["rows"] for r in counts),
+              "relabelled": sum(r["relabelled"] for r in per)}  # fmt: skip
     label_info["label_issues"] = {"policy": cfg.clean.label_issues, "relabelled": totals["relabelled"]}
     folded = df.where(F.col(f"{ORIGINAL}.`{cfg.columns.label}`").cast("string") != F.col(cfg.columns.label))
     spellings = folded.groupBy(

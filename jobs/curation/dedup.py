@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "dedup"
 ID = "sample_id"
+REASONS = ("exact_duplicate", "near_duplicate", "label_conflict")  # why dedup removes a row
 MAX_ITERATIONS = 200  # O(log² n) rounds: never reached by a real group
 
 
@@ -354,12 +355,14 @@ def remove(found: DataFrame, cfg: PipelineConfig, how: Plan | None = None) -> St
               .when(F.col("exact_key") == F.col("survivor_key"), F.lit("exact_duplicate"))
               .otherwise(F.lit("near_duplicate")))  # fmt: skip
     df = df.withColumn("reason", reason)
-    stats = df.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()
-    groups = df.where(F.col("group_size") > 1).agg(F.count_distinct("dup_group").alias("g"),
-                                                   F.count(F.lit(1)).alias("rows")).first()  # fmt: skip
-    counts = {r["reason"]: r["n"] for r in stats}
-    rows_in = sum(counts.values())
-    dropped = {k: v for k, v in counts.items() if k}
+    # One job for the counts (the windows above are not cached: each action would compute them again).
+    in_group = F.col("group_size") > 1
+    stats = df.agg(F.count(F.lit(1)).alias("rows_in"),
+                   *[F.count(F.when(F.col("reason") == r, 1)).alias(r) for r in REASONS],
+                   F.count_distinct(F.when(in_group, F.col("dup_group"))).alias("g"),
+                   F.count(F.when(in_group, 1)).alias("rows")).first()  # fmt: skip
+    groups, rows_in = stats, stats["rows_in"]
+    dropped = {r: stats[r] for r in REASONS if stats[r]}
     helper = ["group_size", "labels", "label_rows", "top_rows", "top_labels", "conflict", "survivor", "survivor_key"]
     kept = df.where(F.col("reason").isNull()).drop("reason", *helper)
     rejected = (df.where(F.col("reason").isNotNull())
