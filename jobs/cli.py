@@ -460,7 +460,7 @@ def report(
     from jobs.report import write_report
 
     cfg = _load(config, set_, None)
-    out.print(f"report: {write_report(_spark(cfg), cfg, run_id)}")
+    out.print(f"report: {write_report(lambda: _spark(cfg), cfg, run_id)}")
 
 
 suite_app = typer.Typer(help="Great Expectations suites: suggest a starter suite from the data.", no_args_is_help=True)
@@ -542,7 +542,7 @@ def metrics(
     from jobs.lakehouse import tables
 
     cfg = _load(config, set_, None)
-    rows = history.load(_spark(cfg), tables.Lake(cfg.lake_dir), metric or DEFAULT_METRICS)
+    rows = history.load(lambda: _spark(cfg), tables.Lake(cfg.lake_dir), metric or DEFAULT_METRICS)
     if not rows:
         out.print(f"no metrics recorded under {cfg.lake_dir} yet" + (f" matching {metric}" if metric else ""))
         return

@@ -12,6 +12,7 @@ import functools
 import io as bytes_io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -48,12 +49,19 @@ def render(template: str, **context) -> str:
     return _pages().get_template(template).render(**context)
 
 
-def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = None) -> Path:
-    """Build the HTML report of ``run_id`` (default: the newest run) and return its path."""
+def write_report(spark: SparkSession | Callable[[], SparkSession], cfg: PipelineConfig,
+                 run_id: str | None = None) -> Path:  # fmt: skip
+    """Build the HTML report of ``run_id`` (default: the newest run) and return its path. The tables are read by
+    delta-rs from the driver (the runs table, and the quarantine's counts and duplicate clusters as DataFusion SQL:
+    no JVM, under a second); ``spark`` (a session, or a function that starts one) reads them where delta-rs
+    cannot, so ``fulcrum report`` starts Spark only then."""
     lake = tables.Lake(cfg.lake_dir)
-    run_id = run_id or ledger.latest_run_id(spark, lake)
-    attempts = ledger.history(spark, lake, run_id) if run_id else None
-    rows = attempts.orderBy("started_at").collect() if attempts is not None else []
+    try:
+        run_id, rows, quarantine, clusters = _from_driver(lake, cfg, run_id)
+    except Exception as exc:  # noqa: BLE001 - a table delta-rs cannot read: Spark reads them all
+        log.debug("the report's tables through Spark (delta-rs: %s)", exc)
+        session = spark if isinstance(spark, SparkSession) else spark()
+        run_id, rows, quarantine, clusters = _from_spark(session, lake, cfg, run_id)
     if not rows:
         raise ConfigError(f"{cfg.dataset}: no run {run_id or ''} in {lake.path('runs')}".replace("  ", " "),
                           fix="`fulcrum runs CONFIG` lists the run ids")  # fmt: skip
@@ -64,8 +72,8 @@ def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = 
         "stages": [_attempt(r) for r in rows],
         "validation": _json(folder / "validation_summary.json"),
         "data_docs": _data_docs(cfg, folder),
-        "quarantine": _quarantine(spark, lake, run_id),
-        "clusters": _clusters(spark, lake, cfg, run_id),
+        "quarantine": quarantine,
+        "clusters": clusters,
         "curate": _json(folder / "curate.json"),
         "near_check": _near_check(_json(folder / "curate.json")),
         "cv": _json(folder / "train" / "cv.json"),
@@ -92,7 +100,7 @@ def write_report(spark: SparkSession, cfg: PipelineConfig, run_id: str | None = 
     return path
 
 
-def _metric_history(spark: SparkSession, lake: tables.Lake, run_id: str, folder: Path) -> dict | None:
+def _metric_history(spark, lake: tables.Lake, run_id: str, folder: Path) -> dict | None:
     """This run's recorded metrics and anomalies, with a trend plot per flagged metric (``jobs.lakehouse.metrics``)."""
     from jobs.lakehouse import metrics
 
@@ -140,6 +148,75 @@ def _data_docs(cfg: PipelineConfig, folder: Path) -> str | None:
     return os.path.relpath(index, folder) if index.exists() else None
 
 
+def _from_driver(lake: tables.Lake, cfg: PipelineConfig, run_id: str | None) -> tuple:
+    """(run id, its attempts oldest first, quarantine counts, duplicate clusters) read by delta-rs."""
+    import pyarrow as pa
+    from deltalake import DeltaTable as LogReader
+    from deltalake import QueryBuilder
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        runs = LogReader(lake.path("runs"))
+    except TableNotFoundError:
+        return run_id, [], [], []
+    if run_id is None:
+        ids = runs.to_pyarrow_table(columns=["run_id", "started_at"]).to_pylist()
+        run_id = max(ids, key=lambda r: r["started_at"])["run_id"] if ids else None
+    rows = runs.to_pyarrow_table(filters=[("run_id", "=", run_id)]).to_pylist() if run_id else []
+    rows.sort(key=lambda r: r["started_at"])
+    try:
+        q = LogReader(lake.path("quarantine"))
+    except TableNotFoundError:
+        return run_id, rows, [], []
+    sql = QueryBuilder().register("q", q)
+
+    def query(text: str) -> list[dict]:
+        return pa.RecordBatchReader.from_stream(sql.execute(text)).read_all().to_pylist()
+
+    mine = f"run_id = {_sql_text(run_id)}"
+    counts = query(f"SELECT stage, reason, count(*) AS n FROM (SELECT stage, unnest(reasons) AS reason FROM q "
+                   f"WHERE {mine}) GROUP BY stage, reason ORDER BY stage, n DESC")  # fmt: skip
+    quarantine = [{"stage": r["stage"], "reason": r["reason"], "rows": r["n"]} for r in counts]
+    if "duplicate_of" not in q.schema().to_arrow().names:
+        return run_id, rows, quarantine, []
+    top = query(f"SELECT duplicate_of, count(*) AS n, first_value(reasons[1]) AS reason FROM q WHERE {mine} AND "
+                f"duplicate_of IS NOT NULL GROUP BY duplicate_of ORDER BY n DESC, duplicate_of LIMIT {MAX_CLUSTERS}")  # fmt: skip
+    if not top:
+        return run_id, rows, quarantine, []
+    path_col = cfg.images.path_column if cfg.images else None
+    kept = ", ".join(_sql_text(r["duplicate_of"]) for r in top)
+    extra = f", {_sql_name(path_col)} AS _path" if path_col else ""
+    members = query(f"SELECT * FROM (SELECT sample_id, duplicate_of{extra}, row_number() OVER (PARTITION BY "
+                    f"duplicate_of ORDER BY sample_id) AS _rank FROM q WHERE {mine} AND duplicate_of IN ({kept})) "
+                    f"WHERE _rank <= {MAX_MEMBERS}")  # fmt: skip
+    kept_paths = {}
+    if path_col:
+        bronze = QueryBuilder().register("b", LogReader(lake.path("bronze")))
+        found = pa.RecordBatchReader.from_stream(bronze.execute(
+            f"SELECT sample_id, {_sql_name(path_col)} AS _path FROM b WHERE sample_id IN ({kept})")).read_all()  # fmt: skip
+        kept_paths = {r["sample_id"]: r["_path"] for r in found.to_pylist()}
+    for m in members:
+        if path_col:
+            m[path_col] = m.pop("_path")
+    return run_id, rows, quarantine, _clusters_of(cfg, top, members, kept_paths)
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _from_spark(spark: SparkSession, lake: tables.Lake, cfg: PipelineConfig, run_id: str | None) -> tuple:
+    """What ``_from_driver`` reads, read by Spark."""
+    run_id = run_id or ledger.latest_run_id(spark, lake)
+    attempts = ledger.history(spark, lake, run_id) if run_id else None
+    rows = attempts.orderBy("started_at").collect() if attempts is not None else []
+    return run_id, rows, _quarantine(spark, lake, run_id), _clusters(spark, lake, cfg, run_id)
+
+
 def _quarantine(spark: SparkSession, lake: tables.Lake, run_id: str) -> list[dict]:
     """Quarantined rows of this run per stage and reason."""
     if not tables.exists(spark, lake.path("quarantine")):
@@ -171,6 +248,12 @@ def _clusters(spark: SparkSession, lake: tables.Lake, cfg: PipelineConfig, run_i
     if path_col:
         bronze = tables.read(spark, lake.path("bronze")).where(F.col("sample_id").isin(survivors))
         kept_paths = {r["sample_id"]: r[path_col] for r in bronze.select("sample_id", path_col).collect()}
+    return _clusters_of(cfg, top, members, kept_paths)
+
+
+def _clusters_of(cfg: PipelineConfig, top: list, members: list, kept_paths: dict) -> list[dict]:
+    """The report's clusters from the largest ones' rows (``top``), their first members and the kept rows' paths."""
+    path_col = cfg.images.path_column if cfg.images else None
     root = Path(cfg.resolve(cfg.images.root)) if cfg.images else None
     out = []
     for r in top:

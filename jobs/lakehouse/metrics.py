@@ -252,11 +252,25 @@ def as_rows(anomalies: list[Anomaly]) -> list[dict]:
 
 
 def load(spark, lake: tables.Lake, patterns: list[str] | None = None) -> list[dict]:
-    """The metrics table's rows (oldest run first) whose metric matches one of the globs (default: all)."""
+    """The metrics table's rows (oldest run first) whose metric matches one of the globs (default: all), read by
+    delta-rs from the driver; ``spark`` (a session, or a function that starts one) reads it where delta-rs cannot,
+    so ``fulcrum metrics`` and ``fulcrum report`` start no JVM otherwise."""
     path = lake.path(TABLE)
-    if not tables.exists(spark, path):
-        return []
-    rows = [r.asDict() for r in tables.read(spark, path).orderBy("recorded_at", "stage", "metric").collect()]
+    try:
+        from deltalake import DeltaTable as LogReader
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            rows = LogReader(path).to_pyarrow_table().to_pylist()
+        except TableNotFoundError:
+            rows = []
+        rows.sort(key=lambda r: (r["recorded_at"], r["stage"], r["metric"]))
+    except Exception as exc:  # noqa: BLE001 - a table delta-rs cannot read
+        log.debug("delta-rs cannot read %s (%s): Spark reads it", path, exc)
+        spark = spark() if callable(spark) else spark
+        if not tables.exists(spark, path):
+            return []
+        rows = [r.asDict() for r in tables.read(spark, path).orderBy("recorded_at", "stage", "metric").collect()]
     if patterns:
         rows = [r for r in rows if any(fnmatch.fnmatchcase(r["metric"], p) for p in patterns)]
     return rows

@@ -25,7 +25,12 @@ def test_stage_selection_errors_exit_2_before_spark(tmp_path, capsys, sample_dir
     assert "'clean' is not a stage" in err and "ingest, validate, curate, audit, oversample, train" in err
 
 
-def test_report_of_a_run_shows_validation_duplicates_and_thumbnails(spark, curated, lake_copy, tmp_path, capsys):
+def test_report_of_a_run_shows_validation_duplicates_and_thumbnails(spark, curated, lake_copy, tmp_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    from jobs import cli
+
+    # The report's tables are read by delta-rs from the driver: `fulcrum report` starts no Spark session.
+    monkeypatch.setattr(cli, "_spark", lambda cfg: pytest.fail("fulcrum report started Spark"))
     cfg = lake_copy(curated["digits"])
     config = str(Path(cfg.base_dir) / "digits.yaml")
     sets = ["--set", f"lake_root={cfg.lake_root}"]
@@ -47,3 +52,24 @@ def test_report_of_a_run_shows_validation_duplicates_and_thumbnails(spark, curat
     assert "../data_docs/index.html" in page.links and "image_outside_root" in page.text
     assert main(["report", config, "nosuchrun", *sets]) == 2
     assert "fulcrum runs CONFIG" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("run_id", ["c-1", "v-1", None])
+def test_the_reports_driver_reads_equal_sparks(spark, curated, run_id):
+    """delta-rs (DataFusion SQL from the driver) and Spark read the same attempts, quarantine counts and duplicate
+    clusters (largest first, their first members, thumbnails) of a run; None: the newest run."""
+    from jobs import report
+    from jobs.lakehouse import tables
+
+    cfg = curated["digits"]
+    lake = tables.Lake(cfg.lake_dir)
+    mine, rows, quarantine, clusters = report._from_driver(lake, cfg, run_id)
+    theirs, s_rows, s_quarantine, s_clusters = report._from_spark(spark, lake, cfg, run_id)
+    assert mine == theirs and rows and [report._attempt(r) for r in rows] == [report._attempt(r) for r in s_rows]
+    key = lambda q: (q["stage"], q["reason"])  # noqa: E731 - ties in count come in either order
+    assert quarantine and sorted(quarantine, key=key) == sorted(s_quarantine, key=key)
+    assert [q["rows"] for q in quarantine] == [q["rows"] for q in s_quarantine]
+    if mine == "c-1":
+        assert clusters and all(c["kept_thumb"] and c["dropped"] for c in clusters)
+    assert [(c["kept"], c["size"], c["kept_thumb"], c["dropped"]) for c in clusters] == \
+        [(c["kept"], c["size"], c["kept_thumb"], c["dropped"]) for c in s_clusters]  # fmt: skip
