@@ -185,19 +185,15 @@ def _from_driver(lake: tables.Lake, cfg: PipelineConfig, run_id: str | None) -> 
         return run_id, rows, quarantine, []
     path_col = cfg.images.path_column if cfg.images else None
     kept = ", ".join(_sql_text(r["duplicate_of"]) for r in top)
-    extra = f", {_sql_name(path_col)} AS _path" if path_col else ""
+    extra = f", {_sql_name(path_col)}" if path_col else ""
     members = query(f"SELECT * FROM (SELECT sample_id, duplicate_of{extra}, row_number() OVER (PARTITION BY "
                     f"duplicate_of ORDER BY sample_id) AS _rank FROM q WHERE {mine} AND duplicate_of IN ({kept})) "
                     f"WHERE _rank <= {MAX_MEMBERS}")  # fmt: skip
     kept_paths = {}
     if path_col:
-        bronze = QueryBuilder().register("b", LogReader(lake.path("bronze")))
-        found = pa.RecordBatchReader.from_stream(bronze.execute(
-            f"SELECT sample_id, {_sql_name(path_col)} AS _path FROM b WHERE sample_id IN ({kept})")).read_all()  # fmt: skip
-        kept_paths = {r["sample_id"]: r["_path"] for r in found.to_pylist()}
-    for m in members:
-        if path_col:
-            m[path_col] = m.pop("_path")
+        sql.register("b", LogReader(lake.path("bronze")))
+        found = query(f"SELECT sample_id{extra} FROM b WHERE sample_id IN ({kept})")
+        kept_paths = {r["sample_id"]: r[path_col] for r in found}
     return run_id, rows, quarantine, _clusters_of(cfg, top, members, kept_paths)
 
 

@@ -84,6 +84,15 @@ def test_the_draws_stay_in_their_ranges():
     assert len(torch.unique(out.flatten(1), dim=0)) == 256  # each image drew its own
 
 
+def test_a_batch_of_one_image_and_a_non_square_image_are_augmented():
+    """Odd sizes: one image, and a stored image wider than tall (resampled to the training square)."""
+    torch.manual_seed(1)
+    one = augment.augmenter(16, 3, flip=True)(torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8))
+    wide = augment.augmenter(16, 1)(torch.randint(0, 256, (2, 1, 12, 20), dtype=torch.uint8))
+    assert one.shape == (1, 3, 16, 16) and wide.shape == (2, 1, 16, 16)
+    assert all(t.min() >= -1 and t.max() <= 1 and torch.isfinite(t).all() for t in (one, wide))
+
+
 def _operator_calls(n: int) -> int:
     from torch.profiler import ProfilerActivity, profile
 
