@@ -195,6 +195,10 @@ class AuditConfig(Strict):
     tolerance: float = Field(default=0.01, ge=0, le=1, description="verify: the verdicts are withheld when the mean "
                              "paired difference of oversample.metric is below -tolerance and two standard errors "
                              "below zero")  # fmt: skip
+    large_share: float = Field(default=0.2, ge=0, le=1, description="verify: verdicts that change more than this "
+                               "share of the folds' rows act only when they raise the folds' mean paired "
+                               "oversample.metric by more than tolerance (not harming is not enough evidence for a "
+                               "change that large)")  # fmt: skip
     members: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(
         default="auto", description="models per fold trained in the audit's one pass from different initial weights; "
         "their mean probabilities are judged (verdicts less bound to one random start). auto: 3 for tables (an MLP's epochs "

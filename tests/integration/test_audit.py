@@ -292,6 +292,22 @@ def test_decide_withholds_verdicts_that_clearly_lower_the_metric_or_by_more_than
     assert not audit.decide(level([float("nan")] * 5), level([0.9] * 5), 0.01, "macro_f1")[0]  # nothing scored
 
 
+def test_decide_asks_verdicts_that_change_a_large_share_of_rows_to_raise_the_folds():
+    """The patches' case: a third of the rows dropped, the folds neither better nor worse (-0.002 ± 0.020)."""
+    def level(folds):
+        return {"mean": float(np.mean(folds)), "std": float(np.std(folds)), "folds": folds}
+
+    given = level([0.60, 0.66, 0.58, 0.64, 0.62])
+    neutral = level([0.61, 0.64, 0.59, 0.63, 0.62])  # -0.002 on average
+    assert audit.decide(given, neutral, 0.01, "macro_f1", share=0.09, large_share=0.2)[0]  # a table's share: acts
+    act, why = audit.decide(given, neutral, 0.01, "macro_f1", share=0.33, large_share=0.2)
+    assert not act and "they change 33% of the folds' rows, more than audit.large_share 0.2" in why
+    assert not audit.decide(given, level([f + 0.005 for f in given["folds"]]), 0.01, "macro_f1", 0.33, 0.2)[0]  # a rise within the tolerance
+    act, why = audit.decide(given, level([f + 0.02 for f in given["folds"]]), 0.01, "macro_f1", 0.33, 0.2)
+    assert act and "paired difference +0.020" in why  # a clear rise: the large change acts
+    assert audit.decide(given, neutral, 0.01, "macro_f1", share=0.33, large_share=1.0)[0]  # the rule switched off
+
+
 def test_verdicts_are_measured_on_the_folds_before_they_act(spark, audited, lake_copy):
     """On real Ray: verdicts that relabel the rows the model is surest of make every fold worse and are
     withheld; the injected flips dropped do not, and act."""
@@ -308,6 +324,7 @@ def test_verdicts_are_measured_on_the_folds_before_they_act(spark, audited, lake
     record = ledger.StageRun(run_id="a-v", dataset=cfg.dataset, stage="audit")
     checked = audit.verify(spark, cfg, "a-v", lake, wrong, record)
     assert checked["rows"] == len(surest) and not checked["act"], checked
+    assert checked["share"] == round(len(surest) / len(preds), 4) and checked["large_share"] == cfg.audit.large_share
     assert checked["verdicts"]["mean"] < checked["given"]["mean"] - cfg.audit.tolerance
     assert {r[0] for r in tables.read(spark, lake.path("audit/verify")).select("level").distinct().collect()} == {
         "given", "verdicts"}
@@ -317,7 +334,7 @@ def test_verdicts_are_measured_on_the_folds_before_they_act(spark, audited, lake
     dropped = cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"label_issues": "drop"})})
     right = _issues(spark, [(s, label[s], 1 - label[s]) for s in flips])
     checked = audit.verify(spark, dropped, "a-v2", lake, right, record)
-    assert checked["rows"] == len(flips) and checked["act"], checked
+    assert checked["rows"] == len(flips) and checked["act"] and checked["share"] < cfg.audit.large_share, checked
     none = audit.verify(spark, dropped, "a-v3", lake, _issues(spark, [("no-such-row", 0, 1)]), record)
     assert none is None  # nothing to measure: no training
 
