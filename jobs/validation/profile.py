@@ -162,7 +162,11 @@ def numeric_range(f: dict[str, Any]) -> tuple[float, float, str]:
       positive, else Q1, or IQR / 4 when Q1 is 0 too): fences at Q1 - 4 IQR and Q3 + 4 IQR on the log scale,
       the lower bound never below 0. Measures, sizes, counts and prices are right-skewed: on the plain scale
       the fences would cut their legitimate tail (on scikit-learn's breast cancer table, 119 of 17,070 values;
-      on the log scale, none).
+      on the log scale, none). The lower bound is never above the 1st percentile: the log scale stretches small
+      values, so a column whose quartiles sit high but whose long low tail is real lands outside (the 1996
+      American National Election Study's income code, 1-24 with quartiles 14 / 17 / 21: a log fence at 2.77
+      quarantined the 31 respondents, 3.3 %, in its two lowest brackets). A fence that cuts more than 1 % of the
+      profiled rows is not an outlier fence.
     - ``quartiles``, for a signed column, or a non-negative one as symmetric on the plain scale (a bounded score,
       a pixel intensity): the fences on the plain scale, the lower one never below 0 for a non-negative column.
       On the log scale a left-skewed column's rare low values fall outside (on scikit-learn's digits as a
@@ -202,7 +206,8 @@ def numeric_range(f: dict[str, Any]) -> tuple[float, float, str]:
         l1, l2, l3 = (math.log(v + d) for v in (q1, q2, q3))
         if abs(l3 + l1 - 2 * l2) / (l3 - l1) < abs(q3 + q1 - 2 * q2) / iqr:  # Bowley's skewness nearer 0 on logs
             spread = l3 - l1
-            return max(0.0, math.exp(l1 - FENCE * spread) - d), math.exp(l3 + FENCE * spread) - d, "log quartiles"
+            low = min(max(0.0, math.exp(l1 - FENCE * spread) - d), p01)  # never above the 1st percentile
+            return low, math.exp(l3 + FENCE * spread) - d, "log quartiles"
     low = q1 - FENCE * iqr
     return (max(0.0, low) if p01 >= 0 else low), q3 + FENCE * iqr, "quartiles"
 
