@@ -174,6 +174,10 @@ def numeric_range(f: dict[str, Any]) -> tuple[float, float, str]:
       that very table), and a symmetric one's fences land far beyond its values (a pixel's non-zero values,
       1 to 16 with Q1 = 2 and Q3 = 12: an upper fence of 15,552 that no outlier reached). The rule before
       2026-12-04 took the log scale for any column not skewed to the left.
+    - ``quartiles`` also for a column of at most 20 distinct values (a code, a rating scale) whose plain fences
+      already hold every profiled value: the log scale's fences are for a long right tail, and around a 0-6 party
+      code (ANES 1996) they reached 485, so a "don't know" code of 99 in a later batch passed; the plain ones
+      end at 21. A few outliers that the plain fences do not hold leave the choice to the rules above.
     - ``observed``: the observed minimum and maximum widened by 10 % of the range, when there are fewer than 20
       values or the quartiles coincide (a column that is mostly one value).
     - ``… of the non-zero values``: for a column at least a quarter zeros, one of the rules above on its non-zero
@@ -201,6 +205,10 @@ def numeric_range(f: dict[str, Any]) -> tuple[float, float, str]:
         return low, hi + pad, "observed"
     p01, q1, q2, q3 = map(float, q)
     iqr = q3 - q1
+    plain = (max(0.0, q1 - FENCE * iqr) if p01 >= 0 else q1 - FENCE * iqr), q3 + FENCE * iqr
+    distinct = f.get("distinct")
+    if distinct is not None and distinct <= LOW_CARDINALITY and plain[0] <= lo and hi <= plain[1]:
+        return *plain, "quartiles"  # a code or a rating scale: its plain fences already hold every value
     if p01 >= 0:
         d = 0.0 if p01 > 0 else (q1 if q1 > 0 else iqr / 4)
         l1, l2, l3 = (math.log(v + d) for v in (q1, q2, q3))
@@ -208,8 +216,7 @@ def numeric_range(f: dict[str, Any]) -> tuple[float, float, str]:
             spread = l3 - l1
             low = min(max(0.0, math.exp(l1 - FENCE * spread) - d), p01)  # never above the 1st percentile
             return low, math.exp(l3 + FENCE * spread) - d, "log quartiles"
-    low = q1 - FENCE * iqr
-    return (max(0.0, low) if p01 >= 0 else low), q3 + FENCE * iqr, "quartiles"
+    return *plain, "quartiles"
 
 
 def range_rules(suite: dict[str, Any]) -> dict[str, int]:

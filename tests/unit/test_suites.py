@@ -90,7 +90,7 @@ def _facts(values):
         return {"nonnull": len(x), "min": x.min(), "max": x.max(),
                 "quartiles": list(np.percentile(x, [1, 25, 50, 75], method="inverted_cdf"))}  # fmt: skip
 
-    return {**of(v), "rows": len(v), **({"nonzero": of(nz)} if len(nz) else {})}
+    return {**of(v), "rows": len(v), "distinct": len(np.unique(v)), **({"nonzero": of(nz)} if len(nz) else {})}
 
 
 @pytest.mark.parametrize("name, make, how", [
@@ -122,6 +122,22 @@ def test_numeric_range_keeps_every_value_of_a_clean_column_and_fences_far_outlie
     assert low <= values.min() and values.max() <= high, (name, low, high)
     if len(values) >= 20:
         assert values.max() + 50 * values.std() > high, (name, high)
+
+
+@pytest.mark.parametrize("name, counts, first", [
+    ("party identification, 0-6", [200, 180, 108, 37, 94, 150, 175], 0),
+    ("days a week of TV news, 0-7", [161, 100, 112, 101, 66, 84, 32, 288], 0),
+    ("education, 1-7", [13, 52, 248, 187, 90, 227, 127], 1),
+    ("self-placement left-right, 1-7", [16, 103, 147, 256, 170, 218, 34], 1),
+])  # fmt: skip
+def test_a_code_or_rating_scale_gets_plain_fences_that_a_dont_know_code_falls_outside(name, counts, first):
+    """The ANES 1996 scales as they ship (statsmodels' anes96): every value kept, and a survey's "don't know" code
+    of 99 outside the range (the log scale's fences reached 96 to 2,047 around these 0-7 scales)."""
+    from jobs.validation.profile import numeric_range
+
+    values = np.repeat(np.arange(first, first + len(counts)), counts).astype(float)
+    low, high, rule = numeric_range(_facts(values))
+    assert rule == "quartiles" and low <= values.min() and values.max() <= high < 99, (name, low, high, rule)
 
 
 @pytest.mark.parametrize("load", ["load_digits", "load_wine", "load_diabetes", "load_breast_cancer", "load_iris"])
