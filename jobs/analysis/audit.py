@@ -343,15 +343,20 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, reset: bool = Fal
             report.details["model_cv"] = {m: trained["mean"][m] for m in ("accuracy", "macro_f1", "roc_auc")}
             report.details["train_seconds"] = round(trained["cv_seconds"], 2)
             report.details["cv"] = trained  # the out-of-fold models' cross-validation (cv.json), for the console
-        report.rows_out = report.details["flagged"]
+        # Rows out: the scored rows that go on (a row the verdicts dropped is quarantined as `label_issue`, and the
+        # stage table's "dropped" says so); how many were flagged is in the details.
+        dropped = report.details["applied"]["dropped"]
+        report.dropped = {"label_issue": dropped} if dropped else {}
+        report.rows_out = report.rows_in - dropped
+        flagged = report.details["flagged"]
         report.details["anomalies"] = as_rows(RECORDER.check(spark, cfg, run_id, STAGE, {
-            "label_issues": report.rows_out, "label_issue_rate": report.rows_out / max(report.rows_in, 1)}))  # fmt: skip
+            "label_issues": flagged, "label_issue_rate": flagged / max(report.rows_in, 1)}))  # fmt: skip
         report.seconds = time.perf_counter() - start
         record.counts.update(report.counts())
         _save(report, Path(cfg.reports_dir) / run_id)
     applied = report.details["applied"]
     log.info("audit %s: %d rows scored, %d flagged now, %d in label_issues (v%d); %s in %.1fs", cfg.dataset,
-             report.rows_in, report.rows_out, report.details["label_issues_rows"], out_version,
+             report.rows_in, report.details["flagged"], report.details["label_issues_rows"], out_version,
              f"{applied['dropped']} dropped, {applied['relabelled']} relabelled in silver" if applied["policy"] != "report"
              else "reported only (clean.label_issues: report)", report.seconds)  # fmt: skip
     return report

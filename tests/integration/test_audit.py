@@ -140,7 +140,8 @@ def test_the_audit_finds_most_injected_flips_on_the_sample(spark, audited):
     hits = len(flagged & flips)
     assert hits / max(len(flagged), 1) > 0.5, (hits, len(flagged), len(flips))  # precision
     assert hits / len(flips) > 0.5, (hits, len(flagged), len(flips))  # recall: a majority of the flips
-    assert report.rows_out == len(flagged) and report.details["label_issues_rows"] == len(flagged)
+    assert report.details["flagged"] == len(flagged) and report.details["label_issues_rows"] == len(flagged)
+    assert not report.dropped and report.rows_out == report.rows_in  # clean.label_issues report: nothing dropped
     folder = Path(cfg.reports_dir) / "a-1"
     assert (folder / "audit.png").stat().st_size > 0 and json.loads((folder / "audit.json").read_text())["flagged"]
     # The audit's cross-validation trains the folds and a final model that only scores the test part: every real
@@ -230,6 +231,8 @@ def test_the_audit_acts_on_silver_before_oversampling_reads_it(spark, audited, l
     assert made  # smotenc made rows from the (audited) silver
     if policy == "drop":
         assert report.details["applied"]["dropped"] == len(issues) and not set(issues) & (set(silver) | set(real))
+        # the stage table: the rows dropped from silver are its "dropped" (not 0, as it read), the rest go on
+        assert report.dropped == {"label_issue": len(issues)} and report.rows_out == report.rows_in - len(issues)
         assert not {r["synthetic_of"] for r in made} & set(issues)
         assert not {r["synthetic_with"] for r in made} & set(issues)
         quarantined = tables.read(spark, lake.path("quarantine")).where("stage = 'audit'").collect()
@@ -237,6 +240,7 @@ def test_the_audit_acts_on_silver_before_oversampling_reads_it(spark, audited, l
         assert {r["reason"] for r in quarantined} == {"label_issue"}
     else:
         assert report.details["applied"]["relabelled"] == len(issues)
+        assert not report.dropped and report.rows_out == report.rows_in
         assert all(silver[s] == r["suggested_class"] == real[s] for s, r in issues.items())
         source = {s: r["suggested_class"] for s, r in issues.items()}
         assert all(r["class_name"] == source[r["synthetic_of"]] for r in made if r["synthetic_of"] in source)
