@@ -328,7 +328,8 @@ def test_verdicts_are_measured_on_the_folds_before_they_act(spark, audited, lake
     record = ledger.StageRun(run_id="a-v", dataset=cfg.dataset, stage="audit")
     checked = audit.verify(spark, cfg, "a-v", lake, wrong, record)
     assert checked["rows"] == len(surest) and not checked["act"], checked
-    assert checked["share"] == round(len(surest) / len(preds), 4) and checked["large_share"] == cfg.audit.large_share
+    folds_rows = tables.read(spark, lake.path("audit/gold")).where("fold >= 0 AND synthetic_for IS NULL").count()
+    assert checked["share"] == round(len(surest) / folds_rows, 4) and checked["large_share"] == cfg.audit.large_share
     assert checked["verdicts"]["mean"] < checked["given"]["mean"] - cfg.audit.tolerance
     assert {r[0] for r in tables.read(spark, lake.path("audit/verify")).select("level").distinct().collect()} == {
         "given", "verdicts"}
