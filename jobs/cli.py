@@ -299,7 +299,10 @@ def print_audit(report: StageReport) -> None:
     if verified and verified["act"]:
         out.print(f"the verdicts measured before they acted ({verified['rows']:,} rows, {verified['seconds']:.0f} s): "
                   f"{verified['reason']}")  # fmt: skip
-    if report.details.get("abstained"):
+    if verified and not verified["act"]:  # the model was skilled enough; its verdicts, measured, were not
+        out.print(f"[yellow]verdicts withheld[/] after measuring them on the folds ({verified['rows']:,} rows, "
+                  f"{verified['seconds']:.0f} s): {verified['reason']}")  # fmt: skip
+    elif report.details.get("abstained"):
         out.print(f"the audit abstained: {report.details['abstained']}")
     elif applied and applied.get("withheld"):
         out.print(f"[yellow]verdicts withheld[/]: {applied['withheld']}")
