@@ -445,7 +445,7 @@ def decide(given: dict, verdicts: dict, tolerance: float, metric: str, share: fl
     than ``tolerance``: on the quality benchmark's image patches a CNN just over ``audit.min_skill`` flagged a third
     of the rows at precision 0.22-0.26 (47-62 flips injected), and its verdicts measured neutral (-0.014 ± 0.018,
     -0.002 ± 0.020) and were applied; where labels are this noisy, dropping them would raise the folds' scores,
-    so a neutral result says the rows were mostly right. The tables' verdicts change 4-9 % of the rows."""
+    so a neutral result says the rows were mostly right. The tables' verdicts change 2-10 % of the folds' rows."""
     from jobs.balancing.auto import clear_gain, paired
 
     diff, se, n = paired(given.get("folds"), verdicts.get("folds"))
